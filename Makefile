@@ -1,0 +1,21 @@
+# The two entry points of the README. Each creates .venv when it is missing.
+PY := .venv/bin/python
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: run test setup
+
+setup: .venv/.installed
+
+.venv/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0 -e '.[dev]'
+	touch $@
+
+run: setup
+	$(PY) -m tasks testbed
+
+test: setup
+	$(PY) -m pytest -q
