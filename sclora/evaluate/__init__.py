@@ -1,0 +1,1 @@
+"""Evaluation: utility, world knowledge, safety and forgetting."""

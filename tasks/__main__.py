@@ -1,0 +1,42 @@
+"""`python -m tasks <stage> [item]`: the command every dvc.yaml stage calls.
+
+Each stage lives in `tasks/<stage>.py` and exposes `run(params, item=None)`.
+Errors are caught here, once, and printed as one line (`--debug` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+from sclora.config import load_params
+
+STAGES = ("testbed",)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tasks", description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=STAGES)
+    parser.add_argument("item", nargs="?", help="matrix item of the stage, e.g. a method or beta")
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    args = parser.parse_args(argv)
+    try:
+        params = load_params(args.params, args.overrides)
+        stage = importlib.import_module(f"tasks.{args.stage}")
+        result = stage.run(params, args.item) if args.item else stage.run(params)
+    except (ValueError, OSError, RuntimeError) as error:
+        if args.debug:
+            raise
+        print(f"error: {args.stage}: {error}", file=sys.stderr)
+        return 1
+    if result is not None:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
