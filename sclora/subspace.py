@@ -1,0 +1,156 @@
+"""Solve for SC-LoRA's subspace: the top eigenvectors of M(beta) = (1 - beta) Cov+ - beta Cov-.
+
+Cov+ and Cov- are the uncentred covariances of one layer's OUTPUTS y_i = W s_i (+ T_i b), where s_i is
+sample i's token-summed input and T_i its token count (DESIGN.md section 1). M has rank at most N+ + N-,
+so with Y = [Y+, Y-] scaled by the square roots of the weights, M = Y D Y^T (D = signs) and a thin QR
+Y = Q R reduces the problem to eigh(R D R^T), which is small: no d_out x d_out matrix is ever built when
+N+ + N- < d_out. Everything is float64.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+NORMALIZE = ("none", "trace")
+# Two eigenvalues closer than this (relative to the largest |eigenvalue|) are treated as equal.
+_TIE = 1e-9
+
+
+class DegenerateSubspaceWarning(UserWarning):
+    """The top-r eigenspace of M(beta) is not unique (the r-th and (r+1)-th eigenvalues tie)."""
+
+
+@dataclass
+class Subspace:
+    """Orthonormal basis (d_out, rank) of the top eigenvectors of M(beta), eigenvalues descending."""
+
+    basis: torch.Tensor
+    eigenvalues: torch.Tensor
+
+    @property
+    def rank(self) -> int:
+        return self.basis.shape[1]
+
+    def truncate(self, rank: int) -> "Subspace":
+        """The same solve at a smaller rank (the top eigenvectors nest, so this is a slice)."""
+        if not 1 <= rank <= self.rank:
+            raise ValueError(f"rank {rank} is outside [1, {self.rank}] for this subspace")
+        return Subspace(self.basis[:, :rank], self.eigenvalues[:rank])
+
+
+def _matrix(name: str, value, ndim: int) -> torch.Tensor:
+    t = torch.as_tensor(value).detach().to(device="cpu", dtype=torch.float64)
+    if t.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+    return t
+
+
+def _outputs(name: str, weight, inputs, bias, tokens) -> torch.Tensor:
+    """Y (d_out, N): the token-summed layer outputs W s_i + T_i b of one dataset."""
+    s = _matrix(name, inputs, 2)
+    if s.shape[1] != weight.shape[1]:
+        raise ValueError(f"{name} has {s.shape[1]} features but weight expects d_in={weight.shape[1]}")
+    y = weight @ s.T
+    if bias is not None and s.shape[0] > 0:
+        if tokens is None:
+            raise ValueError(f"{name}_tokens is required when bias is given (y_i = W s_i + T_i b)")
+        t = _matrix(f"{name}_tokens", tokens, 1)
+        if t.shape[0] != s.shape[0]:
+            raise ValueError(f"{name}_tokens has {t.shape[0]} entries but {name} has {s.shape[0]} samples")
+        y = y + bias[:, None] * t[None, :]
+    return y
+
+
+def _scale(name: str, y: torch.Tensor, weight: float, normalize: str) -> torch.Tensor:
+    """Column scale c so that weight * Cov = (c Y)(c Y)^T; Cov = Y Y^T / N, or / trace under 'trace'."""
+    if weight == 0.0:
+        return y[:, :0]
+    if y.shape[1] == 0:
+        raise ValueError(f"{name} is empty but carries weight {weight:g} in M(beta)")
+    denom = float(y.square().sum()) if normalize == "trace" else float(y.shape[1])
+    if denom == 0.0:
+        raise ValueError(f"{name} outputs are all zero: cannot normalise its covariance to unit trace")
+    return y * (weight / denom) ** 0.5
+
+
+def _complement(q: torch.Tensor, count: int) -> torch.Tensor:
+    """`count` orthonormal vectors orthogonal to the columns of q (the exact null space of M)."""
+    gen = torch.Generator().manual_seed(0)  # any basis of a degenerate eigenspace is valid; keep it reproducible
+    g = torch.randn(q.shape[0], count, generator=gen, dtype=torch.float64)
+    for _ in range(2):  # project twice: one pass loses orthogonality in floating point
+        g = g - q @ (q.T @ g)
+    return torch.linalg.qr(g).Q
+
+
+def solve_subspace(
+    weight,
+    pos,
+    neg,
+    beta: float,
+    rank: int,
+    normalize: str = "none",
+    bias=None,
+    pos_tokens=None,
+    neg_tokens=None,
+) -> Subspace:
+    """Top-`rank` eigenvectors of M(beta) for one layer.
+
+    weight: (d_out, d_in), PyTorch layout. pos/neg: (N, d_in) token-summed inputs of D+ and D-.
+    bias: optional (d_out,); then pos_tokens/neg_tokens (N,) give each sample's token count T_i.
+    normalize: "none" (Cov = Y Y^T / N) or "trace" (each covariance scaled to unit trace).
+    """
+    if not isinstance(beta, numbers.Real) or not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta!r}")
+    if normalize not in NORMALIZE:
+        raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
+    w = _matrix("weight", weight, 2)
+    d_out, d_in = w.shape
+    b = None
+    if bias is not None:
+        b = _matrix("bias", bias, 1)
+        if b.shape[0] != d_out:
+            raise ValueError(f"bias has {b.shape[0]} entries but weight has d_out={d_out}")
+    y_pos = _outputs("pos", w, pos, b, pos_tokens)
+    y_neg = _outputs("neg", w, neg, b, neg_tokens)
+    if y_pos.shape[1] + y_neg.shape[1] == 0:
+        raise ValueError("pos and neg are both empty: no statistics to solve from")
+    y_pos = _scale("pos", y_pos, 1.0 - beta, normalize)
+    y_neg = _scale("neg", y_neg, float(beta), normalize)
+    samples = y_pos.shape[1] + y_neg.shape[1]
+    if not isinstance(rank, numbers.Integral) or rank < 1:
+        raise ValueError(f"rank must be a positive integer, got {rank!r}")
+    if rank > min(d_out, d_in):
+        raise ValueError(f"rank {rank} exceeds min(d_out, d_in) = {min(d_out, d_in)}")
+    if rank > samples:
+        raise ValueError(f"rank {rank} exceeds the {samples} samples that enter M(beta={beta:g})")
+
+    y = torch.cat([y_pos, y_neg], dim=1)
+    signs = torch.cat([torch.ones(y_pos.shape[1]), -torch.ones(y_neg.shape[1])]).to(torch.float64)
+    q, r = torch.linalg.qr(y)  # reduced: q (d_out, k), k = min(d_out, N)
+    values, vectors = torch.linalg.eigh((r * signs) @ r.T)
+    # The full spectrum is eigh's k values plus d_out - k exact zeros from the complement of span(Q).
+    zeros = d_out - q.shape[1]
+    spectrum = torch.cat([values, torch.zeros(zeros, dtype=torch.float64)])
+    # Stable sort, eigh's values first: among ties, take vectors from span(Q) before the complement.
+    order = torch.sort(-spectrum, stable=True).indices[: rank + 1]
+    top = spectrum[order]
+    if rank < d_out and top[rank - 1] - top[rank] <= _TIE * spectrum.abs().max():
+        warnings.warn(
+            f"M(beta={beta:g}) has tied eigenvalues at rank {rank} ({float(top[rank - 1]):.3g}): the subspace "
+            f"is not unique (too few preserved samples for beta near 1, or too few samples for rank {rank})",
+            DegenerateSubspaceWarning,
+            stacklevel=2,
+        )
+    order = order[:rank]
+    inside = order < q.shape[1]
+    basis = torch.empty(d_out, rank, dtype=torch.float64)
+    basis[:, inside] = q @ vectors[:, order[inside]]
+    if not inside.all():
+        basis[:, ~inside] = _complement(q, int((~inside).sum()))
+    return Subspace(basis, top[:rank].clone())
