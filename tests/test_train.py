@@ -32,12 +32,19 @@ def tiny_llama(tok, seed=0) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
-def tiny_lora(tok, seed=0) -> PeftModel:
+def tiny_lora(tok, seed=0, init="gaussian") -> PeftModel:
     model = tiny_llama(tok, seed)
     torch.manual_seed(seed + 1)
     # Dropout > 0 so that resuming must also restore the RNG state to match.
-    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["q_proj", "v_proj", "down_proj"])
+    config = LoraConfig(
+        r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=init
+    )
     return get_peft_model(model, config)
+
+
+def tiny_pissa(tok, seed=0) -> PeftModel:
+    """A residual method: the init rewrites the frozen base weights, which no checkpoint holds."""
+    return tiny_lora(tok, seed, init="pissa")
 
 
 SETTINGS = TrainSettings(
@@ -61,7 +68,7 @@ def weights(model) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("make_model", [tiny_llama, tiny_lora], ids=["full", "lora"])
+@pytest.mark.parametrize("make_model", [tiny_llama, tiny_lora, tiny_pissa], ids=["full", "lora", "pissa"])
 def test_killed_run_resumes_to_identical_weights(tmp_path, tok, make_model):
     straight = make_model(tok)
     result = train(straight, tok, RECORDS, tmp_path / "straight", SETTINGS)
@@ -77,7 +84,8 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, tok, make_model):
     partial.mkdir()
     (partial / "optimizer.pt").write_bytes(b"")
 
-    resumed_model = make_model(tok)  # a new process re-creates the model exactly as the first one did
+    # A new process re-creates the model (for residual methods: re-runs the same deterministic init).
+    resumed_model = make_model(tok)
     steps = []
     resumed = train(resumed_model, tok, RECORDS, tmp_path / "resumed", SETTINGS, callbacks=[lambda s, _: steps.append(s)])
     assert resumed.resumed_from == 3 and resumed.global_step == 7
@@ -117,6 +125,12 @@ def test_loss_falls_and_every_step_reaches_the_callback(tmp_path, tok):
     assert [logs["loss"] for _, logs in seen] == [e["loss"] for e in result.loss_history]
     losses = [e["loss"] for e in result.loss_history]
     assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3, losses
+
+
+def test_epochs_when_max_steps_is_unset(tmp_path, tok):
+    settings = SETTINGS.model_copy(update={"max_steps": None, "epochs": 2})
+    result = train(tiny_llama(tok), tok, RECORDS, tmp_path, settings)
+    assert result.global_step == 4  # 16 samples / (4 per batch x 2 accumulated) = 2 steps per epoch
 
 
 def test_resume_with_other_settings_is_refused(tmp_path, tok):
