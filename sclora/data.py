@@ -116,6 +116,14 @@ def _checked(path: Path, rows: list[tuple[int, dict]], prompt_field: str, respon
     return records
 
 
+def _text(record: dict, field: str) -> str:
+    value = record.get(field)
+    if not isinstance(value, str):
+        what = "missing" if value is None else f"{type(value).__name__}, not text"
+        raise DataError(f"record {record.get('id', '?')}: field '{field}' is {what}")
+    return value
+
+
 def _template_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict], generation_prompt: bool) -> list[int]:
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
     # The template already writes the special tokens (bos/eos) it wants.
@@ -160,7 +168,7 @@ def encode_records(
     those left without a single response token, which would give no loss."""
     encoded, truncated, empty = [], 0, []
     for record in records:
-        sample, cut = _encode(tokenizer, record["prompt"], record["response"], max_length)
+        sample, cut = _encode(tokenizer, _text(record, "prompt"), _text(record, "response"), max_length)
         truncated += cut
         if all(label == IGNORE_INDEX for label in sample["labels"]):
             empty.append(record.get("id", len(encoded) + len(empty)))
@@ -228,9 +236,9 @@ def chat_batches(
         features = []
         for record in records[start : start + batch_size]:
             if with_response:
-                sample, cut = _encode(tokenizer, record["prompt"], record["response"], max_length)
+                sample, cut = _encode(tokenizer, _text(record, "prompt"), _text(record, "response"), max_length)
             else:
-                ids = _template_ids(tokenizer, [{"role": "user", "content": record["prompt"]}], True)
+                ids = _template_ids(tokenizer, [{"role": "user", "content": _text(record, "prompt")}], True)
                 sample, cut = {"input_ids": ids[:max_length]}, len(ids) > max_length
             truncated += cut
             features.append({"input_ids": sample["input_ids"]})

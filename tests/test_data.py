@@ -89,6 +89,13 @@ def test_samples_without_response_tokens_are_dropped(tok, caplog):
         encode_records(tok, records[:1], max_length=6)
 
 
+def test_record_without_response_is_named(tok):
+    with pytest.raises(DataError, match="record q7: field 'response' is missing"):
+        encode_records(tok, [{"id": "q7", "prompt": "tell me"}], max_length=16)
+    with pytest.raises(DataError, match="record q8: field 'prompt' is int, not text"):
+        next(chat_batches(tok, [{"id": "q8", "prompt": 3}], 1, 16, with_response=False))
+
+
 def test_tokenizer_without_chat_template_is_refused(tok):
     tok.chat_template = None
     with pytest.raises(DataError, match="no chat template"):
