@@ -29,21 +29,12 @@ from transformers.pytorch_utils import Conv1D
 MANIFEST = "manifest.parquet"
 SHARDS = "shards"
 LINEAR_TYPES = (torch.nn.Linear, Conv1D)
+# One row per shard. dataset_fingerprint: hash of the shard's samples' real token ids.
 SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("modules", pa.string()),
-        ("shard", pa.int64()),
-        ("sample_start", pa.int64()),
-        ("samples", pa.int64()),
-        ("d_in", pa.int64()),
-        ("tokens", pa.int64()),
-        ("covariance", pa.bool_()),
-        ("dataset_fingerprint", pa.string()),
-        ("model_fingerprint", pa.string()),
-        ("file", pa.string()),
-        ("sha256", pa.string()),
-    ]
+    [(name, pa.string()) for name in ("key", "modules")]
+    + [(name, pa.int64()) for name in ("shard", "sample_start", "samples", "d_in", "tokens")]
+    + [("covariance", pa.bool_())]
+    + [(name, pa.string()) for name in ("dataset_fingerprint", "model_fingerprint", "file", "sha256")]
 )
 
 
@@ -311,8 +302,8 @@ def capture(
         state["sums"][key] = sums.cpu()
         for j, lo, hi in state["segments"] if covariance else ():
             real = x64[lo:hi][mask[lo:hi]]
-            c = (real.T @ real).cpu()
-            covs.setdefault(j, {})[key] = covs[j][key] + c if key in covs.get(j, {}) else c
+            shard = covs.setdefault(j, {})  # stays on the model's device until the shard is written
+            shard[key] = shard[key] + real.T @ real if key in shard else real.T @ real
 
     def hook(name: str):
         def pre_hook(module, args, kwargs):
@@ -342,11 +333,9 @@ def capture(
                 raise ValueError(f"{out}: shard {j} holds other samples than this data; use a fresh out_dir")
             return
         sums = {k: torch.cat(v) for k, v in buf["sums"].items()}
-        shard_covs = {
-            k: covs.get(j, {}).get(k, torch.zeros(s.shape[1], s.shape[1], dtype=torch.float64))
-            for k, s in sums.items()
-        } if covariance else {}
-        covs.pop(j, None)
+        shard = covs.pop(j, {})
+        zeros = {k: torch.zeros(s.shape[1], s.shape[1], dtype=torch.float64) for k, s in sums.items()}
+        shard_covs = {k: shard.get(k, zeros[k]).cpu() for k in sums} if covariance else {}
         if out is None:
             result.append(CaptureStats(sums, tokens, hashes, dict(module_keys), shard_covs, model_fp))
             return

@@ -1,7 +1,6 @@
 """capture: per-sample token-summed layer inputs, shards, resume, concat — checked against direct computation."""
 
 import filecmp
-import os
 
 import pytest
 import torch
@@ -9,7 +8,6 @@ import transformers
 
 from sclora.capture import CaptureStats, capture
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -231,3 +229,15 @@ def test_errors_name_the_problem(llama, seqs):
         broken.model.layers[0].mlp.down_proj.weight[0, 0] = float("inf")
     with pytest.raises(ValueError, match="'model.layers.1.self_attn.q_proj' input has NaN or Inf"):
         capture(broken, batches, ["q_proj"], progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_capture_on_gpu_matches_cpu(llama, seqs):
+    import copy
+
+    cpu = capture(llama, batched(seqs, 4, "left"), LLAMA_TARGETS, covariance=True, progress=False)
+    gpu = capture(copy.deepcopy(llama).cuda(), batched(seqs, 4, "left"), LLAMA_TARGETS, covariance=True, progress=False)
+    assert gpu.model_fingerprint == cpu.model_fingerprint and gpu.sums[next(iter(gpu.sums))].device.type == "cpu"
+    for key in cpu.sums:
+        torch.testing.assert_close(gpu.sums[key], cpu.sums[key], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(gpu.covariances[key], cpu.covariances[key], rtol=1e-4, atol=1e-3)
