@@ -1,0 +1,243 @@
+"""Apply a LoRA initialisation to a model: SC-LoRA and every baseline it is compared with.
+
+gather (capture.py) -> solve (subspace.py) -> apply (this file). PEFT already has `lora`, `pissa` and CorDA;
+they go through PEFT's own code. MiLoRA and SC-LoRA are not in PEFT and are written here, one function
+each, in the style of PEFT's `pissa_init`: they run on the LoRA layers PEFT has just created, so rank,
+scaling (alpha / r, rslora, rank_pattern, alpha_pattern) and `fan_in_fan_out` are PEFT's, never re-derived.
+
+Residual methods (all but `lora`) rewrite the base weights so that W_res + scaling * B A == W at init.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import Linear as LoraLinear
+from peft.tuners.lora import LoraLayer
+from peft.tuners.lora.config import CordaConfig
+from peft.tuners.lora.corda import collect_eigens, crop_corda_eigens, target_modules
+from peft.tuners.lora.model import LoraModel
+from peft.utils import transpose
+from peft.utils.other import get_pattern_key
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from sclora.export import check_convertible
+from sclora.subspace import Subspace, solve_subspace
+
+if TYPE_CHECKING:
+    from sclora.capture import CaptureStats
+
+METHODS = ("lora", "pissa", "milora", "corda_ipm", "corda_kpm", "sclora")
+RESIDUAL_METHODS = ("pissa", "milora", "corda_ipm", "corda_kpm", "sclora")
+# What PEFT's `init_lora_weights` must be for each method. False: PEFT creates A and B and leaves the
+# base weight alone; milora_init / sclora_init then overwrite all three.
+PEFT_INIT = {"lora": True, "pissa": "pissa", "milora": False, "corda_ipm": "corda", "corda_kpm": "corda", "sclora": False}
+
+
+def init_lora(
+    model: nn.Module,
+    lora_config: LoraConfig,
+    method: str,
+    pos: CaptureStats | None = None,
+    neg: CaptureStats | None = None,
+    beta: float | None = None,
+    *,
+    subspaces: Mapping[str, Subspace | torch.Tensor] | None = None,
+    normalize: str = "none",
+    freeze_basis: bool = False,
+) -> PeftModel:
+    """Wrap `model` (in place, as `get_peft_model` does) in a LoRA adapter "default" initialised by `method`.
+
+    lora, pissa, milora: need no data. corda_ipm: `pos` captured with covariance=True (D+, the task);
+    corda_kpm: `neg` captured with covariance=True (D-, the knowledge to keep). sclora: `pos`, `neg` and
+    `beta` (solved here with `normalize`), or `subspaces` from `sclora_subspaces` (module name -> Subspace
+    or a (d_out, >= r) orthonormal basis; solved at a larger rank is fine, the top r columns are used).
+    `freeze_basis` (sclora only) keeps B fixed so the adapter output stays in the subspace while training.
+    Residual methods: call `sclora.export.save_initial_adapter` right after this, before training.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown init method {method!r}; expected one of {', '.join(METHODS)}")
+    if lora_config.init_lora_weights not in (True, PEFT_INIT[method]):
+        raise ValueError(
+            f"lora_config.init_lora_weights={lora_config.init_lora_weights!r} conflicts with method {method!r}; "
+            "leave it at its default, init_lora sets it"
+        )
+    if freeze_basis and method != "sclora":
+        raise ValueError(f"freeze_basis applies to method 'sclora' only, not {method!r}")
+    if method in RESIDUAL_METHODS:
+        check_convertible(lora_config)
+        if lora_config.use_dora:
+            raise ValueError(f"use_dora is not supported with the residual method {method!r}")
+    extra = {"corda_config": CordaConfig(corda_method=method.removeprefix("corda_"))} if "corda" in method else {}
+    config = replace(lora_config, init_lora_weights=PEFT_INIT[method], **extra)
+    names = _target_names(model, config, linear_only=method in RESIDUAL_METHODS)
+
+    if method == "sclora":
+        if subspaces is None:
+            if pos is None or neg is None:
+                raise ValueError("sclora needs pos and neg CaptureStats (or precomputed subspaces)")
+            if beta is None:
+                raise ValueError("sclora needs beta (or precomputed subspaces)")
+            subspaces = sclora_subspaces(model, config, pos, neg, beta, normalize=normalize)
+        missing = [n for n in names if n not in subspaces]
+        if missing:
+            raise ValueError(f"no subspace for target module {missing[0]} ({len(missing)} missing)")
+    elif method in ("corda_ipm", "corda_kpm"):
+        stats, which = (pos, "pos") if method == "corda_ipm" else (neg, "neg")
+        if stats is None:
+            raise ValueError(f"{method} needs `{which}` CaptureStats captured with covariance=True")
+        corda_preprocess(model, config, stats)
+
+    peft_model = get_peft_model(model, config)
+    if method in ("milora", "sclora"):
+        for name, layer in lora_layers(peft_model):
+            if method == "milora":
+                milora_init(layer, "default")
+            else:
+                sclora_init(layer, "default", subspaces[name], freeze_basis=freeze_basis)
+    return peft_model
+
+
+def lora_layers(peft_model: PeftModel) -> list[tuple[str, LoraLayer]]:
+    """(name in the original model, LoRA layer) for every adapted layer."""
+    return [(n, m) for n, m in peft_model.base_model.model.named_modules() if isinstance(m, LoraLayer)]
+
+
+def sclora_subspaces(
+    model: nn.Module,
+    lora_config: LoraConfig,
+    pos: CaptureStats,
+    neg: CaptureStats,
+    beta: float,
+    *,
+    rank: int | None = None,
+    normalize: str = "none",
+) -> dict[str, Subspace]:
+    """Solve M(beta) for every target layer of the ORIGINAL `model` (before init_lora changes its weights).
+
+    Each layer is solved at its LoRA rank (lora_config.r or rank_pattern), or at `rank` when given
+    (one solve at r_max then serves every smaller rank). The eigenvalues are the per-layer diagnostics.
+    """
+    out = {}
+    for name, module in target_modules(model, lora_config):
+        _require_stats(pos, name, "pos")
+        _require_stats(neg, name, "neg")
+        weight = module.weight.T if isinstance(module, Conv1D) else module.weight  # solve in (d_out, d_in)
+        r = rank or lora_config.rank_pattern.get(get_pattern_key(lora_config.rank_pattern.keys(), name), lora_config.r)
+        pos_sums, pos_tokens = pos.inputs(name)
+        neg_sums, neg_tokens = neg.inputs(name)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                out[name] = solve_subspace(
+                    weight.detach(), pos_sums, neg_sums, beta, r, normalize,
+                    bias=None if module.bias is None else module.bias.detach(),
+                    pos_tokens=pos_tokens, neg_tokens=neg_tokens,
+                )  # fmt: skip
+            except ValueError as e:
+                raise ValueError(f"{name}: {e}") from None
+        for w in caught:  # re-issue with the layer's name, which the solver does not know
+            warnings.warn(f"{name}: {w.message}", w.category, stacklevel=2)
+    return out
+
+
+@torch.no_grad()
+def sclora_init(layer: LoraLayer, adapter_name: str, subspace: Subspace | torch.Tensor, freeze_basis: bool = False) -> None:
+    """SC-LoRA: B = U_r, A = U_r^T W / scaling, W_res = W - scaling B A = (I - U_r U_r^T) W.
+
+    The bias (if any) stays in the base layer untouched: the adapter only ever adds B A x.
+    """
+    basis = subspace.basis if isinstance(subspace, Subspace) else subspace
+    base = layer.get_base_layer()
+    weight = transpose(base.weight, layer.fan_in_fan_out).to(torch.float64)
+    r, scaling = layer.r[adapter_name], layer.scaling[adapter_name]
+    if basis.ndim != 2 or basis.shape[0] != weight.shape[0] or basis.shape[1] < r:
+        raise ValueError(
+            f"subspace basis of shape {tuple(basis.shape)} does not fit layer with d_out={weight.shape[0]}, rank {r}"
+        )
+    b = basis[:, :r].to(torch.float64)
+    _set_adapter(layer, adapter_name, weight, a=b.T @ weight / scaling, b=b)
+    if freeze_basis:
+        layer.lora_B[adapter_name].weight.requires_grad_(False)
+
+
+@torch.no_grad()
+def milora_init(layer: LoraLayer, adapter_name: str) -> None:
+    """MiLoRA (arXiv 2406.09044): the r MINOR singular components of W go into the adapter, split as PiSSA does.
+
+    W = U S V^T; A = sqrt(S_r / scaling) V_r^T, B = U_r sqrt(S_r / scaling) over the r smallest singular values.
+    """
+    base = layer.get_base_layer()
+    weight = transpose(base.weight, layer.fan_in_fan_out).to(torch.float64)
+    r, scaling = layer.r[adapter_name], layer.scaling[adapter_name]
+    if r > min(weight.shape):
+        raise ValueError(f"milora rank {r} exceeds min(d_out, d_in) = {min(weight.shape)} of a layer {tuple(weight.shape)}")
+    u, s, vh = torch.linalg.svd(weight, full_matrices=False)
+    root = (s[-r:] / scaling).sqrt()
+    _set_adapter(layer, adapter_name, weight, a=root[:, None] * vh[-r:], b=u[:, -r:] * root)
+
+
+def _set_adapter(layer: LoraLayer, adapter_name: str, weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """Store A, B in the adapter's dtype and W - scaling B A (from the stored A, B) in the base layer's dtype."""
+    if not isinstance(layer, LoraLinear):
+        raise TypeError(f"{type(layer).__name__} layers are not supported; target Linear or Conv1D layers only")
+    lora_a, lora_b = layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight
+    lora_a.data = a.to(lora_a.dtype).contiguous()
+    lora_b.data = b.to(lora_b.dtype).contiguous()
+    residual = weight - layer.scaling[adapter_name] * (lora_b.double() @ lora_a.double())
+    base = layer.get_base_layer()
+    base.weight.data = transpose(residual.to(base.weight.dtype), layer.fan_in_fan_out).contiguous()
+
+
+@torch.no_grad()
+def corda_preprocess(model: nn.Module, lora_config: LoraConfig, stats: CaptureStats) -> None:
+    """PEFT's `preprocess_corda` fed with our captured covariances instead of its own pass over the data.
+
+    PEFT stores each target module's input covariance as `module.covariance_matrix` and then computes
+    everything from it (`collect_eigens`, `crop_corda_eigens`); we set that attribute and call the same two
+    functions. Covariance = sum over real tokens of x x^T / tokens (padding excluded). PEFT's own hook
+    instead divides each calibration sequence by its max entry and averages over sequences: a per-sample
+    weighting and a global scale, which changes how S is split between A and B but not B A.
+    """
+    if not getattr(stats, "covariances", None):
+        raise ValueError("CorDA needs token-level covariances: capture with covariance=True")
+    modules = list(target_modules(model, lora_config))
+    for name, module in modules:
+        _require_stats(stats, name, "covariance")
+        cov_sum, n_tokens = stats.covariance(name)
+        if n_tokens <= 0:
+            raise ValueError(f"{name}: the captured covariance has no tokens")
+        module.covariance_matrix = (cov_sum / n_tokens).to(module.weight.device)
+        module.corda_method = lora_config.corda_config.corda_method
+        key = get_pattern_key(lora_config.rank_pattern.keys(), name)
+        module.rank = lora_config.rank_pattern.get(key, lora_config.r)
+    try:
+        collect_eigens(model, lora_config, verbose=False)
+        crop_corda_eigens(model, lora_config)
+    finally:  # leave only `eigens`, which PEFT's corda_init consumes and deletes
+        for _, module in modules:
+            for attr in ("covariance_matrix", "corda_method", "rank"):
+                if hasattr(module, attr):
+                    delattr(module, attr)
+
+
+def _target_names(model: nn.Module, config: LoraConfig, linear_only: bool) -> list[str]:
+    """Names of the Linear/Conv1D layers the config targets; with `linear_only`, other targeted types are refused."""
+    names = [n for n, _ in target_modules(model, config)]
+    if not names:
+        raise ValueError(f"target_modules {sorted(config.target_modules)} match no Linear or Conv1D layer of the model")
+    for name, module in model.named_modules() if linear_only else ():
+        if LoraModel._check_target_module_exists(config, name) and name not in names and not list(module.children()):
+            raise ValueError(f"target module {name} is a {type(module).__name__}; only Linear and Conv1D are supported")
+    return names
+
+
+def _require_stats(stats: CaptureStats, name: str, which: str) -> None:
+    if name not in stats.module_keys:
+        raise ValueError(f"target module {name} is missing from the {which} CaptureStats")

@@ -1,0 +1,258 @@
+"""init_lora: every residual method keeps the logits at init; SC-LoRA's algebra; CorDA equals PEFT's own; errors."""
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from peft.tuners.lora.config import CordaConfig
+from peft.tuners.lora.corda import preprocess_corda
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers.pytorch_utils import Conv1D
+
+from sclora.capture import capture
+from sclora.inits import METHODS, RESIDUAL_METHODS, init_lora, lora_layers, sclora_subspaces
+from sclora.subspace import solve_subspace
+
+VOCAB = 61
+LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+TARGETS = {"llama": LLAMA_TARGETS, "qwen2": LLAMA_TARGETS, "gpt2": ["c_attn", "c_proj", "c_fc"]}
+RANK_PATTERN = {"llama": {"v_proj": 2}, "qwen2": {"v_proj": 2}, "gpt2": {"c_fc": 3}}
+ALPHA_PATTERN = {"llama": {"o_proj": 2}, "qwen2": {"o_proj": 2}, "gpt2": {"c_attn": 3}}
+# Largest errors seen, printed at the end (pytest -s) for the issue's closing note.
+LARGEST: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_largest_errors():
+    yield
+    print(f"\ntest_inits largest errors: {LARGEST}")
+
+
+def _record(what: str, err: float) -> float:
+    LARGEST[what] = max(LARGEST.get(what, 0.0), err)
+    return err
+
+
+def tiny_model(arch: str, seed: int = 0) -> torch.nn.Module:
+    """A random 2-layer causal LM, hidden 32; biases made non-zero so the bias paths are exercised."""
+    torch.manual_seed(seed)
+    common = dict(vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if arch == "gpt2":
+        cfg = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0,
+                         attn_pdrop=0.0, **common)  # fmt: skip
+        model = GPT2LMHeadModel(cfg)
+    else:
+        kw = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64, **common)  # fmt: skip
+        model = LlamaForCausalLM(LlamaConfig(**kw)) if arch == "llama" else Qwen2ForCausalLM(Qwen2Config(**kw))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Linear, Conv1D)) and m.bias is not None:
+                m.bias.normal_(0.0, 0.2)
+    return model.eval()
+
+
+def lora_config(arch: str, **kw) -> LoraConfig:
+    kw = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, **kw}
+    return LoraConfig(target_modules=TARGETS[arch], fan_in_fan_out=arch == "gpt2", **kw)
+
+
+def batches(seed: int, n_batches: int = 2, size: int = 3, length: int = 9) -> list[dict]:
+    """Random ids, right-padded: sample i of a batch has length - i real tokens."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n_batches):
+        ids = torch.randint(3, VOCAB, (size, length), generator=gen)
+        mask = torch.ones(size, length, dtype=torch.long)
+        for i in range(size):
+            mask[i, length - i :] = 0
+        out.append({"input_ids": ids.masked_fill(mask == 0, 0), "attention_mask": mask})
+    return out
+
+
+def stats(model, arch: str, seed: int, covariance: bool = False, **kw):
+    return capture(model, batches(seed, **kw), TARGETS[arch], covariance=covariance, progress=False)
+
+
+def logits(model, seed: int = 99) -> torch.Tensor:
+    b = batches(seed, n_batches=1)[0]
+    with torch.no_grad():
+        return model(**b).logits[b["attention_mask"].bool()]
+
+
+def data_args(method: str, model, arch: str) -> dict:
+    if method == "sclora":
+        return dict(pos=stats(model, arch, 1), neg=stats(model, arch, 2), beta=0.5)
+    if method == "corda_ipm":
+        return dict(pos=stats(model, arch, 1, covariance=True))
+    if method == "corda_kpm":
+        return dict(neg=stats(model, arch, 2, covariance=True))
+    return {}
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("method", METHODS)
+def test_init_keeps_the_logits(arch, method):
+    model = tiny_model(arch)
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    before = logits(model)
+    peft_model = init_lora(model, lora_config(arch), method, **data_args(method, model, arch)).eval()
+    err = _record(f"logits at init ({arch})", float((logits(peft_model) - before).abs().max()))
+    assert err < 1e-5 * max(1.0, float(before.abs().max()))
+    # Not vacuous: residual methods really moved the base weights, and their adapter is not zero.
+    name, layer = lora_layers(peft_model)[0]
+    moved = (layer.get_base_layer().weight - original[f"{name}.weight"]).abs().max()
+    adapter = layer.lora_B["default"].weight.abs().max()
+    if method in RESIDUAL_METHODS:
+        assert moved > 1e-3 and adapter > 1e-3
+    else:
+        assert moved == 0 and adapter == 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_sclora_basis_is_orthonormal_and_adapter_projects(arch):
+    model = tiny_model(arch)
+    original = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))}
+    # Patterns: the solve must use each layer's own rank and the adapter each layer's own scaling.
+    config = lora_config(arch, rank_pattern=RANK_PATTERN[arch], alpha_pattern=ALPHA_PATTERN[arch])
+    pos, neg = stats(model, arch, 1), stats(model, arch, 2)
+    subspaces = sclora_subspaces(model, config, pos, neg, beta=0.3, normalize="trace")
+    peft_model = init_lora(model, config, "sclora", subspaces=subspaces)
+    gen = torch.Generator().manual_seed(0)
+    ranks, scalings = set(), set()
+    for name, layer in lora_layers(peft_model):
+        r, s = layer.r["default"], layer.scaling["default"]
+        ranks.add(r)
+        scalings.add(s)
+        b = layer.lora_B["default"].weight.detach().double()
+        a = layer.lora_A["default"].weight.detach().double()
+        w = original[name].double()
+        w = w.T if arch == "gpt2" else w  # (d_out, d_in)
+        u = subspaces[name].basis[:, :r]
+        assert b.shape == (w.shape[0], r)
+        _record("B^T B - I", float((b.T @ b - torch.eye(r, dtype=torch.float64)).abs().max()))
+        assert torch.allclose(b.T @ b, torch.eye(r, dtype=torch.float64), atol=1e-6)
+        assert torch.allclose(b, u, atol=1e-6)
+        x = torch.randn(w.shape[1], 5, generator=gen, dtype=torch.float64)
+        err = float((s * b @ a @ x - u @ (u.T @ (w @ x))).abs().max())
+        assert _record("s B A x - U U^T W x", err) < 1e-5 * float((w @ x).abs().max())
+        w_res = layer.get_base_layer().weight.detach().double()
+        w_res = w_res.T if arch == "gpt2" else w_res
+        assert torch.allclose(w_res, w - u @ (u.T @ w), atol=1e-5)
+    assert len(ranks) == 2 and len(scalings) > 1  # the patterns were applied
+
+
+def test_sclora_solve_uses_bias_with_token_counts():
+    model = tiny_model("qwen2")
+    pos, neg = stats(model, "qwen2", 1), stats(model, "qwen2", 2)
+    name = "model.layers.0.self_attn.q_proj"
+    layer = model.get_submodule(name)
+    got = sclora_subspaces(model, lora_config("qwen2"), pos, neg, beta=0.5)[name].basis
+    args = (layer.weight.detach(), pos.inputs(name)[0], neg.inputs(name)[0], 0.5, 4)
+    with_bias = solve_subspace(*args, bias=layer.bias.detach(), pos_tokens=pos.tokens, neg_tokens=neg.tokens).basis
+    without = solve_subspace(*args).basis
+    assert torch.allclose(got, with_bias, atol=1e-12)
+    assert (got @ got.T - without @ without.T).abs().max() > 1e-3  # the bias really changes the subspace
+
+
+def test_freeze_basis_keeps_b_through_an_optimizer_step():
+    model = tiny_model("llama")
+    pos, neg = stats(model, "llama", 1), stats(model, "llama", 2)
+    peft_model = init_lora(model, lora_config("llama"), "sclora", pos, neg, 0.5, freeze_basis=True)
+    layers = lora_layers(peft_model)
+    b0 = {n: l.lora_B["default"].weight.detach().clone() for n, l in layers}
+    a0 = {n: l.lora_A["default"].weight.detach().clone() for n, l in layers}
+    assert all(not l.lora_B["default"].weight.requires_grad and l.lora_A["default"].weight.requires_grad for _, l in layers)
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+    b = batches(5, n_batches=1)[0]
+    peft_model(**b, labels=b["input_ids"]).loss.backward()
+    opt.step()
+    for name, layer in layers:
+        bw, aw = layer.lora_B["default"].weight, layer.lora_A["default"].weight
+        assert torch.equal(bw, b0[name])
+        assert not torch.equal(aw, a0[name])
+        out = (bw @ aw).double()  # columns of B A: the adapter's output directions
+        assert (out - bw.double() @ (bw.double().T @ out)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("mode", ["ipm", "kpm"])
+def test_corda_from_captured_covariance_matches_peft(arch, mode):
+    """One calibration sequence: PEFT's pass and our capture then see the same tokens (PEFT's hook needs batch 1).
+
+    PEFT divides the sequence by its max entry, a global scale per layer: its covariance equals ours up to
+    that factor, B A and W_res match, and A, B match up to one positive factor per layer (the split of S
+    between them depends on the covariance's scale). PEFT inverts the damped covariance in float32, whose
+    condition number here reaches ~1e4, hence the 1e-2 relative tolerance on everything downstream of it.
+    """
+    model = tiny_model(arch)
+    sample = batches(7, n_batches=1, size=1, length=40)[0]
+    # Ours sees the sequence right-padded with 4 masked tokens, which capture must ignore.
+    padded = {k: torch.cat([v, torch.zeros(1, 4, dtype=torch.long)], 1) for k, v in sample.items()}
+    captured = capture(model, [padded], TARGETS[arch], covariance=True, progress=False)
+    data = {"pos": captured} if mode == "ipm" else {"neg": captured}
+    ours = init_lora(copy.deepcopy(model), lora_config(arch), f"corda_{mode}", **data)
+
+    theirs_model = copy.deepcopy(model)
+    # prune_temporary_fields=False keeps PEFT's covariance on the modules, to compare with ours.
+    corda = CordaConfig(corda_method=mode, prune_temporary_fields=False)
+    config = lora_config(arch, init_lora_weights="corda", corda_config=corda)
+    preprocess_corda(theirs_model, config, run_model=lambda: theirs_model(input_ids=sample["input_ids"]))
+    theirs = get_peft_model(theirs_model, config)
+
+    for (name, lo), (_, lt) in zip(lora_layers(ours), lora_layers(theirs), strict=True):
+        cov_sum, n_tokens = captured.covariance(name)
+        cov_ours, cov_peft = cov_sum / n_tokens, lt.get_base_layer().covariance_matrix.double()
+        c = float(cov_ours.trace() / cov_peft.trace())
+        err = float((cov_ours - c * cov_peft).abs().max() / cov_ours.abs().max())
+        assert _record("corda covariance vs PEFT up to scale (relative)", err) < 1e-6, name
+
+        s = lo.scaling["default"]
+        bo, ao = lo.lora_B["default"].weight.detach().double(), lo.lora_A["default"].weight.detach().double()
+        bt, at = lt.lora_B["default"].weight.detach().double(), lt.lora_A["default"].weight.detach().double()
+        prod = s * bt @ at
+        err = float((s * bo @ ao - prod).abs().max() / prod.abs().max())
+        assert _record(f"corda_{mode} B A vs PEFT (relative)", err) < 1e-2, name
+        wo, wt = lo.get_base_layer().weight.detach(), lt.get_base_layer().weight.detach()
+        err = float((wo - wt).abs().max() / wt.abs().max())
+        assert _record(f"corda_{mode} W_res vs PEFT (relative)", err) < 1e-2, name
+        k = float(bo.norm() / bt.norm())
+        err = max(float((bo - k * bt).abs().max() / bo.abs().max()), float((ao - at / k).abs().max() / ao.abs().max()))
+        assert _record(f"corda_{mode} A, B vs PEFT up to scale (relative)", err) < 1e-2, name
+
+
+def test_errors():
+    model = tiny_model("llama")
+    config = lora_config("llama")
+    pos, neg = stats(model, "llama", 1), stats(model, "llama", 2)
+    with pytest.raises(ValueError, match="unknown init method 'dora'"):
+        init_lora(model, config, "dora")
+    with pytest.raises(ValueError, match="corda_ipm needs `pos`"):
+        init_lora(model, config, "corda_ipm", neg=neg)
+    with pytest.raises(ValueError, match="corda_kpm needs `neg`"):
+        init_lora(model, config, "corda_kpm", pos=pos)
+    with pytest.raises(ValueError, match="covariance=True"):
+        init_lora(model, config, "corda_ipm", pos=pos)
+    with pytest.raises(ValueError, match="sclora needs beta"):
+        init_lora(model, config, "sclora", pos, neg)
+    with pytest.raises(ValueError, match="sclora needs pos and neg"):
+        init_lora(model, config, "sclora", pos, beta=0.5)
+    partial = stats(model, "llama", 1)
+    del partial.module_keys["model.layers.1.mlp.down_proj"]
+    with pytest.raises(ValueError, match="model.layers.1.mlp.down_proj is missing from the neg CaptureStats"):
+        init_lora(model, config, "sclora", pos, partial, 0.5)
+    with pytest.raises(ValueError, match="model.layers.0.self_attn.q_proj: beta must be in"):
+        init_lora(model, config, "sclora", pos, neg, 1.5)
+    with pytest.raises(ValueError, match="use_rslora with rank_pattern"):
+        init_lora(model, lora_config("llama", use_rslora=True, rank_pattern={"q_proj": 2}), "pissa")
+    with pytest.raises(ValueError, match="freeze_basis applies to method 'sclora' only"):
+        init_lora(model, config, "pissa", freeze_basis=True)
+    with pytest.raises(ValueError, match="conflicts with method 'sclora'"):
+        init_lora(model, lora_config("llama", init_lora_weights="pissa"), "sclora", pos, neg, 0.5)
+    with pytest.raises(ValueError, match="match no Linear or Conv1D"):
+        init_lora(model, LoraConfig(target_modules=["nothing_here"]), "lora")
+    with pytest.raises(ValueError, match="model.embed_tokens is a Embedding"):
+        init_lora(model, LoraConfig(target_modules=["q_proj", "embed_tokens"]), "milora")
+    # None of the refusals above touched the model.
+    assert not any("lora_" in n for n, _ in model.named_parameters())
