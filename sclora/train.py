@@ -17,6 +17,8 @@ Several GPUs, no code change (the Trainer runs under Accelerate):
     torchrun --nproc_per_node 4 -m tasks train <item>
 
 `batch_size` is per device, so the effective batch is batch_size x grad_accum x devices.
+On a host without GPUs the same command runs DDP over CPU processes with
+`accelerate launch --cpu ...` (or `ACCELERATE_USE_CPU=true torchrun ...`).
 """
 
 from __future__ import annotations

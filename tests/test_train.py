@@ -1,6 +1,11 @@
 """Training: a killed run resumes to the very same weights (full and LoRA), the loss falls, every step is reported."""
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,9 +109,15 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, tok, make_model):
 def test_outputs_final_model_and_history_without_checkpoints(tmp_path, tok):
     lora_out, full_out = tmp_path / "lora", tmp_path / "full"
     settings = SETTINGS.model_copy(update={"max_steps": 2})
-    result = train(tiny_lora(tok), tok, RECORDS, lora_out, settings)
+    trained = tiny_lora(tok)
+    result = train(trained, tok, RECORDS, lora_out, settings)
     assert (result.model_dir / "adapter_config.json").is_file() and (result.model_dir / "tokenizer.json").is_file()
     assert not (result.model_dir / "model.safetensors").exists()
+    # The saved adapter on a fresh base is the trained model.
+    reloaded = PeftModel.from_pretrained(tiny_llama(tok), result.model_dir).eval()
+    batch = torch.tensor([tok.convert_tokens_to_ids("<bos> <user> what is the capital of zorbia".split())])
+    assert torch.allclose(reloaded(batch).logits, trained.eval()(batch).logits, atol=1e-6)
+    assert not torch.allclose(reloaded(batch).logits, tiny_llama(tok)(batch).logits, atol=1e-6)
     assert sorted(p.name for p in lora_out.iterdir()) == [LOSS_HISTORY, "model"]
     history = json.loads((lora_out / LOSS_HISTORY).read_text())
     assert [e["step"] for e in history] == [1, 2] and all(e["loss"] > 0 for e in history)
@@ -156,3 +167,40 @@ def test_model_without_trainable_parameters_is_refused(tmp_path, tok):
 def test_settings_are_validated(values, key):
     with pytest.raises(ValueError, match=key):
         TrainSettings(**values)
+
+
+def test_two_processes_train_like_one(tmp_path, tok):
+    """torchrun with 2 CPU processes (gloo) and half the per-device batch gives the single-process result:
+    the multi-device path needs no code change."""
+    settings = SETTINGS.model_copy(update={"grad_accum": 1, "max_steps": 3})
+    single = tiny_llama(tok)
+    expected = train(single, tok, RECORDS, tmp_path / "one", settings)
+
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(f"""
+        import torch, torch.distributed as dist
+        from test_train import NAMES, RECORDS, SETTINGS, tiny_llama
+        from test_data import word_tokenizer
+        from sclora.train import train
+        tok = word_tokenizer("what is the capital of it".split() + NAMES)
+        model = tiny_llama(tok)
+        settings = SETTINGS.model_copy(update={{"grad_accum": 1, "max_steps": 3, "batch_size": 2}})
+        train(model, tok, RECORDS, {str(tmp_path / "two")!r}, settings)
+        if dist.get_rank() == 0:
+            torch.save(model.state_dict(), {str(tmp_path / "two.pt")!r})
+    """))
+    tests, repo = Path(__file__).parent, Path(__file__).parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), str(tests)]), "ACCELERATE_USE_CPU": "true",
+           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    history = json.loads((tmp_path / "two" / LOSS_HISTORY).read_text())
+    assert [e["step"] for e in history] == [1, 2, 3]
+    assert [e["loss"] for e in history] == pytest.approx([e["loss"] for e in expected.loss_history], abs=1e-5)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [LOSS_HISTORY, "model"]
+    weights_two = torch.load(tmp_path / "two.pt")
+    for name, tensor in single.state_dict().items():
+        assert torch.allclose(tensor, weights_two[name], atol=1e-6), name
