@@ -58,10 +58,10 @@ def export_lora(peft_model: PeftModel, out_dir: str | Path, initial_adapter_dir:
         return out_dir
     if initial_adapter_dir is None:
         raise ValueError("this adapter was trained on residual weights: pass the directory save_initial_adapter wrote")
+    check_convertible(peft_model.peft_config["default"])
     initial_adapter_dir = Path(initial_adapter_dir)
     if not (initial_adapter_dir / "adapter_config.json").is_file():
         raise FileNotFoundError(f"no initial adapter in {initial_adapter_dir} (adapter_config.json missing)")
-    check_convertible(peft_model.peft_config["default"])
     # Loading the initial adapter makes PEFT mark the active adapter trainable again; keep freeze_basis intact.
     trainable = {n: p.requires_grad for n, p in peft_model.named_parameters()}
     try:
