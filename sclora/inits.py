@@ -37,7 +37,9 @@ METHODS = ("lora", "pissa", "milora", "corda_ipm", "corda_kpm", "sclora")
 RESIDUAL_METHODS = ("pissa", "milora", "corda_ipm", "corda_kpm", "sclora")
 # What PEFT's `init_lora_weights` must be for each method. False: PEFT creates A and B and leaves the
 # base weight alone; milora_init / sclora_init then overwrite all three.
-PEFT_INIT = {"lora": True, "pissa": "pissa", "milora": False, "corda_ipm": "corda", "corda_kpm": "corda", "sclora": False}
+PEFT_INIT = {
+    "lora": True, "pissa": "pissa", "milora": False, "corda_ipm": "corda", "corda_kpm": "corda", "sclora": False
+}
 
 
 def init_lora(
@@ -76,7 +78,11 @@ def init_lora(
             raise ValueError(f"use_dora is not supported with the residual method {method!r}")
     extra = {"corda_config": CordaConfig(corda_method=method.removeprefix("corda_"))} if "corda" in method else {}
     config = replace(lora_config, init_lora_weights=PEFT_INIT[method], **extra)
-    names = _target_names(model, config, linear_only=method in RESIDUAL_METHODS)
+    modules = _targets(model, config, linear_only=method in RESIDUAL_METHODS)
+    if method in RESIDUAL_METHODS:
+        for name, module in modules.items():
+            if _rank(config, name) > min(_shape(module)):
+                raise ValueError(f"{name}: rank {_rank(config, name)} exceeds min(d_out, d_in) = {min(_shape(module))}")
 
     if method == "sclora":
         if subspaces is None:
@@ -85,9 +91,12 @@ def init_lora(
             if beta is None:
                 raise ValueError("sclora needs beta (or precomputed subspaces)")
             subspaces = sclora_subspaces(model, config, pos, neg, beta, normalize=normalize)
-        missing = [n for n in names if n not in subspaces]
-        if missing:
-            raise ValueError(f"no subspace for target module {missing[0]} ({len(missing)} missing)")
+        for name, module in modules.items():
+            if name not in subspaces:
+                raise ValueError(f"no subspace for target module {name}")
+            shape, (d_out, _), r = tuple(_basis(subspaces[name]).shape), _shape(module), _rank(config, name)
+            if len(shape) != 2 or shape[0] != d_out or shape[1] < r:
+                raise ValueError(f"{name}: subspace basis {shape} does not fit d_out={d_out}, rank {r}")
     elif method in ("corda_ipm", "corda_kpm"):
         stats, which = (pos, "pos") if method == "corda_ipm" else (neg, "neg")
         if stats is None:
@@ -129,7 +138,7 @@ def sclora_subspaces(
         _require_stats(pos, name, "pos")
         _require_stats(neg, name, "neg")
         weight = module.weight.T if isinstance(module, Conv1D) else module.weight  # solve in (d_out, d_in)
-        r = rank or lora_config.rank_pattern.get(get_pattern_key(lora_config.rank_pattern.keys(), name), lora_config.r)
+        r = rank or _rank(lora_config, name)
         pos_sums, pos_tokens = pos.inputs(name)
         neg_sums, neg_tokens = neg.inputs(name)
         with warnings.catch_warnings(record=True) as caught:
@@ -148,12 +157,14 @@ def sclora_subspaces(
 
 
 @torch.no_grad()
-def sclora_init(layer: LoraLayer, adapter_name: str, subspace: Subspace | torch.Tensor, freeze_basis: bool = False) -> None:
+def sclora_init(
+    layer: LoraLayer, adapter_name: str, subspace: Subspace | torch.Tensor, freeze_basis: bool = False
+) -> None:
     """SC-LoRA: B = U_r, A = U_r^T W / scaling, W_res = W - scaling B A = (I - U_r U_r^T) W.
 
     The bias (if any) stays in the base layer untouched: the adapter only ever adds B A x.
     """
-    basis = subspace.basis if isinstance(subspace, Subspace) else subspace
+    basis = _basis(subspace)
     base = layer.get_base_layer()
     weight = transpose(base.weight, layer.fan_in_fan_out).to(torch.float64)
     r, scaling = layer.r[adapter_name], layer.scaling[adapter_name]
@@ -161,7 +172,7 @@ def sclora_init(layer: LoraLayer, adapter_name: str, subspace: Subspace | torch.
         raise ValueError(
             f"subspace basis of shape {tuple(basis.shape)} does not fit layer with d_out={weight.shape[0]}, rank {r}"
         )
-    b = basis[:, :r].to(torch.float64)
+    b = basis[:, :r].to(weight.device, torch.float64)
     _set_adapter(layer, adapter_name, weight, a=b.T @ weight / scaling, b=b)
     if freeze_basis:
         layer.lora_B[adapter_name].weight.requires_grad_(False)
@@ -177,7 +188,7 @@ def milora_init(layer: LoraLayer, adapter_name: str) -> None:
     weight = transpose(base.weight, layer.fan_in_fan_out).to(torch.float64)
     r, scaling = layer.r[adapter_name], layer.scaling[adapter_name]
     if r > min(weight.shape):
-        raise ValueError(f"milora rank {r} exceeds min(d_out, d_in) = {min(weight.shape)} of a layer {tuple(weight.shape)}")
+        raise ValueError(f"milora rank {r} exceeds min(d_out, d_in) of a layer {tuple(weight.shape)}")
     u, s, vh = torch.linalg.svd(weight, full_matrices=False)
     root = (s[-r:] / scaling).sqrt()
     _set_adapter(layer, adapter_name, weight, a=root[:, None] * vh[-r:], b=u[:, -r:] * root)
@@ -215,8 +226,7 @@ def corda_preprocess(model: nn.Module, lora_config: LoraConfig, stats: CaptureSt
             raise ValueError(f"{name}: the captured covariance has no tokens")
         module.covariance_matrix = (cov_sum / n_tokens).to(module.weight.device)
         module.corda_method = lora_config.corda_config.corda_method
-        key = get_pattern_key(lora_config.rank_pattern.keys(), name)
-        module.rank = lora_config.rank_pattern.get(key, lora_config.r)
+        module.rank = _rank(lora_config, name)
     try:
         collect_eigens(model, lora_config, verbose=False)
         crop_corda_eigens(model, lora_config)
@@ -227,15 +237,30 @@ def corda_preprocess(model: nn.Module, lora_config: LoraConfig, stats: CaptureSt
                     delattr(module, attr)
 
 
-def _target_names(model: nn.Module, config: LoraConfig, linear_only: bool) -> list[str]:
-    """Names of the Linear/Conv1D layers the config targets; with `linear_only`, other targeted types are refused."""
-    names = [n for n, _ in target_modules(model, config)]
-    if not names:
+def _targets(model: nn.Module, config: LoraConfig, linear_only: bool) -> dict[str, nn.Module]:
+    """The Linear/Conv1D layers the config targets; with `linear_only`, other targeted types are refused."""
+    found = dict(target_modules(model, config))
+    if not found:
         raise ValueError(f"target_modules {sorted(config.target_modules)} match no Linear or Conv1D layer of the model")
     for name, module in model.named_modules() if linear_only else ():
-        if LoraModel._check_target_module_exists(config, name) and name not in names and not list(module.children()):
+        if LoraModel._check_target_module_exists(config, name) and name not in found and not list(module.children()):
             raise ValueError(f"target module {name} is a {type(module).__name__}; only Linear and Conv1D are supported")
-    return names
+    return found
+
+
+def _rank(config: LoraConfig, name: str) -> int:
+    """The module's LoRA rank, as PEFT resolves it (rank_pattern, else r)."""
+    return config.rank_pattern.get(get_pattern_key(config.rank_pattern.keys(), name), config.r)
+
+
+def _shape(module: nn.Module) -> tuple[int, int]:
+    """(d_out, d_in); Conv1D stores its weight transposed."""
+    d0, d1 = module.weight.shape
+    return (d1, d0) if isinstance(module, Conv1D) else (d0, d1)
+
+
+def _basis(subspace: Subspace | torch.Tensor) -> torch.Tensor:
+    return subspace.basis if isinstance(subspace, Subspace) else subspace
 
 
 def _require_stats(stats: CaptureStats, name: str, which: str) -> None:

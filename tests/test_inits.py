@@ -113,11 +113,13 @@ def test_init_keeps_the_logits(arch, method):
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
 def test_sclora_basis_is_orthonormal_and_adapter_projects(arch):
     model = tiny_model(arch)
-    original = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))}
+    linear = (torch.nn.Linear, Conv1D)
+    original = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, linear)}
     # Patterns: the solve must use each layer's own rank and the adapter each layer's own scaling.
     config = lora_config(arch, rank_pattern=RANK_PATTERN[arch], alpha_pattern=ALPHA_PATTERN[arch])
     pos, neg = stats(model, arch, 1), stats(model, arch, 2)
-    subspaces = sclora_subspaces(model, config, pos, neg, beta=0.3, normalize="trace")
+    # Solved once at a larger rank (as the solve stage does for r_max): init uses the top r columns.
+    subspaces = sclora_subspaces(model, config, pos, neg, beta=0.3, rank=6, normalize="trace")
     peft_model = init_lora(model, config, "sclora", subspaces=subspaces)
     gen = torch.Generator().manual_seed(0)
     ranks, scalings = set(), set()
@@ -163,7 +165,8 @@ def test_freeze_basis_keeps_b_through_an_optimizer_step():
     layers = lora_layers(peft_model)
     b0 = {n: l.lora_B["default"].weight.detach().clone() for n, l in layers}
     a0 = {n: l.lora_A["default"].weight.detach().clone() for n, l in layers}
-    assert all(not l.lora_B["default"].weight.requires_grad and l.lora_A["default"].weight.requires_grad for _, l in layers)
+    assert not any(layer.lora_B["default"].weight.requires_grad for _, layer in layers)
+    assert all(layer.lora_A["default"].weight.requires_grad for _, layer in layers)
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
     b = batches(5, n_batches=1)[0]
     peft_model(**b, labels=b["input_ids"]).loss.backward()
@@ -252,6 +255,15 @@ def test_errors():
         init_lora(model, lora_config("llama", init_lora_weights="pissa"), "sclora", pos, neg, 0.5)
     with pytest.raises(ValueError, match="match no Linear or Conv1D"):
         init_lora(model, LoraConfig(target_modules=["nothing_here"]), "lora")
+    with pytest.raises(ValueError, match="model.layers.0.self_attn.k_proj: rank 20 exceeds min"):
+        init_lora(model, lora_config("llama", rank_pattern={"k_proj": 20}), "pissa")  # k_proj is 16 x 32
+    subspaces = sclora_subspaces(model, config, pos, neg, 0.5)
+    del subspaces["model.layers.1.self_attn.o_proj"]
+    with pytest.raises(ValueError, match="no subspace for target module model.layers.1.self_attn.o_proj"):
+        init_lora(model, config, "sclora", subspaces=subspaces)
+    subspaces = sclora_subspaces(model, config, pos, neg, 0.5, rank=2)
+    with pytest.raises(ValueError, match=r"q_proj: subspace basis \(32, 2\) does not fit d_out=32, rank 4"):
+        init_lora(model, config, "sclora", subspaces=subspaces)
     with pytest.raises(ValueError, match="model.embed_tokens is a Embedding"):
         init_lora(model, LoraConfig(target_modules=["q_proj", "embed_tokens"]), "milora")
     # None of the refusals above touched the model.
