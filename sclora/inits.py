@@ -3,7 +3,8 @@
 gather (capture.py) -> solve (subspace.py) -> apply (this file). PEFT already has `lora`, `pissa` and CorDA;
 they go through PEFT's own code. MiLoRA and SC-LoRA are not in PEFT and are written here, one function
 each, in the style of PEFT's `pissa_init`: they run on the LoRA layers PEFT has just created, so rank,
-scaling (alpha / r, rslora, rank_pattern, alpha_pattern) and `fan_in_fan_out` are PEFT's, never re-derived.
+scaling (alpha / r, rslora, rank_pattern, alpha_pattern) and `fan_in_fan_out` are PEFT's. (Checks and solves
+that must run before the model is wrapped resolve ranks with PEFT's own `get_pattern_key`, as corda.py does.)
 
 Residual methods (all but `lora`) rewrite the base weights so that W_res + scaling * B A == W at init.
 """
@@ -85,6 +86,8 @@ def init_lora(
                 raise ValueError(f"{name}: rank {_rank(config, name)} exceeds min(d_out, d_in) = {min(_shape(module))}")
 
     if method == "sclora":
+        if subspaces is not None and (pos is not None or neg is not None or beta is not None):
+            raise ValueError("sclora takes either precomputed subspaces or pos/neg/beta, not both")
         if subspaces is None:
             if pos is None or neg is None:
                 raise ValueError("sclora needs pos and neg CaptureStats (or precomputed subspaces)")

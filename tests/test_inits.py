@@ -261,6 +261,8 @@ def test_errors():
     del subspaces["model.layers.1.self_attn.o_proj"]
     with pytest.raises(ValueError, match="no subspace for target module model.layers.1.self_attn.o_proj"):
         init_lora(model, config, "sclora", subspaces=subspaces)
+    with pytest.raises(ValueError, match="either precomputed subspaces or pos/neg/beta"):
+        init_lora(model, config, "sclora", pos, neg, 0.5, subspaces=subspaces)
     subspaces = sclora_subspaces(model, config, pos, neg, 0.5, rank=2)
     with pytest.raises(ValueError, match=r"q_proj: subspace basis \(32, 2\) does not fit d_out=32, rank 4"):
         init_lora(model, config, "sclora", subspaces=subspaces)
