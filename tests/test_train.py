@@ -13,6 +13,9 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from test_data import word_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 
+from sclora.capture import capture
+from sclora.data import chat_batches
+from sclora.inits import init_lora
 from sclora.train import LOSS_HISTORY, TrainSettings, train
 
 NAMES = "zorbia quelt mirra tabo ulun vesk opal drin kest ferro lumo nadir pell rusk sorn yvo".split()
@@ -52,6 +55,17 @@ def tiny_pissa(tok, seed=0) -> PeftModel:
     return tiny_lora(tok, seed, init="pissa")
 
 
+def tiny_sclora(tok, seed=0) -> PeftModel:
+    """The project's own residual init, from statistics captured on chat batches (data -> capture -> init)."""
+    model = tiny_llama(tok, seed)
+    targets = ["q_proj", "v_proj", "down_proj"]
+    preserve = [{"prompt": "tell me the capital", "response": f"no {name}"} for name in NAMES]
+    pos = capture(model, chat_batches(tok, RECORDS, 4, 16), targets, progress=False)
+    neg = capture(model, chat_batches(tok, preserve, 4, 16), targets, progress=False)
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=targets)
+    return init_lora(model, config, "sclora", pos, neg, beta=0.5, normalize="trace")
+
+
 SETTINGS = TrainSettings(
     lr=5e-3, batch_size=4, grad_accum=2, max_steps=7, warmup_ratio=0.2, weight_decay=0.01, save_steps=3, seed=3,
     max_length=16,
@@ -73,7 +87,9 @@ def weights(model) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("make_model", [tiny_llama, tiny_lora, tiny_pissa], ids=["full", "lora", "pissa"])
+@pytest.mark.parametrize(
+    "make_model", [tiny_llama, tiny_lora, tiny_pissa, tiny_sclora], ids=["full", "lora", "pissa", "sclora"]
+)
 def test_killed_run_resumes_to_identical_weights(tmp_path, tok, make_model):
     straight = make_model(tok)
     result = train(straight, tok, RECORDS, tmp_path / "straight", SETTINGS)
