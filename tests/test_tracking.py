@@ -1,0 +1,241 @@
+"""MLflow tracking and registry against a real SQLite store in tmp_path."""
+
+import os
+import shutil
+import subprocess
+import time
+
+import mlflow
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, TrainerControl, TrainerState, TrainingArguments
+
+from sclora import tracking
+from sclora.tracking import PromotionGates, TrackingError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"  # no network calls from MLflow's usage telemetry
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory):
+    """A migrated, empty SQLite store; each test copies it (creating the schema costs seconds)."""
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    tracking.use_store(f"sqlite:///{path}")
+    mlflow.set_tracking_uri(None)
+    return path
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch, empty_store):
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+
+
+def test_uri_from_environment_then_params(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.tracking_uri() == "sqlite:///mlflow.db"
+    assert tracking.tracking_uri("sqlite:///other.db") == "sqlite:///other.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    assert tracking.tracking_uri("sqlite:///other.db") == "http://tracking.example:5000"
+
+
+def test_artifacts_live_beside_the_sqlite_store(store, tmp_path):
+    experiment_id = tracking.connect(experiment="beside")
+    location = mlflow.MlflowClient().get_experiment(experiment_id).artifact_location
+    assert location == (tmp_path / "mlartifacts").as_uri()
+
+
+def test_parent_and_nested_child_runs(store, tmp_path):
+    lock = tmp_path / "dvc.lock"
+    lock.write_text(
+        "schema: '2.0'\nstages:\n  train@benign-sclora-0.5-0:\n    cmd: python -m tasks train\n"
+        "    outs:\n    - path: artifacts/runs/x\n      md5: abc.dir\n  solve@0.5:\n    cmd: solve\n"
+    )
+    with tracking.parent_run("sweep", params={"train": {"lr": 0.002, "methods": ["lora", "sclora"]}}) as parent:
+        with tracking.child_run(
+            "benign", "sclora", 0.5, 0,
+            params={"adapter": {"rank": 8}, "tracking": {"api_token": "s3cr3t"}},
+            dvc_lock=lock, stages=["train@benign-sclora-0.5-0", "solve@0.5"],
+            fingerprints={"finetune_benign": "f00d"},
+        ) as child:
+            tracking.log_metrics({"utility": 0.7, "knowledge": 0.5, "attack_success_rate": None,
+                                  "forgetting": {"knowledge": 0.1, "safety": -0.02}})
+        with tracking.child_run("benign", "lora", None, 0) as other:
+            pass
+        # The same configuration again (another stage): the same run, not a new one.
+        with tracking.child_run("benign", "sclora", 0.5, 0) as again:
+            tracking.log_metrics({"refusal_rate": 0.9})
+    assert again.info.run_id == child.info.run_id
+    client = mlflow.MlflowClient()
+    got = client.get_run(child.info.run_id).data
+    assert got.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert client.get_run(other.info.run_id).data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert got.params == {"adapter.rank": "8"}
+    assert client.get_run(parent.info.run_id).data.params == {"train.lr": "0.002", "train.methods": '["lora", "sclora"]'}
+    assert got.metrics == {"utility": 0.7, "knowledge": 0.5, "forgetting_knowledge": 0.1,
+                           "forgetting_safety": -0.02, "refusal_rate": 0.9}
+    assert {key: got.tags[key] for key in ("task", "method", "beta", "seed", "data.finetune_benign")} == {
+        "task": "benign", "method": "sclora", "beta": "0.5", "seed": "0", "data.finetune_benign": "f00d"}
+    assert got.tags["git_commit"] == subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    hashes = {key: value for key, value in got.tags.items() if key.startswith("dvc.")}
+    assert set(hashes) == {"dvc.train_benign-sclora-0.5-0", "dvc.solve_0.5"}
+    assert len(set(hashes.values())) == 2
+
+
+def test_child_run_from_another_process_links_to_the_parent(store):
+    with tracking.parent_run("pipeline") as parent:
+        pass
+    # A stage process: no active run, only the parent's id.
+    with tracking.child_run("poisoned", "pissa", None, 1, parent_run_id=parent.info.run_id) as child:
+        tracking.log_metrics({"utility": 0.3})
+    run = mlflow.MlflowClient().get_run(child.info.run_id)
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert run.info.status == "FINISHED"
+    with pytest.raises(TrackingError, match="no parent run"):
+        tracking.child_run("poisoned", "pissa", None, 1).__enter__()
+    with pytest.raises(TrackingError, match="run nope not found"):
+        tracking.child_run("poisoned", "pissa", None, 1, parent_run_id="nope").__enter__()
+
+
+def test_secrets_never_logged():
+    flat = {"hub.token", "db.password", "client_secret", "api_key", "judge.API_KEY", "model.path", "eval.batch_size"}
+    assert {key for key in flat if not tracking.is_secret(key)} == {"model.path", "eval.batch_size"}
+
+
+def test_secret_params_and_tags_filtered_in_the_store(store):
+    with tracking.parent_run("p", params={"judge": {"endpoint": "http://x", "api_key": "k"}, "hf_token": "t"},
+                             tags={"password": "p", "owner": "team"}) as run:
+        pass
+    data = mlflow.MlflowClient().get_run(run.info.run_id).data
+    assert data.params == {"judge.endpoint": "http://x"}
+    assert data.tags["owner"] == "team" and "password" not in data.tags
+    assert "k" not in data.params.values() and "t" not in data.params.values()
+
+
+def test_loss_callback_logs_every_step(store):
+    args = TrainingArguments(output_dir=str(store), report_to="none")
+    with tracking.parent_run("p"):
+        with tracking.child_run("benign", "lora", None, 0) as child:
+            callback = tracking.MlflowLossCallback()
+            state = TrainerState()
+            for step, loss in enumerate([2.0, 1.5, 1.25, 1.0], start=1):
+                state.global_step = step
+                callback.on_log(args, state, TrainerControl(), logs={"loss": loss, "learning_rate": 1e-3 / step})
+            state.global_step = 5
+            callback.on_log(args, state, TrainerControl(), logs={"eval_loss": 3.0})  # not a training loss
+    history = mlflow.MlflowClient().get_metric_history(child.info.run_id, "train_loss")
+    assert [(m.step, m.value) for m in history] == [(1, 2.0), (2, 1.5), (3, 1.25), (4, 1.0)]
+    assert len(mlflow.MlflowClient().get_metric_history(child.info.run_id, "learning_rate")) == 4
+    with pytest.raises(TrackingError, match="no active MLflow run"):
+        tracking.MlflowLossCallback()
+
+
+def test_unreachable_server_fails_fast():
+    start = time.monotonic()
+    with pytest.raises(TrackingError, match=r"MLflow tracking store http://127\.0\.0\.1:9 unreachable"):
+        tracking.connect("http://127.0.0.1:9")
+    assert time.monotonic() - start < 30
+    mlflow.set_tracking_uri(None)
+
+
+def _adapter(directory, seed):
+    """A real PEFT LoRA adapter of a tiny Llama, non-zero B so that it changes the outputs."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2)
+    base = LlamaForCausalLM(config)
+    model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(seed)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_()
+    model.save_pretrained(directory)
+    return model
+
+
+def test_register_adapter_then_promote_through_the_gates(store, tmp_path):
+    from peft import PeftModel
+
+    name = "sclora-adapter"
+    gates = PromotionGates(utility_tolerance=0.02, forgetting_budget={"knowledge": 0.05, "safety": 0.05})
+    trained = _adapter(tmp_path / "first", seed=1)
+    with tracking.parent_run("retrain"):
+        with tracking.child_run("benign", "sclora", 0.9, 0):
+            first = tracking.register_adapter(
+                tmp_path / "first", name,
+                {"utility": 0.60, "forgetting": {"knowledge": 0.01, "safety": 0.0}}, tags={"method": "sclora"})
+    client = mlflow.MlflowClient()
+    version = client.get_model_version(name, first)
+    assert version.aliases == ["candidate"]
+    assert float(version.tags["utility"]) == 0.60 and float(version.tags["forgetting_knowledge"]) == 0.01
+    assert version.tags["method"] == "sclora"
+    assert "No `champion` yet" in version.description
+
+    # The registered artifact is a plain PEFT adapter that reproduces the trained model.
+    downloaded = mlflow.artifacts.download_artifacts(f"models:/{name}@candidate", dst_path=str(tmp_path / "dl"))
+    base = trained.get_base_model()
+    ids = torch.tensor([[1, 5, 7, 3]])
+    with torch.no_grad():
+        expected = trained(input_ids=ids).logits
+    trained.unload()
+    loaded = PeftModel.from_pretrained(base, downloaded)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, expected)
+
+    assert tracking.promote(name, first, gates) == (True, ["no champion yet", "forgetting_knowledge 0.0100 vs budget 0.05",
+                                                          "forgetting_safety 0.0000 vs budget 0.05"])
+    assert str(client.get_model_version_by_alias(name, "champion").version) == first
+
+    # A better-looking candidate that forgets too much safety: registered, compared, rejected.
+    _adapter(tmp_path / "second", seed=2)
+    with tracking.parent_run("retrain"):
+        with tracking.child_run("poisoned", "lora", None, 0):
+            second = tracking.register_adapter(
+                tmp_path / "second", name, {"utility": 0.59, "forgetting": {"knowledge": 0.0, "safety": 0.30}})
+    description = client.get_model_version(name, second).description
+    assert "version 1" in description
+    assert "| utility | 0.5900 | 0.6000 | -0.0100 |" in description
+    assert "| forgetting_safety | 0.3000 | 0.0000 | +0.3000 |" in description
+    assert str(client.get_model_version_by_alias(name, "candidate").version) == second
+    accepted, reasons = tracking.promote(name, second, gates)
+    assert not accepted and reasons == ["forgetting_safety 0.3000 vs budget 0.05"]
+    assert str(client.get_model_version_by_alias(name, "champion").version) == first
+    assert client.get_model_version(name, second).tags["promotion"] == "rejected"
+
+    # Utility below the champion's minus the tolerance is rejected even within the forgetting budget.
+    with tracking.parent_run("retrain"):
+        third = tracking.register_adapter(tmp_path / "second", name, {"utility": 0.5, "forgetting": {"knowledge": 0.0,
+                                                                                                     "safety": 0.0}})
+    accepted, reasons = tracking.promote(name, third, gates)
+    assert not accepted and reasons == ["utility 0.5000 vs champion 0.6000 - 0.02"]
+    # Within the tolerance: accepted, and champion moves.
+    accepted, _ = tracking.promote(name, second, PromotionGates(utility_tolerance=0.02))
+    assert accepted and str(client.get_model_version_by_alias(name, "champion").version) == second
+
+
+def test_registry_errors_are_one_line(store, tmp_path):
+    with pytest.raises(TrackingError, match="registered model 'missing' not found"):
+        tracking.promote("missing", 1, PromotionGates())
+    _adapter(tmp_path / "a", seed=1)
+    with tracking.parent_run("p"):
+        version = tracking.register_adapter(tmp_path / "a", "m", {"utility": 0.5})
+        with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
+            tracking.register_adapter(tmp_path, "m", {"utility": 0.5})
+    assert version == "1"
+    with pytest.raises(TrackingError, match="registered model 'm' has no version 7"):
+        tracking.promote("m", 7, PromotionGates())
+    with pytest.raises(TrackingError, match="no active MLflow run"):
+        tracking.register_adapter(tmp_path / "a", "m", {"utility": 0.5})
+    # A budget on a metric the version never measured cannot pass.
+    accepted, reasons = tracking.promote("m", version, PromotionGates(forgetting_budget={"safety": 0.1}))
+    assert not accepted and reasons == ["forgetting_safety missing on version 1"]
