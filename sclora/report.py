@@ -1,0 +1,320 @@
+"""The comparison report: results table, mean +- std over seeds, Pareto front, plots.
+
+`write_report(rows, out_dir, ...)` writes `results.csv` (one row per run), `report.md`
+and PNGs into `out_dir`, atomically (a temporary directory renamed into place).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+COLUMNS = (
+    "run", "task", "method", "beta", "seed", "lr",
+    "utility", "knowledge", "knowledge_logprob", "refusal_rate", "refusal_margin",
+    "attack_success_rate", "benign_refusal_rate", "knowledge_forgetting", "safety_forgetting", "final_loss",
+)  # fmt: skip
+METRICS = COLUMNS[6:]
+# What "preserved" means on each trade-off panel: both axes higher is better.
+PRESERVATION = {"knowledge": "knowledge", "safety": "refusal_rate"}
+SWEPT_METHOD = "sclora"  # the method with a beta axis
+SPECTRA_LAYERS = 4
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point dominates, both coordinates maximised, in order of x.
+
+    A point is dominated when another is at least as good on both and better on one;
+    points with a NaN coordinate are never on the front.
+    """
+    finite = [i for i, (x, y) in enumerate(points) if not (math.isnan(x) or math.isnan(y))]
+    front = [
+        i
+        for i in finite
+        if not any(
+            points[j][0] >= points[i][0] and points[j][1] >= points[i][1] and points[j] != points[i] for j in finite
+        )
+    ]
+    return sorted(front, key=lambda i: (points[i][0], -points[i][1]))
+
+
+def write_report(
+    rows: Sequence[Mapping],
+    out_dir: str | Path,
+    loss_histories: Mapping[str, Sequence[Mapping]] | None = None,
+    spectra: Mapping[str, Mapping[float, Sequence[float]]] | None = None,
+) -> Path:
+    """Write results.csv, report.md and the PNGs into `out_dir` (replaced as a whole).
+
+    `rows`: one dict per run with the keys in COLUMNS (missing metrics: None).
+    `loss_histories`: run -> [{"step", "loss"}, ...]. `spectra`: layer -> {beta: eigenvalues
+    of M(beta), descending}; the first few layers are plotted.
+    """
+    rows = [_row(row, i) for i, row in enumerate(rows)]
+    if not rows:
+        raise ValueError("report: no runs to report")
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        _write_csv(rows, staging / "results.csv")
+        groups = _groups(rows)
+        plots = _tradeoff_plots(groups, staging)
+        plots += _beta_plots(groups, staging)
+        if loss_histories:
+            plots.append(_loss_plot(rows, loss_histories, staging / "loss.png"))
+        if spectra:
+            plots.append(_spectra_plot(spectra, staging / "spectra.png"))
+        (staging / "report.md").write_text(_markdown(groups, plots), encoding="utf-8")
+        _replace(staging, out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return out_dir
+
+
+def _row(row: Mapping, index: int) -> dict:
+    missing = [key for key in ("run", "task", "method") if row.get(key) in (None, "")]
+    if missing:
+        raise ValueError(f"report row {index}: missing {', '.join(missing)}")
+    unknown = set(row) - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"report row {row['run']}: unknown column(s) {', '.join(sorted(unknown))}")
+    clean = {key: row.get(key) for key in COLUMNS}
+    for key in ("beta", "lr", *METRICS):
+        clean[key] = _number(clean[key], f"{row['run']}.{key}")
+    return clean
+
+
+def _number(value: object, where: str) -> float:
+    if value is None or value == "":
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"report row {where}: not a number: {value!r}") from None
+
+
+def _write_csv(rows: list[dict], path: Path) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: "" if isinstance(v, float) and math.isnan(v) else v for key, v in row.items()})
+
+
+def _groups(rows: list[dict]) -> list[dict]:
+    """Mean and std over seeds per (task, method, beta), in a stable order."""
+    keyed: dict[tuple, list[dict]] = {}
+    for row in rows:
+        keyed.setdefault((row["task"], row["method"], row["beta"]), []).append(row)
+    groups = []
+    for (task, method, beta), members in keyed.items():
+        stats = {}
+        for metric in METRICS:
+            values = np.array([m[metric] for m in members], dtype=float)
+            values = values[~np.isnan(values)]
+            mean = float(values.mean()) if values.size else math.nan
+            std = float(values.std(ddof=1)) if values.size > 1 else 0.0
+            stats[metric] = (mean, std)
+        groups.append({"task": task, "method": method, "beta": beta, "seeds": len(members), "stats": stats})
+    groups.sort(key=lambda g: (g["task"], g["method"], -1.0 if math.isnan(g["beta"]) else g["beta"]))
+    for task in {g["task"] for g in groups}:
+        members = [g for g in groups if g["task"] == task]
+        for panel, metric in PRESERVATION.items():
+            points = [(g["stats"]["utility"][0], g["stats"][metric][0]) for g in members]
+            for i in pareto_front(points):
+                members[i].setdefault("pareto", []).append(panel)
+    return groups
+
+
+def _label(group: dict) -> str:
+    beta = group["beta"]
+    return group["method"] if math.isnan(beta) else f"{group['method']} b={beta:g}"
+
+
+def _colors(groups: list[dict]) -> dict[str, tuple]:
+    methods = sorted({g["method"] for g in groups})
+    cmap = plt.get_cmap("tab10")
+    return {method: cmap(i % 10) for i, method in enumerate(methods)}
+
+
+def _tradeoff_plots(groups: list[dict], out: Path) -> list[str]:
+    colors = _colors(groups)
+    names = []
+    for task in sorted({g["task"] for g in groups}):
+        members = [g for g in groups if g["task"] == task]
+        fig, axes = plt.subplots(1, len(PRESERVATION), figsize=(6 * len(PRESERVATION), 4.8), squeeze=False)
+        for ax, (panel, metric) in zip(axes[0], PRESERVATION.items()):
+            points = []
+            for g in members:
+                (x, xerr), (y, yerr) = g["stats"]["utility"], g["stats"][metric]
+                points.append((x, y))
+                if math.isnan(x) or math.isnan(y):
+                    continue
+                # beta shades the swept method so that its sweep reads as a path
+                alpha = 1.0 if math.isnan(g["beta"]) else 0.35 + 0.65 * g["beta"]
+                ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", color=colors[g["method"]], alpha=alpha,
+                            capsize=3, label=g["method"])
+                if not math.isnan(g["beta"]):  # colours name the methods; only the sweep needs its beta written
+                    ax.annotate(f"b={g['beta']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            front = pareto_front(points)
+            if front:
+                ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=1,
+                        label="Pareto front", zorder=0)
+                ax.scatter([points[i][0] for i in front], [points[i][1] for i in front], s=160,
+                           facecolors="none", edgecolors="k", zorder=3)
+            handles, labels = ax.get_legend_handles_labels()
+            unique = dict(zip(labels, handles))
+            ax.legend(unique.values(), unique.keys(), fontsize=7, loc="best")
+            ax.set_xlabel("utility (task metric)")
+            ax.set_ylabel(f"{panel} preserved ({metric})")
+            ax.set_title(f"{task}: utility vs {panel}")
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        name = f"tradeoff_{task}.png"
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        names.append(name)
+    return names
+
+
+def _beta_plots(groups: list[dict], out: Path) -> list[str]:
+    colors = _colors(groups)
+    names = []
+    for task in sorted({g["task"] for g in groups}):
+        members = [g for g in groups if g["task"] == task]
+        swept = sorted((g for g in members if g["method"] == SWEPT_METHOD and not math.isnan(g["beta"])),
+                       key=lambda g: g["beta"])
+        if not swept:
+            continue
+        metrics = [m for m in METRICS if any(not math.isnan(g["stats"][m][0]) for g in members)]
+        cols = 4
+        rows_needed = math.ceil(len(metrics) / cols)
+        fig, axes = plt.subplots(rows_needed, cols, figsize=(4 * cols, 3.2 * rows_needed), squeeze=False)
+        for ax, metric in zip(axes.flat, metrics):
+            betas = [g["beta"] for g in swept]
+            means = [g["stats"][metric][0] for g in swept]
+            stds = [g["stats"][metric][1] for g in swept]
+            ax.errorbar(betas, means, yerr=stds, fmt="o-", color=colors[SWEPT_METHOD], capsize=3, label=SWEPT_METHOD)
+            for g in members:
+                if g["method"] != SWEPT_METHOD and not math.isnan(g["stats"][metric][0]):
+                    ax.axhline(g["stats"][metric][0], color=colors[g["method"]], ls="--", lw=1, label=_label(g))
+            ax.set_title(metric, fontsize=9)
+            ax.set_xlabel("beta")
+            ax.grid(alpha=0.3)
+        for ax in list(axes.flat)[len(metrics):]:
+            ax.axis("off")
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower right", fontsize=8, ncol=2)
+        fig.suptitle(f"{task}: {SWEPT_METHOD} over beta (dashed: other methods)")
+        fig.tight_layout()
+        name = f"beta_{task}.png"
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        names.append(name)
+    return names
+
+
+def _loss_plot(rows: list[dict], histories: Mapping[str, Sequence[Mapping]], path: Path) -> str:
+    by_run = {row["run"]: row for row in rows}
+    tasks = sorted({row["task"] for row in rows if row["run"] in histories})
+    colors = _colors([{"method": row["method"]} for row in rows])
+    fig, axes = plt.subplots(1, max(len(tasks), 1), figsize=(6 * max(len(tasks), 1), 4.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for run, history in histories.items():
+            row = by_run.get(run)
+            if row is None or row["task"] != task or not history:
+                continue
+            beta = "" if math.isnan(row["beta"]) else f" b={row['beta']:g}"
+            shade = 0.8 if math.isnan(row["beta"]) else 0.3 + 0.7 * row["beta"]  # as on the trade-off plot
+            ax.plot([h["step"] for h in history], [h["loss"] for h in history], color=colors[row["method"]],
+                    lw=1, alpha=shade, label=f"{row['method']}{beta}")
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))
+        ax.legend(unique.values(), unique.keys(), fontsize=7)
+        ax.set_title(f"{task}: training loss")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def _spectra_plot(spectra: Mapping[str, Mapping[float, Sequence[float]]], path: Path) -> str:
+    layers = list(spectra)[:SPECTRA_LAYERS]
+    fig, axes = plt.subplots(1, len(layers), figsize=(4.5 * len(layers), 3.8), squeeze=False)
+    cmap = plt.get_cmap("viridis")
+    for ax, layer in zip(axes[0], layers):
+        for beta, values in sorted(spectra[layer].items()):
+            values = np.asarray(values, dtype=float)
+            ax.plot(np.arange(1, values.size + 1), values, "o-", ms=3, color=cmap(float(beta)), label=f"beta={beta:g}")
+        ax.axhline(0.0, color="k", lw=0.5)
+        largest = max((float(np.abs(v).max()) for v in spectra[layer].values() if len(v)), default=1.0) or 1.0
+        ax.set_yscale("symlog", linthresh=1e-3 * largest)  # M(beta) is indefinite: both signs, many decades
+        ax.set_title(layer, fontsize=8)
+        ax.set_xlabel("eigenvalue index")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("eigenvalue of M(beta)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def _cell(mean: float, std: float, seeds: int) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.3f} ± {std:.3f}" if seeds > 1 else f"{mean:.3f}"
+
+
+def _markdown(groups: list[dict], plots: list[str]) -> str:
+    shown = [m for m in METRICS if any(not math.isnan(g["stats"][m][0]) for g in groups)]
+    lines = ["# SC-LoRA comparison", ""]
+    lines.append("Mean ± std over seeds per task, method and beta. Forgetting: lower is better.")
+    axes = " / ".join(f"{panel} ({metric})" for panel, metric in PRESERVATION.items())
+    lines.append(f"Pareto: not dominated on utility vs {axes}.")
+    lines.append("")
+    header = ["task", "method", "beta", "seeds", *shown, "Pareto"]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    for g in groups:
+        beta = "-" if math.isnan(g["beta"]) else f"{g['beta']:g}"
+        cells = [_cell(*g["stats"][m], g["seeds"]) for m in shown]
+        lines.append("| " + " | ".join([g["task"], g["method"], beta, str(g["seeds"]), *cells,
+                                         ", ".join(g.get("pareto", [])) or ""]) + " |")
+    lines += ["", "## Pareto-optimal configurations", ""]
+    for task in sorted({g["task"] for g in groups}):
+        for panel in PRESERVATION:
+            best = [_label(g) for g in groups if g["task"] == task and panel in g.get("pareto", [])]
+            lines.append(f"- {task}, utility vs {panel}: {', '.join(best) if best else 'none (metric missing)'}")
+    lines += ["", "## Plots", ""]
+    lines += [f"- [{name}]({name})\n\n  ![{name}]({name})" for name in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _replace(staging: Path, out_dir: Path) -> None:
+    """Swap the finished directory in; a reader never sees a half-written report."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(out_dir, old)
+    os.replace(staging, out_dir)
+    if old is not None:
+        shutil.rmtree(old)
