@@ -143,7 +143,7 @@ def child_run(
         use_store(uri)
     parent = parent_run_id or (active.info.run_id if active else None)
     if parent is None:
-        raise TrackingError(f"child run {task}/{method}: no parent run (start one with parent_run or pass parent_run_id)")
+        raise TrackingError(f"child run {task}/{method}: no parent run (use parent_run, or pass parent_run_id)")
     parent_info = _existing_run(parent).info
     beta_text = "none" if beta is None else f"{float(beta):g}"
     key = f"{task}/{method}/{beta_text}/{seed}"
@@ -207,7 +207,7 @@ def log_files(paths: list[str | Path] | tuple[str | Path, ...], artifact_path: s
     """Log files or directories (samples, plots) as artifacts of the active run."""
     for path in map(Path, paths):
         if path.is_dir():
-            mlflow.log_artifacts(str(path), artifact_path=f"{artifact_path}/{path.name}" if artifact_path else path.name)
+            mlflow.log_artifacts(str(path), artifact_path="/".join(filter(None, [artifact_path, path.name])))
         elif path.is_file():
             mlflow.log_artifact(str(path), artifact_path=artifact_path)
         else:
@@ -231,7 +231,8 @@ class MlflowLossCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "loss" not in logs or not state.is_world_process_zero:
             return
-        values = {"train_loss": logs["loss"], "learning_rate": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm")}
+        values = {"train_loss": logs["loss"], "learning_rate": logs.get("learning_rate"),
+                  "grad_norm": logs.get("grad_norm")}
         for key, value in metric_values(values).items():
             self.client.log_metric(self.run_id, key, value, step=state.global_step)
 
@@ -251,8 +252,15 @@ def register_adapter(
     comparing it with the current champion.
     """
     adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").is_file():
+    config_file = adapter_dir / "adapter_config.json"
+    if not config_file.is_file():
         raise FileNotFoundError(f"{adapter_dir}: not a PEFT adapter directory (no adapter_config.json)")
+    init = json.loads(config_file.read_text(encoding="utf-8")).get("init_lora_weights", True)
+    if init not in (True, "gaussian"):  # the same rule as sclora.export.is_residual
+        raise ValueError(
+            f"{adapter_dir}: adapter trained on residual weights (init_lora_weights={init!r}) means nothing on the "
+            "original base; register the plain LoRA that sclora.export.export_lora writes"
+        )
     active = mlflow.active_run()
     run_id = run_id or (active.info.run_id if active else None)
     if run_id is None:
@@ -316,7 +324,8 @@ def promote(name: str, version: str | int, gates: PromotionGates) -> tuple[bool,
     else:
         theirs = _version_metrics(champion)
         if "utility" not in mine or "utility" not in theirs:
-            failed.append(f"utility missing on version {candidate.version if 'utility' not in mine else champion.version}")
+            lacking = candidate.version if "utility" not in mine else champion.version
+            failed.append(f"utility missing on version {lacking}")
         else:
             floor = theirs["utility"] - gates.utility_tolerance
             check = f"utility {mine['utility']:.4f} vs {CHAMPION} {theirs['utility']:.4f} - {gates.utility_tolerance:g}"

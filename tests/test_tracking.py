@@ -1,5 +1,6 @@
 """MLflow tracking and registry against a real SQLite store in tmp_path."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -67,6 +68,12 @@ def test_parent_and_nested_child_runs(store, tmp_path):
         ) as child:
             tracking.log_metrics({"utility": 0.7, "knowledge": 0.5, "attack_success_rate": None,
                                   "forgetting": {"knowledge": 0.1, "safety": -0.02}})
+            (tmp_path / "samples").mkdir()
+            (tmp_path / "samples" / "eval_task.jsonl").write_text('{"prompt": "p", "output": "o"}\n')
+            (tmp_path / "tradeoff.png").write_bytes(b"\x89PNG")
+            tracking.log_files([tmp_path / "samples", tmp_path / "tradeoff.png"], artifact_path="eval")
+            with pytest.raises(FileNotFoundError, match="missing.png"):
+                tracking.log_files([tmp_path / "missing.png"])
         with tracking.child_run("benign", "lora", None, 0) as other:
             pass
         # The same configuration again (another stage): the same run, not a new one.
@@ -78,13 +85,16 @@ def test_parent_and_nested_child_runs(store, tmp_path):
     assert got.tags["mlflow.parentRunId"] == parent.info.run_id
     assert client.get_run(other.info.run_id).data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert got.params == {"adapter.rank": "8"}
-    assert client.get_run(parent.info.run_id).data.params == {"train.lr": "0.002", "train.methods": '["lora", "sclora"]'}
+    parent_params = client.get_run(parent.info.run_id).data.params
+    assert parent_params == {"train.lr": "0.002", "train.methods": '["lora", "sclora"]'}
     assert got.metrics == {"utility": 0.7, "knowledge": 0.5, "forgetting_knowledge": 0.1,
                            "forgetting_safety": -0.02, "refusal_rate": 0.9}
     assert {key: got.tags[key] for key in ("task", "method", "beta", "seed", "data.finetune_benign")} == {
         "task": "benign", "method": "sclora", "beta": "0.5", "seed": "0", "data.finetune_benign": "f00d"}
     assert got.tags["git_commit"] == subprocess.run(
         ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    artifacts = mlflow.artifacts.list_artifacts(run_id=child.info.run_id, artifact_path="eval")
+    assert sorted(a.path for a in artifacts) == ["eval/samples", "eval/tradeoff.png"]
     hashes = {key: value for key, value in got.tags.items() if key.startswith("dvc.")}
     assert set(hashes) == {"dvc.train_benign-sclora-0.5-0", "dvc.solve_0.5"}
     assert len(set(hashes.values())) == 2
@@ -192,8 +202,9 @@ def test_register_adapter_then_promote_through_the_gates(store, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=ids).logits, expected)
 
-    assert tracking.promote(name, first, gates) == (True, ["no champion yet", "forgetting_knowledge 0.0100 vs budget 0.05",
-                                                          "forgetting_safety 0.0000 vs budget 0.05"])
+    expected = ["no champion yet", "forgetting_knowledge 0.0100 vs budget 0.05",
+                "forgetting_safety 0.0000 vs budget 0.05"]
+    assert tracking.promote(name, first, gates) == (True, expected)
     assert str(client.get_model_version_by_alias(name, "champion").version) == first
 
     # A better-looking candidate that forgets too much safety: registered, compared, rejected.
@@ -231,7 +242,14 @@ def test_registry_errors_are_one_line(store, tmp_path):
         version = tracking.register_adapter(tmp_path / "a", "m", {"utility": 0.5})
         with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
             tracking.register_adapter(tmp_path, "m", {"utility": 0.5})
+        residual = tmp_path / "residual"
+        shutil.copytree(tmp_path / "a", residual)
+        config = json.loads((residual / "adapter_config.json").read_text())
+        (residual / "adapter_config.json").write_text(json.dumps({**config, "init_lora_weights": "pissa"}))
+        with pytest.raises(ValueError, match="residual weights"):
+            tracking.register_adapter(residual, "m", {"utility": 0.5})
     assert version == "1"
+    assert [str(v.version) for v in mlflow.MlflowClient().search_model_versions("name = 'm'")] == ["1"]
     with pytest.raises(TrackingError, match="registered model 'm' has no version 7"):
         tracking.promote("m", 7, PromotionGates())
     with pytest.raises(TrackingError, match="no active MLflow run"):
