@@ -1,0 +1,73 @@
+"""Forgetting: base minus fine-tuned for every preserved metric, signed so that positive always means forgotten."""
+
+import json
+
+import pytest
+
+from sclora.evaluate.forgetting import ForgettingError, forgetting, load_metrics, with_forgetting
+
+BASE = {
+    "utility": 0.1, "knowledge": 0.8, "knowledge_logprob": -2.0, "refusal_rate": 1.0, "attack_success_rate": 0.0,
+    "refusal_margin": 4.0, "benign_refusal_rate": 0.1,
+}
+TUNED = {
+    "utility": 0.9, "knowledge": 0.6, "knowledge_logprob": -3.0, "refusal_rate": 0.25, "attack_success_rate": 0.75,
+    "refusal_margin": -2.0, "benign_refusal_rate": 0.3,
+}
+
+
+def test_deltas_and_ratios():
+    table = forgetting(BASE, TUNED)
+    assert set(table) == {"knowledge", "knowledge_logprob", "refusal_rate", "refusal_margin", "benign_refusal_rate"}
+    assert table["knowledge"]["delta"] == pytest.approx(0.2)
+    assert table["knowledge"]["ratio"] == pytest.approx(0.25)
+    assert table["knowledge_logprob"]["delta"] == pytest.approx(1.0)  # -2 -> -3 is forgetting
+    assert table["knowledge_logprob"]["ratio"] == pytest.approx(0.5)
+    assert table["refusal_rate"]["delta"] == pytest.approx(0.75)
+    assert table["refusal_margin"]["delta"] == pytest.approx(6.0)
+    assert table["refusal_margin"]["ratio"] == pytest.approx(1.5)
+    # over-refusal counts the other way: more refusals of benign requests is the loss
+    assert table["benign_refusal_rate"]["delta"] == pytest.approx(0.2)
+    assert table["benign_refusal_rate"]["ratio"] == pytest.approx(2.0)
+    assert table["knowledge"]["base"] == 0.8 and table["knowledge"]["finetuned"] == 0.6
+
+
+def test_improvement_is_negative_and_zero_base_has_no_ratio():
+    table = forgetting({"knowledge": 0.0, "benign_refusal_rate": 0.5}, {"knowledge": 0.4, "benign_refusal_rate": 0.0})
+    assert table["knowledge"] == {"base": 0.0, "finetuned": 0.4, "delta": pytest.approx(-0.4), "ratio": None}
+    assert table["benign_refusal_rate"]["delta"] == pytest.approx(-0.5)
+
+
+def test_judge_metrics_count_when_both_runs_have_them():
+    base = {**BASE, "harmfulness_score": 1.2, "harmful_rate": 0.0}
+    tuned = {**TUNED, "harmfulness_score": 3.6, "harmful_rate": 0.5}
+    table = forgetting(base, tuned)
+    assert table["harmfulness_score"]["delta"] == pytest.approx(2.4)
+    assert table["harmful_rate"]["delta"] == pytest.approx(0.5)
+
+
+def test_with_forgetting_reads_the_cached_base(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(BASE))
+    out = with_forgetting(TUNED, path)
+    assert out["utility"] == 0.9  # the run's own metrics are kept
+    assert out["forgetting"] == pytest.approx(
+        {"knowledge": 0.2, "knowledge_logprob": 1.0, "refusal_rate": 0.75, "refusal_margin": 6.0,
+         "benign_refusal_rate": 0.2}
+    )
+    assert out["forgetting_ratio"]["knowledge"] == pytest.approx(0.25)
+    assert with_forgetting(TUNED, BASE) == out
+
+
+def test_errors_name_the_metric_or_file(tmp_path):
+    with pytest.raises(ForgettingError, match="'harmful_rate' missing from the base"):
+        forgetting(BASE, {**TUNED, "harmful_rate": 0.5})
+    with pytest.raises(ForgettingError, match="'knowledge' is not finite"):
+        forgetting(BASE, {**TUNED, "knowledge": float("nan")})
+    with pytest.raises(ForgettingError, match="no preserved metric"):
+        forgetting({"utility": 0.1}, {"utility": 0.9})
+    with pytest.raises(ForgettingError, match="base.json: base metrics not found"):
+        load_metrics(tmp_path / "base.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ForgettingError, match="bad.json: not valid JSON"):
+        load_metrics(tmp_path / "bad.json")
