@@ -15,15 +15,31 @@ from sclora import tracking
 from sclora.tracking import PromotionGates, TrackingError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"  # no network calls from MLflow's usage telemetry
+QUIET = {"MLFLOW_DISABLE_TELEMETRY": "true"}  # no network calls from MLflow's usage telemetry
+
+
+@pytest.fixture(autouse=True)
+def offline_mlflow(monkeypatch):
+    for key, value in QUIET.items():
+        monkeypatch.setenv(key, value)
+    yield
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
 
 
 @pytest.fixture(scope="session")
 def empty_store(tmp_path_factory):
     """A migrated, empty SQLite store; each test copies it (creating the schema costs seconds)."""
     path = tmp_path_factory.mktemp("template") / "mlflow.db"
-    tracking.use_store(f"sqlite:///{path}")
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in QUIET.items():
+            patch.setenv(key, value)
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        tracking.use_store(f"sqlite:///{path}")
     mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
     return path
 
 
@@ -32,11 +48,7 @@ def store(tmp_path, monkeypatch, empty_store):
     shutil.copy(empty_store, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    yield uri
-    while mlflow.active_run():
-        mlflow.end_run()
-    mlflow.set_tracking_uri(None)
-    mlflow.set_registry_uri(None)
+    return uri
 
 
 def test_uri_from_environment_then_params(monkeypatch):
@@ -109,6 +121,11 @@ def test_child_run_from_another_process_links_to_the_parent(store):
     run = mlflow.MlflowClient().get_run(child.info.run_id)
     assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert run.info.status == "FINISHED"
+    with tracking.parent_run("pipeline", run_id=parent.info.run_id, tags={"stage": "report"}) as resumed:
+        assert resumed.info.run_id == parent.info.run_id
+    assert mlflow.MlflowClient().get_run(parent.info.run_id).data.tags["stage"] == "report"
+    with pytest.raises(TrackingError, match="run 0123 not found"):
+        tracking.parent_run("pipeline", run_id="0123").__enter__()
     with pytest.raises(TrackingError, match="no parent run"):
         tracking.child_run("poisoned", "pissa", None, 1).__enter__()
     with pytest.raises(TrackingError, match="run nope not found"):
@@ -148,12 +165,12 @@ def test_loss_callback_logs_every_step(store):
         tracking.MlflowLossCallback()
 
 
-def test_unreachable_server_fails_fast():
+def test_unreachable_server_fails_fast(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     start = time.monotonic()
     with pytest.raises(TrackingError, match=r"MLflow tracking store http://127\.0\.0\.1:9 unreachable"):
         tracking.connect("http://127.0.0.1:9")
     assert time.monotonic() - start < 30
-    mlflow.set_tracking_uri(None)
 
 
 def _adapter(directory, seed):
