@@ -35,6 +35,7 @@ ARTIFACTS_DIR = "mlartifacts"  # beside a SQLite store, as `mlflow server` does 
 CONFIG_TAG = "sclora.config"  # identifies a child run: task/method/beta/seed (no "key": secrets filter)
 ADAPTER_ARTIFACT = "adapter"
 CANDIDATE, CHAMPION = "candidate", "champion"
+LINEAGE_TAGS = ("git_commit", "task", "method", "beta", "seed")
 SECRET_WORDS = ("token", "password", "secret", "key")
 
 # One quick attempt when checking that a server answers: MLflow's defaults (7 retries,
@@ -248,8 +249,9 @@ def register_adapter(
     """Register an exported plain-LoRA adapter directory as a new version of `name`; returns the version.
 
     The directory is logged as the `adapter` artifact of `run_id` (default: the active
-    run), the version gets alias `candidate`, its metrics as tags, and a description
-    comparing it with the current champion.
+    run), the version gets alias `candidate`, its metrics and the run's lineage (git commit,
+    dvc.*, data.*, task, method, beta, seed) as tags, and a description comparing it with
+    the current champion.
     """
     adapter_dir = Path(adapter_dir)
     config_file = adapter_dir / "adapter_config.json"
@@ -267,7 +269,10 @@ def register_adapter(
         raise TrackingError(f"register_adapter {name}: no active MLflow run and no run_id given")
     client = mlflow.MlflowClient()
     client.log_artifacts(run_id, str(adapter_dir), artifact_path=ADAPTER_ARTIFACT)
-    source = f"{_existing_run(run_id).info.artifact_uri.rstrip('/')}/{ADAPTER_ARTIFACT}"
+    run = _existing_run(run_id)
+    source = f"{run.info.artifact_uri.rstrip('/')}/{ADAPTER_ARTIFACT}"
+    # The version carries its run's lineage, so the registry alone says where it came from.
+    lineage = {k: v for k, v in run.data.tags.items() if k in LINEAGE_TAGS or k.startswith(("dvc.", "data."))}
     values = metric_values(metrics)
     try:
         client.get_registered_model(name)
@@ -275,7 +280,7 @@ def register_adapter(
         if error.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
         client.create_registered_model(name, description="Plain-LoRA adapters on the original base model")
-    version_tags = {**{key: repr(value) for key, value in values.items()}, **_clean_tags(tags or {})}
+    version_tags = {**lineage, **{key: repr(value) for key, value in values.items()}, **_clean_tags(tags or {})}
     version = client.create_model_version(
         name, source, run_id=run_id, tags=_clean_tags(version_tags), description=champion_comparison(name, values)
     )

@@ -200,12 +200,14 @@ def test_register_adapter_then_promote_through_the_gates(store, tmp_path):
         with tracking.child_run("benign", "sclora", 0.9, 0):
             first = tracking.register_adapter(
                 tmp_path / "first", name,
-                {"utility": 0.60, "forgetting": {"knowledge": 0.01, "safety": 0.0}}, tags={"method": "sclora"})
+                {"utility": 0.60, "forgetting": {"knowledge": 0.01, "safety": 0.0}}, tags={"reviewer": "ml-team"})
     client = mlflow.MlflowClient()
     version = client.get_model_version(name, first)
     assert version.aliases == ["candidate"]
     assert float(version.tags["utility"]) == 0.60 and float(version.tags["forgetting_knowledge"]) == 0.01
-    assert version.tags["method"] == "sclora"
+    lineage = {key: version.tags[key] for key in ("reviewer", "method", "beta", "task")}
+    assert lineage == {"reviewer": "ml-team", "method": "sclora", "beta": "0.9", "task": "benign"}
+    assert "git_commit" in version.tags
     assert "No `champion` yet" in version.description
 
     # The registered artifact is a plain PEFT adapter that reproduces the trained model.
