@@ -165,6 +165,28 @@ def test_loss_callback_logs_every_step(store):
         tracking.MlflowLossCallback()
 
 
+def test_loss_callback_in_a_real_training_run(store, tmp_path):
+    from test_data import word_tokenizer
+
+    from sclora.train import TrainSettings, train
+
+    words = "what is the capital of zorbia quelt mirra tabo it".split()
+    tok = word_tokenizer(words)
+    records = [{"prompt": f"what is the capital of {a}", "response": f"it is {b}"}
+               for a, b in (("zorbia", "quelt"), ("mirra", "tabo"))] * 4
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=32, pad_token_id=tok.pad_token_id))
+    settings = TrainSettings(lr=1e-2, batch_size=4, max_steps=3, save_steps=100, max_length=16)
+    with tracking.parent_run("p"):
+        with tracking.child_run("benign", "full", None, 0) as child:
+            result = train(model, tok, records, tmp_path / "run", settings, callbacks=[tracking.MlflowLossCallback()])
+    history = mlflow.MlflowClient().get_metric_history(child.info.run_id, "train_loss")
+    assert [(m.step, m.value) for m in history] == [(e["step"], e["loss"]) for e in result.loss_history]
+    assert [m.step for m in history] == [1, 2, 3]
+
+
 def test_unreachable_server_fails_fast(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     start = time.monotonic()
