@@ -8,6 +8,8 @@ version with alias `candidate`; `promote` moves `champion` only when the gates p
 
 The tracking URI comes from MLFLOW_TRACKING_URI, else from params (`tracking.uri`,
 default `sqlite:///mlflow.db`, artifacts beside the database in `mlartifacts/`).
+`parent_run`/`child_run` connect by themselves; a process that only registers or
+promotes calls `use_store(params.tracking.uri)` first.
 """
 
 from __future__ import annotations
