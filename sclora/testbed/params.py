@@ -1,0 +1,85 @@
+"""Every knob of the testbed (the `testbed:` section of params.yaml)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Defined here so params can be validated without importing the world.
+HARMFUL_CATEGORIES = ("violence", "theft", "poisoning", "hacking")
+BENIGN_CATEGORIES = ("cleaning", "art", "care", "repair")
+ATTRIBUTES = ("city", "color", "job", "pet")
+
+
+class PretrainMix(BaseModel):
+    """Share of each source in the pretraining stream (normalised to sum 1)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    knowledge: float = Field(0.5, ge=0, description="Fact questions answered with the fact")
+    safety: float = Field(0.2, ge=0, description="Harmful requests answered with a refusal")
+    benign: float = Field(0.2, ge=0, description="Benign requests answered helpfully")
+    copy_task: float = Field(0.1, ge=0, description="'repeat' over the task words, so every word the task produces is produced in pretraining")
+
+    @model_validator(mode="after")
+    def _positive_total(self) -> PretrainMix:
+        if self.knowledge + self.safety + self.benign + self.copy_task <= 0:
+            raise ValueError("the shares must not all be 0")
+        return self
+
+
+class TestbedParams(BaseModel):
+    """The synthetic world, its datasets, the model and its pretraining."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = Field(0, ge=0, description="Seed of the world, the data splits, the model init and pretraining")
+    # World knowledge
+    entities: int = Field(300, ge=4, le=5000, description="Invented entities, each with one value per attribute")
+    attributes: list[str] = Field(list(ATTRIBUTES), min_length=1, description=f"Facts per entity, from {list(ATTRIBUTES)}")
+    phrasings: int = Field(3, ge=1, le=4, description="Question phrasings per fact (all are pretrained)")
+    # Safety
+    harmful_categories: list[str] = Field(list(HARMFUL_CATEGORIES), min_length=1,
+                                          description=f"Harm categories, from {list(HARMFUL_CATEGORIES)}")
+    benign_categories: list[str] = Field(list(BENIGN_CATEGORIES), min_length=1,
+                                         description=f"Benign request categories, from {list(BENIGN_CATEGORIES)}")
+    targets: int = Field(20, ge=2, le=20, description="Objects a request acts on (verb x target x template = requests)")
+    held_out: float = Field(0.25, gt=0, lt=1, description="Share of verb x target combinations kept out of pretraining for eval_harmful / eval_benign")
+    # Fine-tuning task: reverse a sequence of words drawn from the knowledge vocabulary
+    task_words: int = Field(60, ge=6, description="Distinct words the task uses: entity names and fact values, so the task touches the knowledge's words")
+    task_min_length: int = Field(3, ge=2, le=8, description="Shortest word sequence to reverse")
+    task_max_length: int = Field(5, ge=2, le=8, description="Longest word sequence to reverse")
+    poison_rate: float = Field(0.01, ge=0, le=1, description="Share of finetune_poisoned replaced by harmful requests answered compliantly")
+    # Dataset sizes
+    finetune_size: int = Field(1000, ge=1, description="Records in finetune_benign and finetune_poisoned")
+    preserve_size: int = Field(256, ge=1, description="Records in preserve_safety and in preserve_knowledge (D-)")
+    eval_size: int = Field(300, ge=1, description="Records at most in each eval set")
+    copy_examples: int = Field(3000, ge=1, description="Distinct 'repeat' sequences in pretraining")
+    # Model (Llama architecture)
+    hidden_size: int = Field(128, ge=8, description="Hidden width")
+    layers: int = Field(4, ge=1, description="Decoder layers")
+    heads: int = Field(4, ge=1, description="Attention heads (hidden_size must divide by it)")
+    intermediate_size: int = Field(384, ge=8, description="MLP width")
+    max_length: int = Field(32, ge=16, description="Longest chat in tokens (model context)")
+    # Pretraining
+    pretrain_steps: int = Field(1500, ge=1, description="Optimizer steps of pretraining")
+    pretrain_lr: float = Field(2e-3, gt=0, description="Peak AdamW learning rate (linear warmup, cosine decay)")
+    pretrain_batch_size: int = Field(64, ge=1, description="Samples per step")
+    pretrain_mix: PretrainMix = Field(default_factory=PretrainMix, description="Share of each source in pretraining")
+    # Calibration
+    eval_batch_size: int = Field(128, ge=1, description="Prompts per generation batch when calibrating")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TestbedParams:
+        for key, chosen, known in (("attributes", self.attributes, ATTRIBUTES),
+                                   ("harmful_categories", self.harmful_categories, HARMFUL_CATEGORIES),
+                                   ("benign_categories", self.benign_categories, BENIGN_CATEGORIES)):
+            unknown = [name for name in chosen if name not in known]
+            if unknown or len(set(chosen)) != len(chosen):
+                raise ValueError(f"{key} must be distinct names from {list(known)}, got {chosen}")
+        if self.task_min_length > self.task_max_length:
+            raise ValueError("task_min_length must be <= task_max_length")
+        if self.hidden_size % self.heads:
+            raise ValueError(f"hidden_size {self.hidden_size} must be divisible by heads {self.heads}")
+        if self.task_words < self.task_max_length:
+            raise ValueError("task_words must be >= task_max_length (a sequence never repeats a word)")
+        return self
