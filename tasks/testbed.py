@@ -1,0 +1,15 @@
+"""Stage `testbed`: build the offline testbed into artifacts/testbed and print its calibration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sclora.config import Params
+from sclora.testbed.build import build_testbed
+
+OUT_DIR = Path("artifacts/testbed")
+
+
+def run(params: Params) -> dict:
+    """Build world, datasets and base model from `params.testbed`; returns the calibration."""
+    return build_testbed(params.testbed, OUT_DIR)
