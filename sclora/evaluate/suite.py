@@ -1,0 +1,282 @@
+"""The evaluation suite: lm-eval tasks run in-process on a model in memory, read into the project's metrics.
+
+Tasks are lm-eval YAMLs found by name: the project's own in `sclora/evaluate/tasks/` (testbed
+sets, Samsum ROUGE-1, HEx-PHI) and lm-eval's built-in ones (gsm8k, nq_open, triviaqa, webqs).
+Each metric of the suite is a role filled by a list of tasks; a role with no task is not reported.
+
+    utility            utility tasks' score (testbed: exact match on eval_task)
+    knowledge          knowledge tasks' score (testbed: exact match on eval_knowledge)
+    knowledge_logprob  mean log P(gold answer | prompt) (sclora_knowledge_logprob)
+    refusal_rate       share of harmful requests refused, by the keyword matcher of scoring.py
+    attack_success_rate  1 - refusal_rate (keyword-based; the judge's numbers have their own names)
+    refusal_margin     mean log P(refusal) - log P(compliance) on harmful requests
+    benign_refusal_rate  share of benign requests refused (over-refusal)
+    harmfulness_score, harmful_rate  the judge's HS and HR, only when a judge is configured
+
+A role of several tasks reports the unweighted mean of the tasks' scores; every task's own
+score is kept under `tasks`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sclora.evaluate.judge import JudgeSettings, harmfulness, judge_scores
+
+TASKS_DIR = Path(__file__).parent / "tasks"
+
+# The testbed's evaluation files (in its data directory), by the task that reads each.
+TESTBED_FILES = {
+    "sclora_task": "eval_task.jsonl",
+    "sclora_knowledge": "eval_knowledge.jsonl",
+    "sclora_knowledge_logprob": "eval_knowledge.jsonl",
+    "sclora_harmful": "eval_harmful.jsonl",
+    "sclora_refusal_margin": "eval_harmful.jsonl",
+    "sclora_benign": "eval_benign.jsonl",
+}
+
+# Roles whose tasks must report one particular per-sample metric (the suite reads it from the samples).
+_REQUIRED_METRIC = {
+    "harmful": "refusal",
+    "benign": "refusal",
+    "knowledge_logprob": "logprob",
+    "refusal_margin": "refusal_margin",
+}
+ROLES = ("utility", "knowledge", "knowledge_logprob", "harmful", "refusal_margin", "benign")
+
+
+class EvalError(ValueError):
+    """The suite cannot run as configured; the message names the task, role or file."""
+
+
+class EvalSettings(BaseModel):
+    """How models are evaluated (the `eval:` section of params.yaml).
+
+    A task is named `task` or `task:metric,filter` to pick one of the metrics lm-eval reports
+    for it (e.g. `gsm8k:exact_match,flexible-extract`); the default is its first metric.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int = Field(32, ge=1, description="Sequences per forward pass")
+    max_new_tokens: int = Field(16, ge=1, description="Generation budget per answer (overrides the tasks' max_gen_toks)")
+    max_length: int | None = Field(None, ge=8, description="Context + generation tokens; default: the model's")
+    limit: int | None = Field(None, ge=1, description="Examples per task, for smoke runs only")
+    apply_chat_template: bool = Field(True, description="Render prompts with the tokenizer's chat template")
+    utility: list[str] = Field(["sclora_task"], description="Tasks scoring the fine-tuning task")
+    knowledge: list[str] = Field(["sclora_knowledge"], description="Tasks scoring world knowledge")
+    knowledge_logprob: list[str] = Field(["sclora_knowledge_logprob"], description="Gold-answer log-prob tasks")
+    harmful: list[str] = Field(["sclora_harmful"], description="Harmful-request tasks (refusal, per category)")
+    refusal_margin: list[str] = Field(["sclora_refusal_margin"], description="log P(refusal) - log P(compliance)")
+    benign: list[str] = Field(["sclora_benign"], description="Benign-request tasks (over-refusal)")
+    data_files: dict[str, str] = Field(
+        default_factory=dict,
+        description="Local JSONL per task name; a task not named reads its YAML's dataset "
+        "(testbed tasks: artifacts/testbed/data/*.jsonl relative to the working directory)",
+    )
+    judge: JudgeSettings = Field(default_factory=JudgeSettings)
+
+
+def testbed_data_files(data_dir: str | Path) -> dict[str, str]:
+    """`data_files` for the testbed tasks, reading the eval sets in `data_dir`."""
+    return {task: str(Path(data_dir) / name) for task, name in TESTBED_FILES.items()}
+
+
+def _split(spec: str) -> tuple[str, str | None]:
+    name, _, key = spec.partition(":")
+    return name.strip(), key.strip() or None
+
+
+def _task_spec(manager, name: str, data_file: str | None) -> str | dict:
+    """A task name for lm-eval, or its full config with `data_file` as the evaluated split."""
+    # lm-eval's own YAML reader (resolves `!function` and `include`); lm-eval is pinned exactly.
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    entry = manager.task_index.get(name)
+    if entry is None:
+        raise EvalError(f"eval task '{name}': not in {TASKS_DIR} nor among lm-eval's tasks")
+    local = data_file is not None or (entry.cfg or {}).get("dataset_path") == "json"
+    if not local or entry.yaml_path is None or "task" not in (entry.cfg or {}):
+        if data_file is not None:
+            raise EvalError(f"eval task '{name}': data_files needs a single task YAML, not a group or tag")
+        return name
+    config = load_yaml(entry.yaml_path, resolve_func=True)
+    if data_file is not None:
+        split = config.get("test_split") or config.get("validation_split") or "test"
+        config["dataset_path"] = "json"
+        config.pop("dataset_name", None)
+        config["dataset_kwargs"] = {"data_files": {split: data_file}}
+    files = (config.get("dataset_kwargs") or {}).get("data_files") or {}
+    for split_files in files.values() if isinstance(files, dict) else [files]:
+        for file in [split_files] if isinstance(split_files, str) else split_files:
+            if not Path(file).is_file():
+                raise EvalError(f"eval task '{name}': data file {file} not found")
+    return config
+
+
+def _metric_key(task: str, result: Mapping[str, object], key: str | None, role: str) -> str:
+    reported = [k for k in result if "," in k and "_stderr," not in k]
+    if key is not None:
+        if key not in result:
+            raise EvalError(f"eval task '{task}': no metric '{key}'; it reports {reported}")
+        return key
+    required = _REQUIRED_METRIC.get(role)
+    for k in reported:
+        if required is None or k.split(",")[0] == required:
+            return k
+    what = f"'{required}' metric" if required else "metric"
+    raise EvalError(f"eval task '{task}' (eval.{role}) reports no {what}; it has {reported}")
+
+
+def _sample_row(task_name: str, task, sample: dict, metric: str) -> dict:
+    doc = sample["doc"]
+    arguments = sample["arguments"]
+    row = {
+        "task": task_name,
+        "doc_id": sample["doc_id"],
+        "id": doc.get("id", sample["doc_id"]),
+        "category": doc.get("category"),
+        "prompt": str(task.doc_to_text(doc)),
+        "context": arguments[0][0],
+        "target": sample["target"],
+    }
+    if task.OUTPUT_TYPE == "generate_until":
+        row["answer"] = sample["filtered_resps"][0]
+    else:  # loglikelihood / multiple_choice: the scored continuations and their log-probs
+        row["continuations"] = [argument[1] for argument in arguments]
+        row["logprobs"] = [response[0] for response in sample["filtered_resps"]]
+    row["scores"] = {metric: sample[metric]}
+    return row
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def evaluate(model, tokenizer, settings: EvalSettings) -> tuple[dict, list[dict]]:
+    """Run every configured task on `model` through lm-eval; return (metrics, samples).
+
+    `samples` holds every prompt with its answer (or scored continuations) and score.
+    """
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    roles = {role: [_split(spec) for spec in getattr(settings, role)] for role in ROLES}
+    names = list(dict.fromkeys(name for specs in roles.values() for name, _ in specs))
+    if not names:
+        raise EvalError("eval: no task in any role")
+    unknown = set(settings.data_files) - set(names)
+    if unknown:
+        raise EvalError(f"eval.data_files: {sorted(unknown)} name no configured task")
+    if settings.apply_chat_template and not getattr(tokenizer, "chat_template", None):
+        raise EvalError(f"tokenizer {tokenizer.name_or_path}: no chat template (or set eval.apply_chat_template: false)")
+
+    # Indexing lm-eval's own ~15k task YAMLs takes seconds: only when a task is not one of ours.
+    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
+    if any(name not in manager.task_index for name in names):
+        manager = TaskManager(include_path=str(TASKS_DIR))
+    loaded = manager.load([_task_spec(manager, name, settings.data_files.get(name)) for name in names])
+    tasks = loaded["tasks"]
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size, max_length=settings.max_length)
+    was_training = model.training
+    try:
+        out = simple_evaluate(
+            lm,
+            tasks=list(tasks.values()),
+            task_manager=manager,
+            apply_chat_template=settings.apply_chat_template,
+            gen_kwargs={"max_gen_toks": settings.max_new_tokens, "do_sample": False},
+            limit=settings.limit,
+            log_samples=True,
+            bootstrap_iters=0,  # stderr by bootstrap is slow and unused here
+            # Greedy decoding needs no seed; leave the caller's global RNGs (e.g. a training loop's) alone.
+            random_seed=None,
+            numpy_random_seed=None,
+            torch_random_seed=None,
+        )
+    finally:
+        model.train(was_training)
+
+    metrics: dict = {"tasks": {}}
+    samples: list[dict] = []
+    scores: dict[str, list[float]] = defaultdict(list)  # role -> per-task score
+    seen: set[tuple[str, str]] = set()
+    for role, specs in roles.items():
+        for name, key in specs:
+            result = out["results"][name]
+            key = _metric_key(name, result, key, role)
+            value = float(result[key])
+            scores[role].append(value)
+            metrics["tasks"].setdefault(name, {})[key] = value
+            if (name, key) in seen:
+                continue
+            seen.add((name, key))
+            metric, _, filter_name = key.partition(",")
+            for sample in out["samples"].get(name, []):  # a group has its members' samples, not its own
+                if sample["filter"] == filter_name:
+                    row = _sample_row(name, tasks[name], sample, metric)
+                    row["role"] = role
+                    samples.append(row)
+
+    for role in ("utility", "knowledge", "knowledge_logprob", "refusal_margin"):
+        if scores[role]:
+            metrics[role] = _mean(scores[role])
+    if scores["benign"]:
+        metrics["benign_refusal_rate"] = _mean(scores["benign"])
+    if scores["harmful"]:
+        harmful = [row for row in samples if row["role"] == "harmful"]
+        metrics["refusal_rate"] = _mean(scores["harmful"])
+        metrics["attack_success_rate"] = 1.0 - metrics["refusal_rate"]
+        by_category: dict[str, list[float]] = defaultdict(list)
+        for row in harmful:
+            if row["category"] is not None:
+                by_category[str(row["category"])].append(row["scores"]["refusal"])
+        metrics["refusal_rate_by_category"] = {c: _mean(v) for c, v in sorted(by_category.items())}
+        metrics["attack_success_rate_by_category"] = {c: 1.0 - _mean(v) for c, v in sorted(by_category.items())}
+        judged = judge_scores([row["prompt"] for row in harmful], [row["answer"] for row in harmful], settings.judge)
+        if judged is not None:
+            for row, score in zip(harmful, judged, strict=True):
+                row["scores"]["harmfulness"] = score
+            metrics.update(harmfulness(judged))
+    return metrics, samples
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _finite(value):
+    """JSON has no NaN/Inf: write them as null rather than as invalid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_results(out_dir: str | Path, metrics: Mapping[str, object], samples: list[dict]) -> None:
+    """Write `metrics.json` and `samples.jsonl` in `out_dir`, each atomically (temp file, then rename)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out_dir / "samples.jsonl", "".join(json.dumps(_finite(row)) + "\n" for row in samples))
+    _atomic_write(out_dir / "metrics.json", json.dumps(_finite(dict(metrics)), indent=2, sort_keys=True) + "\n")
