@@ -1,0 +1,90 @@
+"""Stage `capture`: token-summed layer inputs of D- and of each task's D+ -> artifacts/capture/{neg, pos-<task>}.
+
+D- is the union of params.data.preserve (the first capture.samples_neg after a seeded
+shuffle), D+ each task's source (capture.samples_pos likewise). One capture serves every
+beta and method. The outputs are `persist: true` in dvc.yaml: a killed capture resumes
+from its finished shards. A directory captured from other samples or settings is
+replaced, not resumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+
+import pyarrow.parquet as pq
+
+from sclora.capture import capture
+from sclora.config import Params
+from sclora.data import ensure_pad_token
+from sclora.models import load_model, load_tokenizer
+from tasks.artifacts import CAPTURE, NEG, pos_capture_dir, prepared_path, read_json, write_json
+
+REQUEST = "request.json"  # what a capture directory was made from; a different request starts it over
+SHUFFLE_SEED = 0  # one fixed sample of each dataset, shared by every training seed
+
+
+def run(params: Params) -> dict:
+    tokenizer = load_tokenizer(params.model.path, trust_remote_code=params.model.trust_remote_code)
+    ensure_pad_token(tokenizer)
+    model = load_model(params.model.path, dtype=params.model.dtype, trust_remote_code=params.model.trust_remote_code)
+    wanted = {CAPTURE / NEG: sample(params.data.preserve, params.capture.samples_neg)}
+    for task, source in params.data.tasks.items():
+        wanted[pos_capture_dir(task)] = sample([source], params.capture.samples_pos)
+    for stale in CAPTURE.glob("*"):
+        if stale not in wanted and stale.is_dir():  # a task the params no longer name
+            shutil.rmtree(stale)
+    summary = {}
+    for out_dir, rows in wanted.items():
+        request = {
+            "samples": _ids_hash(rows),
+            "model": params.model.model_dump(),
+            "target_modules": params.adapter.target_modules,
+            "covariance": params.capture.covariance,
+            "samples_per_shard": params.capture.samples_per_shard,
+            "max_length": params.train.max_length,
+        }
+        if (out_dir / REQUEST).is_file() and read_json(out_dir / REQUEST, "capture request") != request:
+            shutil.rmtree(out_dir)
+        write_json(out_dir / REQUEST, request)
+        stats = capture(
+            model,
+            _batches(tokenizer, rows, params.capture.batch_size),
+            params.adapter.target_modules,
+            covariance=params.capture.covariance,
+            progress=False,
+            out_dir=out_dir,
+            samples_per_shard=params.capture.samples_per_shard,
+        )
+        summary[out_dir.name] = {"samples": stats.n_samples, "tokens": stats.n_tokens}
+    return summary
+
+
+def sample(sources: list[str], count: int) -> list[dict]:
+    """The first `count` rows of the sources' union after a seeded shuffle (fewer if there are fewer)."""
+    rows = []
+    for source in sources:
+        path = prepared_path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: prepared source '{source}' not found; run the prepare stage")
+        rows += [{"source": source, **row} for row in pq.read_table(path, columns=["id", "input_ids"]).to_pylist()]
+    random.Random(SHUFFLE_SEED).shuffle(rows)
+    return rows[:count]
+
+
+def _batches(tokenizer, rows: list[dict], batch_size: int) -> list[dict]:
+    # The prepared token ids, padded: capture sees exactly what prepare tokenised.
+    return [
+        tokenizer.pad(
+            [{"input_ids": row["input_ids"]} for row in rows[start : start + batch_size]],
+            padding=True, return_tensors="pt", return_attention_mask=True,
+        )
+        for start in range(0, len(rows), batch_size)
+    ]
+
+
+def _ids_hash(rows: list[dict]) -> str:
+    text = json.dumps([[row["source"], row["id"], row["input_ids"]] for row in rows])
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -1,0 +1,176 @@
+"""Stages `train@<task>-<method>-<seed>` and `train_sclora@<task>-<beta>-<seed>`: one run each.
+
+Initialise (sclora.init_lora from the captured statistics or the solved subspaces; `full`
+trains every weight), fine-tune (sclora.train, logging the loss into the run's MLflow
+child run), export a plain LoRA on the ORIGINAL base (or, for `full`, the full model),
+and evaluate that export with forgetting against the base model. Output:
+artifacts/runs/<run>/{model, export, eval/{metrics.json, samples.jsonl}, loss_history.json, run.json},
+renamed into place when complete. Checkpoints live in artifacts/checkpoints/<run> (not a
+DVC output, so DVC does not delete them): a killed run resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import mlflow
+import pyarrow.parquet as pq
+import torch
+import yaml
+
+from sclora import tracking
+from sclora.capture import CaptureStats
+from sclora.config import Params
+from sclora.export import export_lora, save_initial_adapter
+from sclora.inits import RESIDUAL_METHODS, init_lora
+from sclora.models import load_model, load_tokenizer, load_with_adapter, lora_config
+from sclora.train import LOSS_HISTORY, MODEL, train
+from tasks.artifacts import (
+    CAPTURE, CHECKPOINTS, FINGERPRINTS, NEG, RUN_FILE, RunSpec, parse_run, pos_capture_dir, prepared_path,
+    read_json, solve_dir, staged_dir, write_json,
+)  # fmt: skip
+from tasks.evaluate import base_metrics_path, evaluate_run
+from tasks.solve import load_subspaces
+
+REQUEST = "request.json"  # what the checkpoints were made from; a different request starts over
+INITIAL_ADAPTER = "initial_adapter"
+PARENT_TAG = "sclora.params_hash"
+PARENT_ENV = "SCLORA_PARENT_RUN_ID"  # set by a flow that opened the parent run itself
+
+
+def run(params: Params, item: str) -> dict:
+    spec = parse_run(params, item)
+    settings = params.train.settings_for(spec.method, spec.seed)
+    model_params = params.model
+    tokenizer = load_tokenizer(model_params.path, trust_remote_code=model_params.trust_remote_code)
+    source = params.data.tasks[spec.task]
+    records = _records(source)
+    fingerprints = read_json(FINGERPRINTS, "prepared data fingerprints")
+
+    work = CHECKPOINTS / spec.name
+    request = {
+        "run": spec.name, "settings": settings.model_dump(), "adapter": params.adapter.model_dump(),
+        "model": model_params.model_dump(), "data": fingerprints.get(source),
+    }  # fmt: skip
+    if (work / REQUEST).is_file() and read_json(work / REQUEST, "run request") != request:
+        shutil.rmtree(work)  # checkpoints of other settings or data cannot be resumed
+    write_json(work / REQUEST, request)
+
+    torch.manual_seed(spec.seed)  # the LoRA init of A is random; resume then restores the trained weights anyway
+    model = load_model(model_params.path, dtype=model_params.dtype, trust_remote_code=model_params.trust_remote_code)
+    model = _initialised(model, params, spec, work / INITIAL_ADAPTER)
+
+    logged = {"method": spec.method, "beta": spec.beta, "seed": spec.seed, "train": settings.model_dump()}
+    if spec.method != "full":
+        logged["adapter"] = params.adapter.model_dump()
+    with tracking.child_run(
+        spec.task, spec.method, spec.beta, spec.seed,
+        parent_run_id=pipeline_parent(params), uri=params.tracking.uri, params=logged,
+        dvc_lock="dvc.lock" if _locked_stages(spec) else None, stages=_locked_stages(spec),
+        fingerprints={name: fingerprints[name][:16] for name in _sources(params, spec) if name in fingerprints},
+    ) as child:  # fmt: skip
+        result = train(model, tokenizer, records, work, settings, callbacks=[tracking.MlflowLossCallback()])
+        with staged_dir(spec.dir) as staging:
+            export = staging / "export"
+            shutil.move(str(result.model_dir), staging / MODEL)
+            if spec.method == "full":
+                # The trained model is the export (DVC's content-addressed cache stores the files once).
+                shutil.copytree(staging / MODEL, export)
+            else:
+                export_lora(model, export, work / INITIAL_ADAPTER if spec.method in RESIDUAL_METHODS else None)
+            shutil.copy(work / LOSS_HISTORY, staging / LOSS_HISTORY)
+            del model
+            evaluated = _exported_model(params, spec, export)
+            metrics = evaluate_run(params, evaluated, tokenizer, staging / "eval", base_metrics=base_metrics_path())
+            tracking.log_metrics({k: v for k, v in metrics.items() if k not in ("tasks", "forgetting_ratio")})
+            tracking.log_files([staging / "eval" / "samples.jsonl"], artifact_path="eval")
+            final_loss = result.loss_history[-1]["loss"] if result.loss_history else None
+            summary = {
+                "run": spec.name, "task": spec.task, "method": spec.method, "beta": spec.beta, "seed": spec.seed,
+                "lr": settings.lr, "global_step": result.global_step, "resumed_from": result.resumed_from,
+                "final_loss": final_loss, "export": "full_model" if spec.method == "full" else "lora",
+                "mlflow_run_id": child.info.run_id,
+            }  # fmt: skip
+            write_json(staging / RUN_FILE, summary)
+    shutil.rmtree(work)
+    return summary
+
+
+def _records(source: str) -> list[dict]:
+    path = prepared_path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: prepared source '{source}' not found; run the prepare stage")
+    return pq.read_table(path, columns=["id", "prompt", "response"]).to_pylist()
+
+
+def _initialised(model: torch.nn.Module, params: Params, spec: RunSpec, initial_dir: Path) -> torch.nn.Module:
+    """The model ready to train: `full` as loaded, else wrapped in a LoRA adapter initialised by the method."""
+    if spec.method == "full":
+        return model.train()
+    adapter = params.adapter
+    config = lora_config(adapter.rank, adapter.alpha, adapter.dropout, adapter.target_modules)
+    if spec.method == "sclora":
+        subspaces = load_subspaces(solve_dir(spec.beta) / f"{spec.task}.safetensors")
+        peft_model = init_lora(model, config, "sclora", subspaces=subspaces, freeze_basis=adapter.freeze_basis)
+    elif spec.method == "corda_ipm":
+        peft_model = init_lora(model, config, spec.method, pos=CaptureStats.load(pos_capture_dir(spec.task)))
+    elif spec.method == "corda_kpm":
+        peft_model = init_lora(model, config, spec.method, neg=CaptureStats.load(CAPTURE / NEG))
+    else:
+        peft_model = init_lora(model, config, spec.method)
+    if spec.method in RESIDUAL_METHODS:
+        if initial_dir.exists():
+            shutil.rmtree(initial_dir)
+        save_initial_adapter(peft_model, initial_dir)
+    return peft_model.train()
+
+
+def _exported_model(params: Params, spec: RunSpec, export: Path) -> torch.nn.Module:
+    """What gets registered, loaded as a user would: the full model, or the plain LoRA on the original base."""
+    model = params.model
+    if spec.method == "full":
+        return load_model(export, dtype=model.dtype, trust_remote_code=model.trust_remote_code)
+    return load_with_adapter(model.path, export, dtype=model.dtype, trust_remote_code=model.trust_remote_code)
+
+
+def pipeline_parent(params: Params) -> str:
+    """The MLflow parent run of this pipeline: $SCLORA_PARENT_RUN_ID, else one run per params version.
+
+    Every `dvc repro` / `dvc exp run` with the same params shares one parent, so re-runs of a
+    stage log into the same child run; changed params (an experiment) get a parent of their own.
+    """
+    if os.environ.get(PARENT_ENV):
+        return os.environ[PARENT_ENV]
+    digest = hashlib.sha256(params.model_dump_json().encode()).hexdigest()[:16]
+    experiment_id = tracking.connect(params.tracking.uri, params.tracking.experiment)
+    found = mlflow.search_runs(
+        experiment_ids=[experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{digest}'",
+        output_format="list", max_results=1,
+    )  # fmt: skip
+    if found:
+        return found[0].info.run_id
+    with tracking.parent_run(
+        f"pipeline-{digest}", experiment=params.tracking.experiment, uri=params.tracking.uri,
+        params=json.loads(params.model_dump_json()), tags={PARENT_TAG: digest},
+    ) as parent:  # fmt: skip
+        return parent.info.run_id
+
+
+def _sources(params: Params, spec: RunSpec) -> list[str]:
+    return [params.data.tasks[spec.task], *params.data.preserve, *params.data.eval.values()]
+
+
+def _locked_stages(spec: RunSpec) -> list[str]:
+    """Upstream stages already in dvc.lock (none when the stage runs outside `dvc repro`)."""
+    lock = Path("dvc.lock")
+    if not lock.is_file():
+        return []
+    locked = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
+    wanted = ["testbed", "prepare", "capture", "evaluate"]
+    if spec.method == "sclora":
+        wanted.append(f"solve@{spec.beta}")
+    return [stage for stage in wanted if stage in locked]
