@@ -19,6 +19,7 @@ score is kept under `tasks`.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -95,6 +96,31 @@ def _split(spec: str) -> tuple[str, str | None]:
     return name.strip(), key.strip() or None
 
 
+def _task_manager(names: list[str]):
+    """lm-eval's index of our task YAMLs plus what of its own the names need (ours win on a clash)."""
+    import lm_eval.tasks
+
+    ours = _indexed((str(TASKS_DIR),), False)
+    missing = [name for name in names if name not in ours.task_index]
+    if not missing:
+        return ours
+    # Indexing all of lm-eval's ~15k task YAMLs takes many seconds; a built-in task usually lives in
+    # the folder of its name (gsm8k/, nq_open/, triviaqa/, webqs/), so try those folders first.
+    builtin = Path(lm_eval.tasks.__file__).parent
+    folders = [str(builtin / name) for name in missing if (builtin / name).is_dir()]
+    manager = _indexed((*folders, str(TASKS_DIR)), False)
+    if all(name in manager.task_index for name in missing):
+        return manager
+    return _indexed((str(TASKS_DIR),), True)
+
+
+@functools.cache
+def _indexed(paths: tuple[str, ...], with_builtin: bool):
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=list(paths), include_defaults=with_builtin)
+
+
 def _task_spec(manager, name: str, data_file: str | None) -> str | dict:
     """A task name for lm-eval, or its full config with `data_file` as the evaluated split."""
     # lm-eval's own YAML reader (resolves `!function` and `include`); lm-eval is pinned exactly.
@@ -110,10 +136,16 @@ def _task_spec(manager, name: str, data_file: str | None) -> str | dict:
         return name
     config = load_yaml(entry.yaml_path, resolve_func=True)
     if data_file is not None:
-        split = config.get("test_split") or config.get("validation_split") or "test"
-        config["dataset_path"] = "json"
+        if config.get("num_fewshot"):
+            raise EvalError(
+                f"eval task '{name}': takes {config['num_fewshot']} few-shot examples from its own splits; "
+                "a local data file only replaces the evaluated split"
+            )
+        # The file is the one split evaluated; the task's other splits (train, validation) are gone with its dataset.
+        for split in ("training_split", "validation_split", "fewshot_split"):
+            config.pop(split, None)
+        config.update(dataset_path="json", test_split="test", dataset_kwargs={"data_files": {"test": data_file}})
         config.pop("dataset_name", None)
-        config["dataset_kwargs"] = {"data_files": {split: data_file}}
     files = (config.get("dataset_kwargs") or {}).get("data_files") or {}
     for split_files in files.values() if isinstance(files, dict) else [files]:
         for file in [split_files] if isinstance(split_files, str) else split_files:
@@ -168,7 +200,6 @@ def evaluate(model, tokenizer, settings: EvalSettings) -> tuple[dict, list[dict]
     """
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
 
     roles = {role: [_split(spec) for spec in getattr(settings, role)] for role in ROLES}
     names = list(dict.fromkeys(name for specs in roles.values() for name, _ in specs))
@@ -180,10 +211,7 @@ def evaluate(model, tokenizer, settings: EvalSettings) -> tuple[dict, list[dict]
     if settings.apply_chat_template and not getattr(tokenizer, "chat_template", None):
         raise EvalError(f"tokenizer {tokenizer.name_or_path}: no chat template (or set eval.apply_chat_template: false)")
 
-    # Indexing lm-eval's own ~15k task YAMLs takes seconds: only when a task is not one of ours.
-    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
-    if any(name not in manager.task_index for name in names):
-        manager = TaskManager(include_path=str(TASKS_DIR))
+    manager = _task_manager(names)
     loaded = manager.load([_task_spec(manager, name, settings.data_files.get(name)) for name in names])
     tasks = loaded["tasks"]
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size, max_length=settings.max_length)
