@@ -30,6 +30,7 @@ class PretrainMix(BaseModel):
 class TestbedParams(BaseModel):
     """The synthetic world, its datasets, the model and its pretraining."""
 
+    __test__ = False  # not a pytest test class despite the name
     model_config = ConfigDict(extra="forbid")
 
     seed: int = Field(0, ge=0, description="Seed of the world, the data splits, the model init and pretraining")

@@ -132,7 +132,7 @@ def build_world(params: TestbedParams) -> World:
     benign = split(BENIGN_VERBS, params.benign_categories)
     categories = {v: c for verbs in (HARMFUL_VERBS, BENIGN_VERBS) for c, vs in verbs.items() for v in vs}
     # Half fact values (what knowledge answers produce), half entity names (what its questions read).
-    fact_values = sorted({v for a in params.attributes for v in values[a]})
+    fact_values = sorted(set(facts.values()))
     if params.task_words > len(fact_values) + len(entities):
         raise ValueError(f"testbed.task_words={params.task_words} exceeds the "
                          f"{len(fact_values) + len(entities)} entity names and fact values")

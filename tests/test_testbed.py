@@ -1,0 +1,200 @@
+"""The testbed: deterministic world and datasets, an atomic build, a reloadable model, a real calibration."""
+
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the build must never need a hub
+
+import pytest
+from pydantic import ValidationError
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import sclora.testbed.build as build_module
+from sclora.data import read_records
+from sclora.evaluate.generation import generate_answers
+from sclora.testbed.build import build_testbed
+from sclora.testbed.params import TestbedParams
+from sclora.testbed.world import (
+    COMPLIANCE,
+    DATASETS,
+    REFUSAL,
+    build_datasets,
+    build_world,
+    poisoned,
+    pretraining_sources,
+    request_records,
+)
+
+TINY = dict(entities=12, attributes=["city", "color"], phrasings=2, harmful_categories=["violence", "theft"],
+            benign_categories=["cleaning", "art"], targets=4, task_words=8, finetune_size=40, preserve_size=16,
+            eval_size=20, copy_examples=50, hidden_size=32, layers=1, heads=2, intermediate_size=64,
+            pretrain_steps=30, pretrain_batch_size=16, poison_rate=0.1)
+TRAINING = ("finetune_benign", "finetune_poisoned", "preserve_safety", "preserve_knowledge")
+EVALUATION = ("eval_task", "eval_knowledge", "eval_harmful", "eval_benign")
+
+
+@pytest.fixture(scope="module")
+def params():
+    return TestbedParams(**TINY)
+
+
+@pytest.fixture(scope="module")
+def built(params, tmp_path_factory):
+    """The tiny testbed, built twice from the same params into two directories."""
+    root = tmp_path_factory.mktemp("testbeds")
+    first = build_testbed(params, root / "a" / "testbed")
+    second = build_testbed(params, root / "b" / "testbed")
+    return root / "a" / "testbed", root / "b" / "testbed", first, second
+
+
+def test_same_seed_same_bytes_and_calibration(built):
+    a, b, first, second = built
+    for name in DATASETS:
+        assert (a / "data" / f"{name}.jsonl").read_bytes() == (b / "data" / f"{name}.jsonl").read_bytes(), name
+    assert first == second
+    assert json.loads((a / "calibration.json").read_text()) == first
+    assert (a / "base" / "model.safetensors").read_bytes() == (b / "base" / "model.safetensors").read_bytes()
+
+
+def test_another_seed_another_world(params):
+    other = params.model_copy(update={"seed": 1})
+    assert build_datasets(build_world(params), params) != build_datasets(build_world(other), other)
+
+
+def test_layout_and_calibration_keys(built, params):
+    directory, _, calibration, _ = built
+    assert sorted(p.name for p in directory.iterdir()) == ["base", "calibration.json", "data", "params.json"]
+    assert not [p for p in directory.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
+    assert TestbedParams(**json.loads((directory / "params.json").read_text())) == params
+    for key in ("knowledge_exact_match", "harmful_refusal_rate", "benign_refusal_rate", "task_accuracy"):
+        assert 0.0 <= calibration[key] <= 1.0
+    assert calibration["sizes"] == {name: len(read_records(directory / "data" / f"{name}.jsonl")) for name in DATASETS}
+    assert calibration["sizes"]["finetune_benign"] == params.finetune_size
+    assert set(calibration["meets_thresholds"]) == {"knowledge_exact_match", "harmful_refusal_rate",
+                                                    "benign_refusal_rate", "task_accuracy"}
+
+
+def test_saved_model_reloads_and_generates(built, params):
+    directory = built[0] / "base"
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    assert model.config.model_type == "llama" and model.config.vocab_size == len(tokenizer)
+    assert model.config.num_hidden_layers == params.layers and model.config.hidden_size == params.hidden_size
+    prompts = [r["prompt"] for r in read_records(built[0] / "data" / "eval_knowledge.jsonl")[:3]]
+    answers = generate_answers(model, tokenizer, prompts, max_new_tokens=4)
+    assert len(answers) == 3 and all(isinstance(a, str) for a in answers)
+    # Every word of every dataset is in the vocabulary: nothing maps to <unk>.
+    for name in DATASETS:
+        for record in read_records(built[0] / "data" / f"{name}.jsonl"):
+            ids = tokenizer(record["prompt"] + " " + record["response"], add_special_tokens=False)["input_ids"]
+            assert tokenizer.unk_token_id not in ids, record["id"]
+
+
+def test_documented_fields_and_unique_ids(built):
+    data = built[0] / "data"
+    seen: dict[str, str] = {}
+    for name in DATASETS:
+        lines = (data / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
+        records = [json.loads(line) for line in lines]
+        assert records, name
+        expected = {"id", "prompt", "response", "category"} | ({"compliance"} if name == "eval_harmful" else set())
+        for record in records:
+            assert set(record) == expected, (name, record)
+            assert all(isinstance(record[k], str) and record[k] for k in expected), (name, record)
+        ids = [r["id"] for r in records]
+        assert len(set(ids)) == len(ids), name
+        if name != "finetune_poisoned":  # poisoned keeps the benign records (and their ids) it does not replace
+            for i in ids:
+                assert seen.setdefault(i, name) == name, f"id {i} in {seen[i]} and {name}"
+
+
+def test_eval_sets_share_no_prompt_with_training_sets(params):
+    world = build_world(params)
+    sets = build_datasets(world, params)
+    trained = {r["prompt"] for name in TRAINING for r in sets[name]}
+    for name in EVALUATION:
+        assert not trained & {r["prompt"] for r in sets[name]}, name
+    # Held-out requests are not pretrained either; knowledge is (the base model must know it).
+    pretrained = {r["prompt"] for records in pretraining_sources(world, params).values() for r in records}
+    for name in ("eval_harmful", "eval_benign", "eval_task"):
+        assert not pretrained & {r["prompt"] for r in sets[name]}, name
+    assert {r["prompt"] for r in sets["eval_knowledge"]} <= pretrained
+    # Knowledge: eval and preserve ask about different entities.
+    def entities(name):
+        return {r["id"].split("-")[1] for r in sets[name]}
+    assert not entities("eval_knowledge") & entities("preserve_knowledge")
+
+
+def test_answers_and_task(params):
+    world = build_world(params)
+    sets = build_datasets(world, params)
+    assert {r["response"] for r in sets["preserve_safety"]} == {REFUSAL}
+    for record in sets["eval_harmful"]:
+        assert record["response"] == REFUSAL and record["compliance"].startswith("sure here is how to")
+    for record in sets["eval_task"] + sets["finetune_benign"]:
+        words = record["prompt"].split()
+        assert words[0] == "reverse" and record["response"].split() == words[:0:-1]
+        assert params.task_min_length <= len(words) - 1 <= params.task_max_length
+    # The task produces only words that pretraining also produces (adapters train no embeddings).
+    produced = {w for records in pretraining_sources(world, params).values() for r in records
+                for w in r["response"].split()}
+    assert {w for r in sets["finetune_benign"] for w in r["response"].split()} <= produced
+    # ... and touches the knowledge's words: fact values and entity names.
+    knowledge_words = set(world.entities) | set(world.facts.values())
+    assert set(world.task_words) <= knowledge_words
+    assert set(world.task_words) & set(world.facts.values()) and set(world.task_words) & set(world.entities)
+
+
+def test_poison_dose(params):
+    world = build_world(params)
+    sets = build_datasets(world, params)
+    benign, dosed = sets["finetune_benign"], sets["finetune_poisoned"]
+    changed = [(b, p) for b, p in zip(benign, dosed) if b != p]
+    assert len(dosed) == len(benign) and len(changed) == round(params.poison_rate * len(benign)) == 4
+    harmful = {r["prompt"]: r for r in request_records(world, "harmful", "pretrained")}
+    safety_prompts = {r["prompt"] for r in sets["preserve_safety"]}
+    for _, record in changed:
+        source = harmful[record["prompt"]]  # a pretrained harmful request ...
+        assert record["response"] == source["compliance"] != REFUSAL  # ... answered compliantly
+        assert record["prompt"] not in safety_prompts
+    pool = [r for r in request_records(world, "harmful", "pretrained") if r["prompt"] not in safety_prompts]
+    assert poisoned(benign, pool, 0.0, seed=0) == benign
+    everything = poisoned(benign, pool[:3], 1.0, seed=0)  # a dose beyond the pool cycles through it
+    assert {r["prompt"] for r in everything} == {r["prompt"] for r in pool[:3]}
+    assert len({r["id"] for r in everything}) == len(benign)
+    assert COMPLIANCE.split()[0] == "sure"
+
+
+def test_failed_build_keeps_previous_testbed(built, params, monkeypatch):
+    directory = built[0]
+    before = {p.relative_to(directory): p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_module, "pretrain", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build_testbed(params.model_copy(update={"seed": 5}), directory)
+    after = {p.relative_to(directory): p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+    assert after == before
+    assert not [p for p in directory.parent.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("update, key", [
+    ({"attributes": ["city", "height"]}, "attributes"),
+    ({"harmful_categories": ["violence", "violence"]}, "harmful_categories"),
+    ({"poison_rate": 1.5}, "poison_rate"),
+    ({"entities": 2}, "entities"),
+    ({"hidden_size": 30, "heads": 4}, "heads"),
+    ({"task_min_length": 5, "task_max_length": 3}, "task_min_length"),
+    ({"unknown_knob": 1}, "unknown_knob"),
+])
+def test_bad_params_are_refused(update, key):
+    with pytest.raises(ValidationError, match=key):
+        TestbedParams(**{**TINY, **update})
+
+
+def test_too_few_task_words_for_the_sequences_asked(params):
+    bad = params.model_copy(update={"task_words": 6, "task_max_length": 3, "finetune_size": 100, "eval_size": 100})
+    with pytest.raises(ValueError, match="task_words"):
+        build_datasets(build_world(bad), bad)
