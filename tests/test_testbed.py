@@ -198,3 +198,16 @@ def test_too_few_task_words_for_the_sequences_asked(params):
     bad = params.model_copy(update={"task_words": 6, "task_max_length": 3, "finetune_size": 100, "eval_size": 100})
     with pytest.raises(ValueError, match="task_words"):
         build_datasets(build_world(bad), bad)
+
+
+def test_stage_builds_artifacts_testbed_from_params_yaml(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from tasks.__main__ import main
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"testbed": TINY}))
+    monkeypatch.chdir(tmp_path)
+    assert main(["testbed"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads((tmp_path / "artifacts" / "testbed" / "calibration.json").read_text())
+    assert (tmp_path / "artifacts" / "testbed" / "base" / "config.json").is_file()

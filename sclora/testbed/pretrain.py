@@ -8,14 +8,27 @@ through each source in shuffled passes so every record is seen about equally oft
 
 from __future__ import annotations
 
+import logging
 import random
 import tempfile
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers.trainer_callback import ProgressCallback
 
 from sclora.data import chat_collator, encode_records
 from sclora.testbed.params import TestbedParams
+
+log = logging.getLogger(__name__)
+
+
+class LoggedProgress(ProgressCallback):
+    """The Trainer's progress bar, with losses sent to logging rather than printed on stdout
+    (the `tasks` CLI prints its result there)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs and "loss" in logs:
+            log.info("pretrain step %d: loss %.4f", state.global_step, logs["loss"])
 
 
 class MixedStream(torch.utils.data.Dataset):
@@ -77,6 +90,8 @@ def pretrain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sources
         )
         trainer = Trainer(model=model, args=args, train_dataset=stream, data_collator=chat_collator(tokenizer),
                           processing_class=tokenizer)
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(LoggedProgress)
         trainer.train()
     model.eval()
     return [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e]
