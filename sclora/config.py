@@ -1,0 +1,220 @@
+"""Every knob of the pipeline, validated on load.
+
+`params.yaml` is read into the pydantic models below. A bad file fails with ONE
+line that names the key and what is allowed (`ParamsError`), never a traceback
+through pydantic's multi-line report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sclora.evaluate.suite import EvalSettings
+from sclora.testbed.params import TestbedParams
+from sclora.tracking import PromotionGates
+from sclora.train import TrainSettings
+
+METHODS = ("lora", "pissa", "milora", "corda_ipm", "corda_kpm", "full", "sclora")
+Method = Literal["lora", "pissa", "milora", "corda_ipm", "corda_kpm", "full", "sclora"]
+# The baselines run once per task and seed; sclora runs once per task, seed and beta (`solve.betas`).
+Baseline = Literal["lora", "pissa", "milora", "corda_ipm", "corda_kpm", "full"]
+
+
+class ParamsError(ValueError):
+    """A params file that cannot be used; the message is one line naming the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelParams(Section):
+    path: str = Field("artifacts/testbed/base", description="HF model directory (or hub name outside tests)")
+    trust_remote_code: bool = Field(False, description="Run model code shipped with the weights; off unless needed")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype when loading")
+
+
+class Source(Section):
+    """One dataset: a local JSONL / Parquet / CSV file, or a `datasets` name (never in tests)."""
+
+    path: str | None = Field(None, description="Local file")
+    hf_name: str | None = Field(None, description="Dataset name that `datasets.load_dataset` can load")
+    hf_config: str | None = Field(None, description="Its configuration name, if any")
+    split: str = Field("train", description="Split of a `datasets` dataset")
+    prompt: str = Field("prompt", description="Field holding the user turn")
+    response: str | None = Field("response", description="Field holding the assistant turn; null for prompt-only sets")
+    messages: str | None = Field(None, description="Field holding a chat `messages` list (instead of prompt/response)")
+    limit: int | None = Field(None, ge=1, description="Keep only the first N records")
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> Source:
+        if (self.path is None) == (self.hf_name is None):
+            raise ValueError("give exactly one of `path` (a local file) or `hf_name` (a datasets name)")
+        return self
+
+
+def _testbed_source(name: str) -> Source:
+    return Source(path=f"artifacts/testbed/data/{name}.jsonl")
+
+
+TESTBED_SOURCES = (
+    "finetune_benign", "finetune_poisoned", "preserve_safety", "preserve_knowledge",
+    "eval_task", "eval_knowledge", "eval_harmful", "eval_benign",
+)
+
+
+class DataParams(Section):
+    sources: dict[str, Source] = Field(
+        default_factory=lambda: {name: _testbed_source(name) for name in TESTBED_SOURCES},
+        min_length=1,
+        description="Every dataset the pipeline reads, by name",
+    )
+    tasks: dict[str, str] = Field(
+        default_factory=lambda: {"benign": "finetune_benign", "poisoned": "finetune_poisoned"},
+        min_length=1,
+        description="Fine-tuning tasks (D+): task name -> source name",
+    )
+    preserve: list[str] = Field(
+        default_factory=lambda: ["preserve_safety", "preserve_knowledge"],
+        min_length=1,
+        description="Sources whose union is the knowledge to preserve (D-)",
+    )
+    eval: dict[str, str] = Field(
+        default_factory=lambda: {
+            "task": "eval_task", "knowledge": "eval_knowledge", "harmful": "eval_harmful", "benign": "eval_benign",
+        },
+        description="Evaluation sets: role -> source name",
+    )
+
+    @model_validator(mode="after")
+    def _names_known(self) -> DataParams:
+        named = [(f"tasks.{task}", source) for task, source in self.tasks.items()]
+        named += [(f"preserve.{i}", source) for i, source in enumerate(self.preserve)]
+        named += [(f"eval.{role}", source) for role, source in self.eval.items()]
+        for key, source in named:
+            if source not in self.sources:
+                raise ValueError(f"{key}: unknown source '{source}' (sources: {', '.join(sorted(self.sources))})")
+        return self
+
+
+class AdapterParams(Section):
+    rank: int = Field(8, ge=1, description="LoRA rank r")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha; scaling = alpha / rank")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1,
+        description="Linear layers that get an adapter (PEFT target names)",
+    )
+    freeze_basis: bool = Field(False, description="sclora: keep B fixed so the adapter output stays in the subspace")
+
+
+class CaptureParams(Section):
+    samples_pos: int = Field(256, ge=1, description="Samples of D+ captured for the covariances")
+    samples_neg: int = Field(256, ge=1, description="Samples of D- captured for the covariances")
+    batch_size: int = Field(32, ge=1)
+    samples_per_shard: int = Field(128, ge=1, description="Rows per safetensors shard (the unit of resumption)")
+    covariance: bool = Field(True, description="Also capture token-level input covariances (CorDA needs them)")
+
+
+class SolveParams(Section):
+    betas: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        [0.0, 0.5, 0.8, 0.9], min_length=1, description="sclora's beta values, each in [0, 1]; one run per beta"
+    )
+    normalize: Literal["none", "trace"] = Field("trace", description="Scale Cov+ and Cov- to unit trace first")
+
+
+class TrainParams(TrainSettings):
+    methods: list[Baseline] = Field(
+        list(METHODS[:-1]),
+        min_length=1,
+        description="Baselines to run beside sclora (which runs once per beta in solve.betas)",
+    )
+    learning_rates: dict[Method, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict, description="Learning rate per method; a method not named here uses `lr`"
+    )
+    seeds: list[int] = Field([0], min_length=1, description="Seeds; every method runs once per seed")
+
+    def settings_for(self, method: str, seed: int) -> TrainSettings:
+        """The settings of one run: this method's learning rate and this seed."""
+        values = {name: getattr(self, name) for name in TrainSettings.model_fields}
+        values.update(lr=self.learning_rates.get(method, self.lr), seed=seed)
+        return TrainSettings(**values)
+
+
+class TrackingParams(Section):
+    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI; MLFLOW_TRACKING_URI overrides it")
+    experiment: str = Field("sclora", min_length=1)
+    registered_model: str = Field("sclora-adapter", min_length=1)
+    gates: PromotionGates = Field(default_factory=PromotionGates)
+
+
+class Params(Section):
+    testbed: TestbedParams = Field(default_factory=TestbedParams)
+    model: ModelParams = Field(default_factory=ModelParams)
+    data: DataParams = Field(default_factory=DataParams)
+    adapter: AdapterParams = Field(default_factory=AdapterParams)
+    capture: CaptureParams = Field(default_factory=CaptureParams)
+    solve: SolveParams = Field(default_factory=SolveParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+    tracking: TrackingParams = Field(default_factory=TrackingParams)
+
+
+def _one_line(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{key}'"
+    message = first["msg"].removeprefix("Value error, ")
+    if "input" in first and first["type"] not in ("missing",) and not isinstance(first["input"], dict):
+        message += f" (got {first['input']!r})"
+    return f"{source}: {key}: {message}" if key else f"{source}: {message}"
+
+
+def _set_dotted(tree: dict, dotted: str, value: object) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ParamsError(f"override {dotted}: '{part}' is not a section")
+    node[leaf] = value
+
+
+def parse_params(tree: object, source: str = "params") -> Params:
+    """Validate an already-parsed params tree."""
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections, got {type(tree).__name__}")
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as error:
+        raise ParamsError(_one_line(error, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Params:
+    """Read and validate a params file; `overrides` are `section.key=value` (value parsed as YAML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ParamsError(f"{path}:{where} not valid YAML: {getattr(error, 'problem', error)}") from None
+    tree = tree if tree is not None else {}
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key:
+            raise ParamsError(f"override '{override}': expected key=value")
+        if not isinstance(tree, dict):
+            break
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    return parse_params(tree, str(path))

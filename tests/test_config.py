@@ -1,0 +1,83 @@
+"""params.yaml validation: the shipped file loads; each kind of bad file is one line naming the key."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sclora.config import ParamsError, load_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_params_file_is_valid():
+    params = load_params(REPO / "params.yaml")
+    assert params.adapter.rank >= 1
+    assert all(0 <= beta <= 1 for beta in params.solve.betas)
+    assert "lora" in params.train.methods and params.solve.betas
+
+
+def _write(tmp_path, tree) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(tree) if not isinstance(tree, str) else tree)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("tree", "expected"),
+    [
+        ({"solve": {"betas": [0.5, 1.5]}}, "solve.betas.1"),
+        ({"adapter": {"rank": 0}}, "adapter.rank"),
+        ({"adapter": {"rank": "eight"}}, "adapter.rank"),
+        ({"adapter": {"rnak": 8}}, "unknown key 'adapter.rnak'"),
+        ({"trainning": {}}, "unknown key 'trainning'"),
+        ({"train": {"methods": []}}, "train.methods"),
+        ({"train": {"methods": ["lora", "dora"]}}, "train.methods.1"),
+        ({"train": {"methods": ["sclora"]}}, "train.methods.0"),
+        ({"data": {"tasks": {"x": "nope"}}}, "unknown source 'nope'"),
+        ({"data": {"sources": {"a": {"path": "a.jsonl", "hf_name": "b"}}}}, "exactly one of"),
+        ({"train": {"lr": 0}}, "train.lr"),
+        ({"train": {"learning_rates": {"lora": -1e-3}}}, "learning_rates.lora"),
+        ({"solve": {"normalize": "max"}}, "solve.normalize"),
+        ({"capture": {"samples_pos": 0}}, "capture.samples_pos"),
+        ({"testbed": {"seed": "x"}}, "testbed.seed"),
+        ([1, 2], "expected a mapping"),
+    ],
+)
+def test_bad_params_give_one_line_naming_the_key(tmp_path, tree, expected):
+    path = _write(tmp_path, tree)
+    with pytest.raises(ParamsError) as caught:
+        load_params(path)
+    message = str(caught.value)
+    assert expected in message
+    assert "\n" not in message
+    assert str(path) in message
+
+
+def test_not_yaml_names_the_line(tmp_path):
+    path = _write(tmp_path, "solve:\n  betas: [0.1\nadapter: {rank: 4}\n")
+    with pytest.raises(ParamsError, match=r"line \d+.*not valid YAML"):
+        load_params(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ParamsError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_overrides_are_validated_like_the_file(tmp_path):
+    path = _write(tmp_path, {})
+    params = load_params(path, ["solve.betas=[0.2]", "adapter.rank=4"])
+    assert params.solve.betas == [0.2] and params.adapter.rank == 4
+    with pytest.raises(ParamsError, match="solve.betas.0"):
+        load_params(path, ["solve.betas=[2]"])
+    with pytest.raises(ParamsError, match="expected key=value"):
+        load_params(path, ["adapter.rank"])
+
+
+def test_learning_rate_per_method(tmp_path):
+    path = _write(tmp_path, {"train": {"lr": 1e-3, "learning_rates": {"sclora": 5e-4}}})
+    train = load_params(path).train
+    assert train.settings_for("sclora", seed=3).lr == 5e-4
+    assert train.settings_for("lora", seed=3).lr == 1e-3
+    assert train.settings_for("lora", seed=3).seed == 3
