@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sclora.config import Params
 from sclora.testbed.build import build_testbed
+
+if TYPE_CHECKING:
+    from sclora.config import Params
 
 OUT_DIR = Path("artifacts/testbed")
 
