@@ -1,0 +1,165 @@
+"""A real `dvc repro` of dvc.yaml in a temporary git + DVC copy of the repository, on a tiny grid.
+
+Tiny testbed, one task, two baselines (lora, pissa) and SC-LoRA at one beta, a few steps,
+MLflow in a SQLite file under tmp. Checks every stage's outputs, that DVC sees the
+workspace as clean, that `dvc metrics show` has every run's metrics, and that a second
+`dvc repro` runs nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+RUNS = ("benign-lora-0", "benign-pissa-0", "benign-sclora-0.8-0")
+
+TINY_TESTBED = {
+    "seed": 0, "entities": 8, "attributes": ["city"], "phrasings": 1, "targets": 2, "task_words": 8,
+    "finetune_size": 32, "preserve_size": 16, "eval_size": 8, "copy_examples": 16,
+    "hidden_size": 16, "layers": 1, "heads": 2, "intermediate_size": 32, "max_length": 32,
+    "pretrain_steps": 5, "pretrain_batch_size": 8, "eval_batch_size": 16,
+}  # fmt: skip
+
+
+def tiny_params(tmp: Path) -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params["testbed"] = TINY_TESTBED
+    params["data"]["tasks"] = {"benign": "finetune_benign"}
+    params["adapter"].update(rank=2, alpha=4.0)
+    params["capture"].update(samples_pos=16, samples_neg=16, batch_size=8, samples_per_shard=8, covariance=True)
+    params["solve"]["betas"] = [0.8]
+    params["train"].update(methods=["lora", "pissa"], seeds=[0], lr=1.0e-3, batch_size=8, max_steps=3, save_steps=2,
+                           max_length=32)  # fmt: skip
+    params["eval"].update(batch_size=16, max_new_tokens=4)
+    params["tracking"]["uri"] = f"sqlite:///{tmp / 'mlflow.db'}"
+    return params
+
+
+def copy_repo(dest: Path) -> None:
+    """The repository's files as git sees them (tracked, and new files not ignored), without DVC state."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    for name in listed:
+        if name.startswith(".dvc/") or name == "dvc.lock" or not (REPO / name).is_file():
+            continue
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, dest / name)
+
+
+def run(command: list[str], cwd: Path, env: dict) -> str:
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"{' '.join(command)} failed ({result.returncode}):\n{output[-6000:]}"
+    return output
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory) -> tuple[Path, dict, str]:
+    tmp = tmp_path_factory.mktemp("pipeline")
+    work = tmp / "repo"
+    work.mkdir()
+    copy_repo(work)
+    (work / "params.yaml").write_text(yaml.safe_dump(tiny_params(tmp), sort_keys=False), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "GIT_", "SCLORA_"))}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # `python` and `dvc` of this env
+        OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+        DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
+        GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com",
+    )  # fmt: skip
+    run(["git", "init", "-q"], work, env)
+    run(["dvc", "init", "-q"], work, env)
+    run(["git", "add", "-A"], work, env)
+    run(["git", "commit", "-q", "-m", "copy"], work, env)
+    output = run(["dvc", "repro"], work, env)
+    return work, env, output
+
+
+def test_repro_runs_every_stage_and_writes_its_outputs(pipeline):
+    work, _, output = pipeline
+    stages = ["testbed", "prepare", "capture", "solve@0.8", "evaluate", "train@benign-lora-0",
+              "train@benign-pissa-0", "train_sclora@benign-0.8-0", "register", "report"]  # fmt: skip
+    for stage in stages:
+        assert f"Running stage '{stage}'" in output, stage
+    art = work / "artifacts"
+    fingerprints = json.loads((art / "prepared" / "fingerprints.json").read_text())
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    assert set(fingerprints) == set(params["data"]["sources"])
+    for source in fingerprints:
+        assert (art / "prepared" / f"{source}.parquet").is_file()
+    for capture in ("neg", "pos-benign"):
+        assert (art / "capture" / capture / "manifest.parquet").is_file()
+    assert (art / "solve" / "beta-0.8" / "benign.safetensors").is_file()
+    spectra = json.loads((art / "solve" / "beta-0.8" / "spectra.json").read_text())
+    assert all(len(values) == 2 for values in spectra["benign"].values())  # rank 2 per layer
+    base = json.loads((art / "eval" / "base" / "metrics.json").read_text())
+    for name in RUNS:
+        run_dir = art / "runs" / name
+        assert (run_dir / "export" / "adapter_config.json").is_file()
+        assert (run_dir / "model").is_dir()
+        summary = json.loads((run_dir / "run.json").read_text())
+        assert summary["run"] == name and summary["global_step"] == 3
+        assert len(json.loads((run_dir / "loss_history.json").read_text())) == 3
+        metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+        assert set(metrics["forgetting"]) >= {"knowledge", "refusal_rate"}
+        assert metrics["forgetting"]["knowledge"] == pytest.approx(base["knowledge"] - metrics["knowledge"])
+    # Checkpoints are removed once a run is complete.
+    assert not (art / "checkpoints").exists() or not any((art / "checkpoints").iterdir())
+    with (art / "report" / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(row["run"] for row in rows) == sorted(RUNS)
+    assert (art / "report" / "report.md").is_file()
+    assert list((art / "report").glob("*.png"))
+
+
+def test_registry_holds_every_adapter_with_a_candidate(pipeline):
+    work, _, _ = pipeline
+    registry = json.loads((work / "artifacts" / "registry.json").read_text())
+    assert set(registry["versions"]) == set(RUNS)
+    assert registry["candidate"] in registry["within_budget"]
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{work.parent / 'mlflow.db'}",
+                                 registry_uri=f"sqlite:///{work.parent / 'mlflow.db'}")  # fmt: skip
+    candidate = client.get_model_version_by_alias(registry["model"], "candidate")
+    assert str(candidate.version) == registry["candidate_version"]
+    assert candidate.tags["run"] == registry["candidate"]
+    child = client.get_run(candidate.run_id)
+    assert child.data.tags["method"] in ("lora", "pissa", "sclora")
+    assert "mlflow.parentRunId" in child.data.tags
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "train_loss")] == [1, 2, 3]
+
+
+def test_dvc_sees_a_clean_workspace_with_metrics_and_plots(pipeline):
+    work, env, _ = pipeline
+    status = json.loads(run(["dvc", "status", "--json"], work, env).strip().splitlines()[-1])
+    assert status == {}
+    metrics = json.loads(run(["dvc", "metrics", "show", "--json"], work, env))
+    assert len(metrics) == 1  # the workspace only (DVC names it "" or "workspace")
+    files = next(iter(metrics.values()))["data"]
+    for name in RUNS:
+        data = files[f"artifacts/runs/{name}/eval/metrics.json"]["data"]
+        assert 0.0 <= data["utility"] <= 1.0
+        assert "knowledge" in data["forgetting"]
+    assert "artifacts/eval/base/metrics.json" in files
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], work, env))
+    assert not plots.get("errors"), plots.get("errors")
+    assert any(name.endswith(".png") for name in plots["data"])
+    assert f"artifacts/runs/{RUNS[0]}/loss_history.json" in plots["data"]
+
+
+def test_second_repro_runs_nothing(pipeline):
+    work, env, _ = pipeline
+    output = run(["dvc", "repro"], work, env)
+    assert "Running stage" not in output
