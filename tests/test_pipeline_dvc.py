@@ -22,12 +22,13 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 RUNS = ("benign-lora-0", "benign-pissa-0", "benign-sclora-0.8-0")
 
-TINY_TESTBED = {
-    "seed": 0, "entities": 8, "attributes": ["city"], "phrasings": 1, "targets": 2, "task_words": 8,
-    "finetune_size": 32, "preserve_size": 16, "eval_size": 8, "copy_examples": 16,
-    "hidden_size": 16, "layers": 1, "heads": 2, "intermediate_size": 32, "max_length": 32,
-    "pretrain_steps": 5, "pretrain_batch_size": 8, "eval_batch_size": 16,
-}  # fmt: skip
+# The testbed's own tiny world (tests/test_testbed.py), with fewer pretraining steps.
+TINY_TESTBED = dict(
+    entities=12, attributes=["city", "color"], phrasings=2, harmful_categories=["violence", "theft"],
+    benign_categories=["cleaning", "art"], targets=4, task_words=8, finetune_size=40, preserve_size=16,
+    eval_size=20, copy_examples=50, hidden_size=32, layers=1, heads=2, intermediate_size=64,
+    pretrain_steps=10, pretrain_batch_size=16, poison_rate=0.1,
+)
 
 
 def tiny_params(tmp: Path) -> dict:
