@@ -5,6 +5,8 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
+# The testbed models are tiny: one thread per process is faster than two fighting over two cores.
+export OMP_NUM_THREADS ?= 1
 
 .PHONY: run test setup
 
