@@ -1,33 +1,41 @@
 """sclora: knowledge-preserving LoRA fine-tuning (SC-LoRA, arXiv 2505.23724) as a production pipeline.
 
 gather (`capture`) -> solve (`solve_subspace`) -> apply (`init_lora`) -> train (`train`) -> share (`export_lora`).
+
+The names below are imported on first use: every pipeline stage is its own process, and importing PEFT,
+transformers and MLflow for names a stage never touches costs seconds each time.
 """
 
+from importlib import import_module
+
+# Bound eagerly: the function `sclora.capture` shares its name with the module `sclora.capture`, and an import
+# of the module after this line does not rebind the package attribute (it is already loaded).
 from sclora.capture import CaptureStats, capture
-from sclora.data import DataError, chat_batches, encode_chat, read_records
-from sclora.export import export_lora, export_merged, save_initial_adapter
-from sclora.inits import init_lora, sclora_subspaces
-from sclora.subspace import DegenerateSubspaceWarning, Subspace, solve_subspace
-from sclora.train import TrainResult, TrainSettings, train
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CaptureStats",
-    "DataError",
-    "DegenerateSubspaceWarning",
-    "Subspace",
-    "TrainResult",
-    "TrainSettings",
-    "capture",
-    "chat_batches",
-    "encode_chat",
-    "export_lora",
-    "export_merged",
-    "init_lora",
-    "read_records",
-    "save_initial_adapter",
-    "sclora_subspaces",
-    "solve_subspace",
-    "train",
-]
+_EXPORTS = {
+    "DataError": "sclora.data",
+    "chat_batches": "sclora.data",
+    "encode_chat": "sclora.data",
+    "read_records": "sclora.data",
+    "export_lora": "sclora.export",
+    "export_merged": "sclora.export",
+    "save_initial_adapter": "sclora.export",
+    "init_lora": "sclora.inits",
+    "sclora_subspaces": "sclora.inits",
+    "DegenerateSubspaceWarning": "sclora.subspace",
+    "Subspace": "sclora.subspace",
+    "solve_subspace": "sclora.subspace",
+    "TrainResult": "sclora.train",
+    "TrainSettings": "sclora.train",
+    "train": "sclora.train",
+}
+
+__all__ = sorted([*_EXPORTS, "CaptureStats", "capture"])
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'sclora' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)

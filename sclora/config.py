@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sclora.evaluate.suite import EvalSettings
 from sclora.testbed.params import TestbedParams
@@ -126,6 +126,15 @@ class SolveParams(Section):
         [0.0, 0.5, 0.8, 0.9], min_length=1, description="sclora's beta values, each in [0, 1]; one run per beta"
     )
     normalize: Literal["none", "trace"] = Field("trace", description="Scale Cov+ and Cov- to unit trace first")
+
+    @field_validator("betas", mode="before")
+    @classmethod
+    def _betas_written_as_floats(cls, betas: object) -> object:
+        # DVC names matrix items and their paths by the literal in params.yaml: 0 and 0.0 would be two names.
+        for i, beta in enumerate(betas if isinstance(betas, list) else []):
+            if isinstance(beta, int) and not isinstance(beta, bool):
+                raise ValueError(f"betas.{i}: write {beta} as a float ({beta}.0) so DVC names it consistently")
+        return betas
 
 
 class TrainParams(TrainSettings):

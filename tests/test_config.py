@@ -28,6 +28,7 @@ def _write(tmp_path, tree) -> Path:
     [
         ({"solve": {"betas": [0.5, 1.5]}}, "solve.betas.1"),
         ({"adapter": {"rank": 0}}, "adapter.rank"),
+        ({"solve": {"betas": [0.5, 1]}}, "write 1 as a float"),
         ({"adapter": {"rank": "eight"}}, "adapter.rank"),
         ({"adapter": {"rnak": 8}}, "unknown key 'adapter.rnak'"),
         ({"trainning": {}}, "unknown key 'trainning'"),
@@ -70,7 +71,7 @@ def test_overrides_are_validated_like_the_file(tmp_path):
     params = load_params(path, ["solve.betas=[0.2]", "adapter.rank=4"])
     assert params.solve.betas == [0.2] and params.adapter.rank == 4
     with pytest.raises(ParamsError, match="solve.betas.0"):
-        load_params(path, ["solve.betas=[2]"])
+        load_params(path, ["solve.betas=[2.0]"])
     with pytest.raises(ParamsError, match="expected key=value"):
         load_params(path, ["adapter.rank"])
 
