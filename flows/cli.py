@@ -1,0 +1,155 @@
+"""`sclora`: the command line of the pipeline (run, sweep, report, promote, check-params).
+
+Errors are caught here, once, and printed as one line with a non-zero exit; `--debug`
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+MLFLOW_UI = "mlflow ui --backend-store-uri sqlite:///mlflow.db"
+PREFECT_UI = "prefect server start"
+
+
+def _params_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", default="params.yaml", metavar="FILE", help="params file (default: params.yaml)")
+    parser.add_argument("--workdir", default=".", metavar="DIR", help="the DVC project (default: .)")
+
+
+def _overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a param, e.g. -S train.max_steps=10 (written into params.yaml, as dvc exp run -S)")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sclora", description="SC-LoRA fine-tuning pipeline (DVC stages, Prefect flows)")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the pipeline flow (every DVC stage, in order)",
+                              description="Run the pipeline flow: every DVC stage in order, then the report.")  # fmt: skip
+    _params_options(run)
+    _overrides(run)
+    run.add_argument("--retries", type=int, default=1, help="retries of a failed stage (default: 1)")
+
+    sweep = commands.add_parser("sweep", help="run a grid of params as DVC experiments or flow runs",
+                                description="Run every combination of the grid, e.g. --grid 'train.lr=[1e-4, 2e-4]'.")  # fmt: skip
+    _params_options(sweep)
+    sweep.add_argument("--grid", action="append", required=True, metavar="KEY=LIST",
+                       help="a params key and a YAML list of its values; repeat for more keys")  # fmt: skip
+    sweep.add_argument("--jobs", type=int, default=1, help="experiments run at once locally (default: 1)")
+    sweep.add_argument("--work-pool", help="submit one pipeline flow run per point to this Prefect work pool")
+    sweep.add_argument("--deployment", help="deployment to run on the pool (default: sclora-pipeline/<work pool>)")
+
+    report = commands.add_parser("report", help="bring the report stage up to date and show the results",
+                                 description="Run the DVC `report` stage alone and print the results table.")  # fmt: skip
+    report.add_argument("--workdir", default=".", metavar="DIR", help="the DVC project (default: .)")
+
+    promote = commands.add_parser("promote", help="move the champion alias to a version if the gates pass",
+                                  description="Promote NAME VERSION to champion when params' tracking.gates pass.")  # fmt: skip
+    promote.add_argument("name", help="registered model name")
+    promote.add_argument("version", help="model version")
+    promote.add_argument("--params", default="params.yaml", metavar="FILE", help="params with tracking.uri and gates")
+
+    check = commands.add_parser("check-params", help="validate a params file",
+                                description="Validate a params file; exit non-zero with a one-line error.")  # fmt: skip
+    check.add_argument("file", help="params file")
+    _overrides(check)
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.pipeline import pipeline
+
+    result = pipeline(params_file=args.params, overrides=tuple(args.overrides), workdir=args.workdir,
+                      retries=args.retries)  # fmt: skip
+    print(f"report: {result['report']} (table: {result['results']})")
+    print(f"MLflow parent run {result['parent_run_id']}; open the MLflow UI: {MLFLOW_UI}")
+    print(f"Prefect UI (flow runs, logs, artifacts): {PREFECT_UI}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from flows.sweep import sweep
+
+    grid = {}
+    for item in args.grid:
+        key, sep, raw = item.partition("=")
+        values = yaml.safe_load(raw) if sep else None
+        if not sep or not isinstance(values, list):
+            raise ValueError(f"--grid '{item}': expected KEY=[value, ...]")
+        grid[key.strip()] = values
+    result = sweep(grid=grid, params_file=args.params, workdir=args.workdir, jobs=args.jobs,
+                   work_pool=args.work_pool, deployment=args.deployment)  # fmt: skip
+    for name, outcome in result["points"].items():
+        print(f"{name}: {outcome['status']} ({' '.join(outcome['overrides'])})")
+    if result["failed"]:
+        print(f"error: {len(result['failed'])} of {len(result['points'])} points failed: "
+              f"{', '.join(result['failed'])}", file=sys.stderr)  # fmt: skip
+        return 1
+    print("compare them: dvc exp show" if not args.work_pool else f"Prefect UI: {PREFECT_UI}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from flows.pipeline import REPORT_DIR, run_logged, stage_env
+
+    root = Path(args.workdir)
+    command = [sys.executable, "-m", "dvc", "repro", "--single-item", "report"]
+    run_logged(command, root, stage_env(), _StderrLog(), "stage report")
+    results = root / REPORT_DIR / "results.csv"
+    print(results.read_text(encoding="utf-8"), end="")
+    print(f"report: {root / REPORT_DIR / 'report.md'}")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from sclora import tracking
+    from sclora.config import load_params
+
+    params = load_params(args.params)
+    tracking.use_store(params.tracking.uri)
+    accepted, reasons = tracking.promote(args.name, args.version, params.tracking.gates)
+    verdict = f"{args.name} version {args.version} is now {tracking.CHAMPION}" if accepted else "rejected"
+    print(f"{verdict}: {'; '.join(reasons)}")
+    return 0 if accepted else 1
+
+
+def cmd_check_params(args: argparse.Namespace) -> int:
+    from sclora.config import load_params
+
+    load_params(args.file, args.overrides)
+    print(f"{args.file}: ok")
+    return 0
+
+
+class _StderrLog:
+    """Stage output of `sclora report` goes to stderr, so stdout holds only the table."""
+
+    def info(self, line: str) -> None:
+        print(line, file=sys.stderr)
+
+
+COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "promote": cmd_promote,
+            "check-params": cmd_check_params}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except Exception as error:  # noqa: BLE001 - the one place errors are caught: print one line
+        if args.debug:
+            raise
+        lines = str(error).strip().splitlines()
+        print(f"error: {args.command}: {lines[0] if lines else type(error).__name__}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Flow `pipeline`: every DVC stage item in DVC's own order, one Prefect task each.
+
+DVC owns the DAG and "is this stage up to date": the order comes from DVC's graph
+(`dvc.repo.reproduce.plan_repro`, what `dvc repro` itself follows) and each task runs
+`dvc repro --single-item <stage>`, which skips a stage whose deps, params and outs are
+unchanged. Stages run one at a time: DVC's lock forbids two `dvc repro` in one workspace.
+
+Params: the stages read `params.yaml` in the workspace, so `params_file` (when it is
+another file) is copied onto it and `-S` overrides are written into it with DVC's own
+override code (`dvc exp run -S` semantics), after validating the result. DVC then sees
+the changed params and reruns exactly the stages that depend on them.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+
+import flows  # noqa: F401 - Prefect's local settings, before Prefect is imported
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NONE
+
+from sclora import tracking
+from sclora.config import Params, load_params
+from tasks.artifacts import REPORT
+
+PARAMS_FILE = "params.yaml"  # what dvc.yaml's stages read
+PARENT_ENV = "SCLORA_PARENT_RUN_ID"  # read by tasks/train.py: the MLflow parent run of the stages
+REPORT_DIR = REPORT  # where the report stage writes
+EMBED_LIMIT = 1 << 20  # PNGs up to 1 MiB are embedded in the plots artifact, larger ones only linked
+
+
+class StageFailed(RuntimeError):
+    """A DVC stage that exited non-zero; the message names the stage and its last error line."""
+
+
+def stage_order(workdir: str | Path = ".") -> list[str]:
+    """Every pipeline stage item of the DVC project in `workdir`, in the order `dvc repro` runs them."""
+    from dvc.repo import Repo
+    from dvc.repo.reproduce import get_active_graph, plan_repro
+
+    with Repo(str(workdir)) as repo:
+        stages = plan_repro(get_active_graph(repo.index.graph))
+        names = []
+        for stage in stages:
+            if not getattr(stage, "cmd", None):
+                continue  # `.dvc` files (added or imported data): nothing to run
+            # Addressed from the project root (`Stage.addressing` is relative to this process's cwd).
+            file = os.path.relpath(stage.path, repo.root_dir)
+            names.append(stage.name if file == "dvc.yaml" else f"{file}:{stage.name}")
+        return names
+
+
+def stage_env(parent_run_id: str | None = None) -> dict[str, str]:
+    """The environment of a stage process: this Python's `python`/`dvc` first, unbuffered output."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"  # stream the stage's lines as they come, not at exit
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    if parent_run_id:
+        env[PARENT_ENV] = parent_run_id
+    return env
+
+
+def run_logged(command: list[str], cwd: Path, env: dict[str, str], logger, what: str) -> None:
+    """Run `command`, sending each output line to `logger`; raise StageFailed naming `what` on failure."""
+    tail: deque[str] = deque(maxlen=50)
+    with subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as process:
+        for line in process.stdout:
+            line = line.rstrip()
+            if line:
+                tail.append(line)
+                logger.info(line)
+        code = process.wait()
+    if code != 0:
+        errors = [line for line in tail if "error" in line.lower()]
+        # The first error line is the stage's own (`error: <stage>: ...`); DVC's summary follows it.
+        reason = errors[0] if errors else (tail[-1] if tail else "no output")
+        raise StageFailed(f"{what} failed (exit {code}): {reason}")
+
+
+@task(task_run_name="{stage}", retries=1, retry_delay_seconds=5, cache_policy=NONE)
+def run_stage(stage: str, workdir: str, parent_run_id: str | None = None) -> str:
+    """`dvc repro --single-item <stage>`, its output streamed into the Prefect log; returns the stage name."""
+    command = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
+    run_logged(command, Path(workdir), stage_env(parent_run_id), get_run_logger(), f"stage {stage}")
+    return stage
+
+
+def prepare_params(workdir: Path, params_file: str | Path = PARAMS_FILE, overrides: tuple[str, ...] = ()) -> Params:
+    """Validate `params_file` with `overrides`, then make the workspace's params.yaml say the same.
+
+    Nothing is written when validation fails (ParamsError, one line).
+    """
+    source = Path(params_file) if Path(params_file).is_absolute() else workdir / params_file
+    params = load_params(source, list(overrides))
+    target = workdir / PARAMS_FILE
+    if source.resolve() != target.resolve():
+        shutil.copyfile(source, target)
+    if overrides:
+        from dvc.utils.hydra import apply_overrides  # what `dvc exp run -S` applies
+
+        apply_overrides(target, list(overrides))
+    return params
+
+
+def store_uri(params: Params, workdir: Path) -> str:
+    """The MLflow store the stages will use, with a relative SQLite path made relative to `workdir`."""
+    uri = tracking.tracking_uri(params.tracking.uri)
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not Path(uri[len(prefix):]).is_absolute():
+        return prefix + str((workdir / uri[len(prefix):]).resolve())
+    return uri
+
+
+def publish_report(workdir: Path) -> dict[str, str]:
+    """The results table and the plots as Prefect artifacts; returns the report's paths."""
+    report = workdir / REPORT_DIR
+    results = report / "results.csv"
+    if not results.is_file():
+        raise FileNotFoundError(f"{results}: no results table (did the report stage run?)")
+    with results.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    create_table_artifact(table=rows, key="sclora-results", description=f"One row per run ({results})")
+    sections = [f"# SC-LoRA report\n\nFiles: `{report}` (`report.md`, `results.csv`, the PNGs below).\n"]
+    for png in sorted(report.glob("*.png")):
+        data = png.read_bytes()
+        if len(data) <= EMBED_LIMIT:
+            image = f"![{png.stem}](data:image/png;base64,{base64.b64encode(data).decode('ascii')})"
+        else:
+            image = f"(too large to embed: {len(data)} bytes)"
+        sections.append(f"## {png.stem}\n\n`{png}`\n\n{image}\n")
+    create_markdown_artifact(markdown="\n".join(sections), key="sclora-plots", description="The report's plots")
+    return {"report": str(report / "report.md"), "results": str(results)}
+
+
+@flow(name="sclora-pipeline", log_prints=True)
+def pipeline(
+    params_file: str = PARAMS_FILE,
+    overrides: tuple[str, ...] = (),
+    workdir: str = ".",
+    retries: int = 1,
+    retry_delay_seconds: float = 5.0,
+) -> dict:
+    """Run the DVC pipeline stage by stage under one MLflow parent run, then publish the report.
+
+    Returns the report's paths, the MLflow parent run id and the stages in the order run.
+    """
+    root = Path(workdir).resolve()
+    params = prepare_params(root, params_file, tuple(overrides))
+    stages = stage_order(root)
+    stage_task = run_stage.with_options(retries=retries, retry_delay_seconds=retry_delay_seconds)
+    with tracking.parent_run(
+        "pipeline", experiment=params.tracking.experiment, uri=store_uri(params, root), tags={"flow": "pipeline"}
+    ) as parent:  # fmt: skip
+        for stage in stages:
+            stage_task(stage, str(root), parent.info.run_id)
+        published = publish_report(root)
+    return {**published, "parent_run_id": parent.info.run_id, "stages": stages}

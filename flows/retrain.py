@@ -1,0 +1,63 @@
+"""Flow `retrain`: a new data version -> pipeline -> register -> promote only when the gates pass.
+
+A data version is a revision (tag, branch, commit) of the data registry that the
+workspace's data came from with `dvc import <registry> <path> -o <file>`. Retraining runs
+`dvc update --rev <data_version>` on those imports, so DVC records the new data in their
+`.dvc` files and reruns exactly the stages that read it; then the pipeline, whose
+`register` stage names a `candidate`; then `promote` moves `champion` to it only when
+params' `tracking.gates` pass. Point `data.sources` at the imported files to use them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import flows  # noqa: F401 - Prefect's local settings, before Prefect is imported
+from flows.pipeline import PARAMS_FILE, pipeline, run_logged, stage_env, store_uri
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+from sclora import tracking
+from sclora.config import load_params
+from tasks.artifacts import REGISTRY
+
+
+def data_imports(workdir: str | Path = ".") -> list[str]:
+    """The `.dvc` files of the workspace that import data from another repository (`dvc import`)."""
+    from dvc.repo import Repo
+
+    with Repo(str(workdir)) as repo:
+        return sorted(stage.relpath for stage in repo.index.stages if stage.is_repo_import)
+
+
+@task(task_run_name="update {dvc_file}", retries=2, retry_delay_seconds=10, cache_policy=NONE)
+def update_import(dvc_file: str, data_version: str, workdir: str) -> str:
+    """`dvc update --rev <data_version> <dvc_file>`: the import now points at that data version."""
+    command = [sys.executable, "-m", "dvc", "update", "--rev", data_version, dvc_file]
+    run_logged(command, Path(workdir), stage_env(), get_run_logger(), f"dvc update {dvc_file}")
+    return dvc_file
+
+
+@flow(name="sclora-retrain")
+def retrain(data_version: str, params_file: str = PARAMS_FILE, workdir: str = ".", retries: int = 1) -> dict:
+    """Retrain on `data_version`; returns the candidate, whether it became champion, and why."""
+    root = Path(workdir).resolve()
+    imports = data_imports(root)
+    if not imports:
+        raise ValueError(f"{root}: no `dvc import`ed data to move to version {data_version} (see flows/retrain.py)")
+    for dvc_file in imports:
+        update_import(dvc_file, data_version, str(root))
+    result = pipeline(params_file=params_file, workdir=str(root), retries=retries)
+    registry = json.loads((root / REGISTRY).read_text(encoding="utf-8"))
+    decision = {"data_version": data_version, "imports": imports, "parent_run_id": result["parent_run_id"],
+                "model": registry["model"], "candidate": registry["candidate"],
+                "version": registry["candidate_version"]}  # fmt: skip
+    if registry["candidate_version"] is None:
+        return {**decision, "promoted": False, "reasons": ["no run within the forgetting budget: no candidate"]}
+    params = load_params(root / PARAMS_FILE)
+    tracking.use_store(store_uri(params, root))
+    promoted, reasons = tracking.promote(registry["model"], registry["candidate_version"], params.tracking.gates)
+    get_run_logger().info("%s version %s: %s (%s)", registry["model"], registry["candidate_version"],
+                          "champion" if promoted else "not promoted", "; ".join(reasons))  # fmt: skip
+    return {**decision, "promoted": promoted, "reasons": reasons}

@@ -1,0 +1,133 @@
+"""Flow `sweep`: a grid of params overrides, one DVC experiment (or one flow run) per point.
+
+Locally every point is queued as a DVC experiment (`dvc exp run --queue -S key=value ...`)
+and the queue is run (`dvc exp run --run-all`): DVC runs each in its own temporary
+workspace, restores unchanged stages from its run cache, and keeps going when a point
+fails. On a work pool each point is one run of the `pipeline` deployment, each worker in
+its own checkout sharing stage outputs through the DVC remote.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+import flows  # noqa: F401 - Prefect's local settings, before Prefect is imported
+from flows.pipeline import PARAMS_FILE, StageFailed, prepare_params, run_logged, stage_env
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+from sclora.config import load_params
+
+PIPELINE_FLOW = "sclora-pipeline"
+
+
+def grid_points(grid: dict[str, list]) -> list[list[str]]:
+    """Every combination of the grid as `-S` overrides (`key=value`, values written as YAML)."""
+    for key, values in grid.items():
+        if not isinstance(values, list | tuple) or not values:
+            raise ValueError(f"sweep grid {key}: expected a non-empty list of values, got {values!r}")
+    keys = list(grid)
+    return [
+        [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+         for key, value in zip(keys, combo, strict=True)]
+        for combo in itertools.product(*(grid[key] for key in keys))
+    ]  # fmt: skip
+
+
+def queue_commands(points: list[list[str]], names: list[str], jobs: int = 1) -> list[list[str]]:
+    """The DVC commands a local sweep runs: one `exp run --queue` per point, then `exp run --run-all`."""
+    dvc = [sys.executable, "-m", "dvc"]
+    commands = []
+    for name, point in zip(names, points, strict=True):
+        commands.append([*dvc, "exp", "run", "--queue", "--name", name, *itertools.chain(*(["-S", o] for o in point))])
+    commands.append([*dvc, "exp", "run", "--run-all", "--jobs", str(jobs)])
+    return commands
+
+
+@task(cache_policy=NONE)
+def run_queue(workdir: str, points: list[list[str]], names: list[str], jobs: int) -> dict[str, dict]:
+    """Queue every point, run the queue, and return each point's outcome from DVC's queue status."""
+    logger = get_run_logger()
+    root = Path(workdir)
+    env = stage_env()
+    *queueing, run_all = queue_commands(points, names, jobs)
+    for command in queueing:
+        run_logged(command, root, env, logger, f"queueing experiment {command[command.index('--name') + 1]}")
+    try:
+        run_logged(run_all, root, env, logger, "dvc exp run --run-all")
+    except StageFailed as error:
+        logger.warning("%s", error)  # the per-point status below says which points failed
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        status = {entry.get("name"): entry["status"] for entry in repo.experiments.celery_queue.status()}
+    outcomes = {}
+    for name, point in zip(names, points, strict=True):
+        state = status.get(name, "Unknown")
+        outcomes[name] = {"overrides": point, "status": state}
+        if state != "Success":
+            logger.error("experiment %s (%s): %s; see `dvc queue logs %s`", name, " ".join(point), state, name)
+    return outcomes
+
+
+def submit_runs(deployment: str, points: list[list[str]], params_file: str, timeout_s: float) -> dict[str, dict]:
+    """One flow run of `deployment` per point; waits for all of them and returns their final states."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    logger = get_run_logger()
+    submitted = {}
+    for point in points:
+        run = run_deployment(deployment, parameters={"params_file": params_file, "overrides": point}, timeout=0)
+        submitted[run.name] = (run.id, point)
+        logger.info("submitted %s: %s", run.name, " ".join(point))
+    outcomes, deadline = {}, time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while len(outcomes) < len(submitted) and time.monotonic() < deadline:
+            for name, (run_id, point) in submitted.items():
+                state = client.read_flow_run(run_id).state
+                if name not in outcomes and state is not None and state.is_final():
+                    outcomes[name] = {"overrides": point, "status": state.name, "flow_run_id": str(run_id)}
+            time.sleep(5)
+    for name, (run_id, point) in submitted.items():
+        outcomes.setdefault(name, {"overrides": point, "status": "Timed out", "flow_run_id": str(run_id)})
+    return outcomes
+
+
+@flow(name="sclora-sweep")
+def sweep(
+    grid: dict[str, list],
+    params_file: str = PARAMS_FILE,
+    workdir: str = ".",
+    jobs: int = 1,
+    work_pool: str | None = None,
+    deployment: str | None = None,
+    timeout_s: float = 24 * 3600,
+) -> dict:
+    """Run every point of `grid` ({"train.lr": [1e-4, 2e-4], ...}); returns each point's outcome.
+
+    Locally (no `work_pool`): DVC experiments named `sweep-<time>-<i>` (`dvc exp show` lists them).
+    With `work_pool`: runs of `deployment` (default `sclora-pipeline/<work_pool>`, the pipeline flow
+    deployed to that pool under the pool's name). A failing point never stops the others; the
+    result's `failed` lists them.
+    """
+    root = Path(workdir).resolve()
+    points = grid_points(grid)
+    for point in points:  # every point valid before anything is queued (one-line ParamsError)
+        load_params(root / params_file if not Path(params_file).is_absolute() else params_file, point)
+    if work_pool:
+        outcomes = submit_runs(deployment or f"{PIPELINE_FLOW}/{work_pool}", points, params_file, timeout_s)
+        ok = "Completed"
+    else:
+        prepare_params(root, params_file)  # the queue snapshots the workspace, params.yaml included
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        names = [f"sweep-{stamp}-{i}" for i in range(len(points))]
+        outcomes = run_queue(str(root), points, names, jobs)
+        ok = "Success"
+    failed = sorted(name for name, outcome in outcomes.items() if outcome["status"] != ok)
+    return {"points": outcomes, "failed": failed}

@@ -1,0 +1,264 @@
+"""The Prefect flows run for real under `prefect_test_harness`, against real DVC projects.
+
+Most tests use a small DVC project whose stages are one short script (fast, and able to
+fail on request); one runs the pipeline flow on the repository's own dvc.yaml with the
+tiny params of tests/test_pipeline_dvc.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import flows  # noqa: F401 - Prefect's local settings before Prefect is imported
+from flows.pipeline import PARENT_ENV, StageFailed, pipeline, run_logged, stage_order
+from flows.sweep import grid_points, queue_commands, sweep
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.sorting import ArtifactSort
+from prefect.testing.utilities import prefect_test_harness
+
+REPO = Path(__file__).resolve().parent.parent
+PNG = bytes.fromhex(  # a 1x1 PNG: the report stage's plot
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000001e221bc330000000049454e44ae426082"
+)
+
+# Each stage appends "<stage> <parent run id>" to order.log; SCLORA_TEST_FAIL=<stage> fails it,
+# SCLORA_TEST_FAIL_ONCE=<stage> fails its first attempt only.
+STEP = f'''
+import os, sys
+from pathlib import Path
+stage = sys.argv[1]
+print(f"{{stage}}: starting")
+once = Path(f"failed-once-{{stage}}")
+if os.environ.get("SCLORA_TEST_FAIL") == stage or (os.environ.get("SCLORA_TEST_FAIL_ONCE") == stage
+                                                    and not once.exists()):
+    once.touch()
+    print(f"error: {{stage}}: told to fail", file=sys.stderr)
+    sys.exit(1)
+with open("order.log", "a") as log:
+    log.write(f"{{stage}} {{os.environ.get('{PARENT_ENV}', '')}}\\n")
+out = Path("out"); out.mkdir(exist_ok=True)
+if stage == "report":
+    report = Path("artifacts/report"); report.mkdir(parents=True, exist_ok=True)
+    (report / "results.csv").write_text("run,utility\\nbenign-lora-0,0.5\\nbenign-sclora-0.8-0,0.75\\n")
+    (report / "pareto.png").write_bytes(bytes.fromhex("{PNG.hex()}"))
+else:
+    (out / f"{{stage}}.txt").write_text(stage)
+print(f"{{stage}}: done")
+'''
+
+DVC_YAML = {
+    "stages": {
+        "make": {"cmd": "python step.py make", "deps": ["step.py"], "params": ["train.max_steps"],
+                 "outs": ["out/make.txt"]},
+        "square": {"matrix": {"n": [1, 2]}, "cmd": "python step.py square-${item.n}",
+                   "deps": ["step.py", "out/make.txt"], "outs": ["out/square-${item.n}.txt"]},
+        "report": {"cmd": "python step.py report", "deps": ["out/square-1.txt", "out/square-2.txt"],
+                   "outs": [{"artifacts/report": {"cache": False}}]},
+    }
+}  # fmt: skip
+ORDER = ["make", "square@1", "square@2", "report"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def harness():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def clean_env(tmp: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "GIT_", "SCLORA_"))}
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", DVC_NO_ANALYTICS="1",
+               GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="t@example.com", GIT_COMMITTER_NAME="test",
+               GIT_COMMITTER_EMAIL="t@example.com", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")  # fmt: skip
+    return env
+
+
+def sh(command: list[str], cwd: Path, env: dict) -> str:
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
+    return result.stdout
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """A fresh git + DVC project with the small DAG above and the repository's params (store under tmp)."""
+    work = tmp_path / "project"
+    work.mkdir()
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params["tracking"]["uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    (work / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML, sort_keys=False), encoding="utf-8")
+    (work / "step.py").write_text(STEP, encoding="utf-8")
+    (work / ".gitignore").write_text("order.log\nfailed-once-*\n", encoding="utf-8")
+    env = clean_env(tmp_path)
+    for key in [k for k in os.environ if k.startswith(("MLFLOW_", "SCLORA_"))]:
+        monkeypatch.delenv(key)
+    sh(["git", "init", "-q"], work, env)
+    sh([sys.executable, "-m", "dvc", "init", "-q"], work, env)
+    sh(["git", "add", "-A"], work, env)
+    sh(["git", "commit", "-q", "-m", "project"], work, env)
+    return work
+
+
+def artifact(key: str):
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), sort=ArtifactSort.CREATED_DESC
+        )
+    assert found, f"no artifact {key}"
+    return found[0]
+
+
+def test_stage_order_comes_from_dvc(project):
+    assert stage_order(project) == ORDER
+
+
+def test_run_logged_streams_every_line_and_names_the_failure(tmp_path):
+    class Lines(list):
+        def info(self, line):
+            self.append(line)
+
+    lines = Lines()
+    script = "import sys; print('one'); print('two', file=sys.stderr); print('error: x: bad'); sys.exit(3)"
+    with pytest.raises(StageFailed, match=r"^stage x failed \(exit 3\): error: x: bad$"):
+        run_logged([sys.executable, "-c", script], tmp_path, dict(os.environ), lines, "stage x")
+    assert sorted(lines) == ["error: x: bad", "one", "two"]
+
+
+def test_pipeline_runs_every_stage_once_in_dag_order_and_publishes_the_report(project):
+    result = pipeline(workdir=str(project), overrides=("train.max_steps=7",), retry_delay_seconds=0)
+    assert result["stages"] == ORDER
+    logged = [line.split() for line in (project / "order.log").read_text().splitlines()]
+    assert [stage for stage, _ in logged] == ["make", "square-1", "square-2", "report"]
+    assert {parent for _, parent in logged} == {result["parent_run_id"]}  # the flow's MLflow run reached the stages
+    # The override is in params.yaml, and DVC sees every stage up to date with it.
+    assert yaml.safe_load((project / "params.yaml").read_text())["train"]["max_steps"] == 7
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=project, capture_output=True,
+                            text=True, check=True)  # fmt: skip
+    assert json.loads(status.stdout) == {}
+    table = artifact("sclora-results")
+    assert table.type == "table"
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert [row["run"] for row in rows] == ["benign-lora-0", "benign-sclora-0.8-0"]
+    plots = artifact("sclora-plots")
+    assert "## pareto" in plots.data and "data:image/png;base64," in plots.data
+    import mlflow
+
+    parent = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project.parent / 'mlflow.db'}").get_run(
+        result["parent_run_id"]
+    )
+    assert parent.info.status == "FINISHED"
+
+    # A second run finds everything up to date: DVC, not the flow, decides what runs.
+    pipeline(workdir=str(project), retry_delay_seconds=0)
+    assert len((project / "order.log").read_text().splitlines()) == 4
+
+
+def test_a_stage_that_fails_once_is_retried(project, monkeypatch):
+    monkeypatch.setenv("SCLORA_TEST_FAIL_ONCE", "square-2")
+    result = pipeline(workdir=str(project), retries=1, retry_delay_seconds=0)
+    assert (project / "failed-once-square-2").exists()
+    assert [line.split()[0] for line in (project / "order.log").read_text().splitlines()] == [
+        "make", "square-1", "square-2", "report"]  # fmt: skip
+    assert result["stages"] == ORDER
+
+
+def test_a_stage_that_always_fails_fails_the_flow_with_its_error(project, monkeypatch):
+    monkeypatch.setenv("SCLORA_TEST_FAIL", "square-1")
+    with pytest.raises(StageFailed, match=r"^stage square@1 failed \(exit \d+\): error: square-1: told to fail$"):
+        pipeline(workdir=str(project), retries=1, retry_delay_seconds=0)
+    assert [line.split()[0] for line in (project / "order.log").read_text().splitlines()] == ["make"]
+    assert not (project / "artifacts" / "report").exists()
+
+
+def test_bad_override_fails_before_anything_runs(project):
+    before = (project / "params.yaml").read_text()
+    with pytest.raises(ValueError, match="train.max_steps"):
+        pipeline(workdir=str(project), overrides=("train.max_steps=-3",))
+    assert (project / "params.yaml").read_text() == before
+    assert not (project / "order.log").exists()
+
+
+def test_grid_points_and_queue_commands():
+    points = grid_points({"train.lr": [1e-4, 2e-4], "solve.betas": [[0.5], [0.8, 0.9]]})
+    assert points == [
+        ["train.lr=0.0001", "solve.betas=[0.5]"], ["train.lr=0.0001", "solve.betas=[0.8, 0.9]"],
+        ["train.lr=0.0002", "solve.betas=[0.5]"], ["train.lr=0.0002", "solve.betas=[0.8, 0.9]"],
+    ]  # fmt: skip
+    commands = queue_commands(points[:2], ["a", "b"], jobs=2)
+    dvc = [sys.executable, "-m", "dvc"]
+    assert commands == [
+        [*dvc, "exp", "run", "--queue", "--name", "a", "-S", "train.lr=0.0001", "-S", "solve.betas=[0.5]"],
+        [*dvc, "exp", "run", "--queue", "--name", "b", "-S", "train.lr=0.0001", "-S", "solve.betas=[0.8, 0.9]"],
+        [*dvc, "exp", "run", "--run-all", "--jobs", "2"],
+    ]
+    with pytest.raises(ValueError, match="sweep grid train.lr"):
+        grid_points({"train.lr": []})
+
+
+def test_sweep_runs_each_point_as_a_dvc_experiment_and_reports_failures(project, monkeypatch):
+    # square-1 fails in every experiment whose make stage ran with max_steps 5 (the script reads params).
+    step = project / "step.py"
+    step.write_text(step.read_text().replace(
+        'print(f"{stage}: starting")',
+        'print(f"{stage}: starting")\nimport yaml\n'
+        'if stage == "square-1" and yaml.safe_load(open("params.yaml"))["train"]["max_steps"] == 5:\n'
+        '    sys.exit("error: square-1: max_steps 5 is bad")',
+    ))  # fmt: skip
+    env = clean_env(project.parent)
+    sh(["git", "add", "step.py"], project, env)
+    sh(["git", "commit", "-q", "-m", "step reads params"], project, env)
+    result = sweep(grid={"train.max_steps": [4, 5]}, workdir=str(project))
+    statuses = {tuple(o["overrides"]): o["status"] for o in result["points"].values()}
+    assert statuses == {("train.max_steps=4",): "Success", ("train.max_steps=5",): "Failed"}
+    assert len(result["failed"]) == 1
+    shown = json.loads(sh([sys.executable, "-m", "dvc", "exp", "show", "--json"], project, env))
+    names = {exp.get("name") for entry in shown for exp in (entry.get("experiments") or []) for exp in
+             [e for e in (exp.get("revs") or [])]}  # fmt: skip
+    assert any(name and name.endswith("-0") for name in names), names
+
+
+@pytest.mark.skipif(os.environ.get("SCLORA_FAST_TESTS") == "1", reason="the real tiny pipeline takes ~2 minutes")
+def test_pipeline_flow_on_the_real_dvc_yaml_with_tiny_params(tmp_path, monkeypatch):
+    from test_pipeline_dvc import copy_repo, tiny_params
+
+    work = tmp_path / "repo"
+    work.mkdir()
+    copy_repo(work)
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(yaml.safe_dump(tiny_params(tmp_path), sort_keys=False), encoding="utf-8")
+    env = clean_env(tmp_path)
+    for key in [k for k in os.environ if k.startswith(("MLFLOW_", "SCLORA_"))]:
+        monkeypatch.delenv(key)
+    for name, value in (("OMP_NUM_THREADS", "1"), ("HF_HUB_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+        monkeypatch.setenv(name, value)
+    sh(["git", "init", "-q"], work, env)
+    sh([sys.executable, "-m", "dvc", "init", "-q"], work, env)
+
+    result = pipeline(params_file=str(tiny), overrides=("train.max_steps=2",), workdir=str(work))
+    assert result["stages"] == ["testbed", "prepare", "capture", "solve@0.8", "evaluate", "train@benign-lora-0",
+                                "train@benign-pissa-0", "train_sclora@benign-0.8-0", "register", "report"]  # fmt: skip
+    with open(result["results"], newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(row["run"] for row in rows) == ["benign-lora-0", "benign-pissa-0", "benign-sclora-0.8-0"]
+    run_json = json.loads((work / "artifacts/runs/benign-lora-0/run.json").read_text())
+    assert run_json["global_step"] == 2  # the -S override reached the stage
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    child = client.get_run(run_json["mlflow_run_id"])
+    assert child.data.tags["mlflow.parentRunId"] == result["parent_run_id"]
+    assert json.loads(sh([sys.executable, "-m", "dvc", "status", "--json"], work, env)) == {}
+    table = artifact("sclora-results")
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert len(rows) == 3
