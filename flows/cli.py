@@ -65,7 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import pipeline
+    from sclora.config import load_params
 
+    params_file = Path(args.params) if Path(args.params).is_absolute() else Path(args.workdir) / args.params
+    load_params(params_file, args.overrides)  # a bad file fails here, before a flow run starts
     result = pipeline(params_file=args.params, overrides=tuple(args.overrides), workdir=args.workdir,
                       retries=args.retries)  # fmt: skip
     print(f"report: {result['report']} (table: {result['results']})")
