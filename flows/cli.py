@@ -22,23 +22,31 @@ def _params_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _overrides(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a param, e.g. -S train.max_steps=10 (written into params.yaml, as dvc exp run -S)")  # fmt: skip
+    parser.add_argument(
+        "-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a param, e.g. -S train.max_steps=10 (written into params.yaml, as dvc exp run -S does)",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sclora", description="SC-LoRA fine-tuning pipeline (DVC stages, Prefect flows)")
+    parser = argparse.ArgumentParser(
+        prog="sclora", description="SC-LoRA fine-tuning pipeline (DVC stages, Prefect flows)"
+    )
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run the pipeline flow (every DVC stage, in order)",
-                              description="Run the pipeline flow: every DVC stage in order, then the report.")  # fmt: skip
+    run = commands.add_parser(
+        "run", help="run the pipeline flow (every DVC stage, in order)",
+        description="Run the pipeline flow: every DVC stage in order, then the report.",
+    )  # fmt: skip
     _params_options(run)
     _overrides(run)
     run.add_argument("--retries", type=int, default=1, help="retries of a failed stage (default: 1)")
 
-    sweep = commands.add_parser("sweep", help="run a grid of params as DVC experiments or flow runs",
-                                description="Run every combination of the grid, e.g. --grid 'train.lr=[1e-4, 2e-4]'.")  # fmt: skip
+    sweep = commands.add_parser(
+        "sweep", help="run a grid of params as DVC experiments or flow runs",
+        description="Run every combination of the grid, e.g. --grid 'train.lr=[1e-4, 2e-4]'.",
+    )  # fmt: skip
     _params_options(sweep)
     sweep.add_argument("--grid", action="append", required=True, metavar="KEY=LIST",
                        help="a params key and a YAML list of its values; repeat for more keys")  # fmt: skip
@@ -46,12 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--work-pool", help="submit one pipeline flow run per point to this Prefect work pool")
     sweep.add_argument("--deployment", help="deployment to run on the pool (default: sclora-pipeline/<work pool>)")
 
-    report = commands.add_parser("report", help="bring the report stage up to date and show the results",
-                                 description="Run the DVC `report` stage alone and print the results table.")  # fmt: skip
+    report = commands.add_parser(
+        "report", help="bring the report stage up to date and show the results",
+        description="Run the DVC `report` stage alone and print the results table.",
+    )  # fmt: skip
     report.add_argument("--workdir", default=".", metavar="DIR", help="the DVC project (default: .)")
 
-    promote = commands.add_parser("promote", help="move the champion alias to a version if the gates pass",
-                                  description="Promote NAME VERSION to champion when params' tracking.gates pass.")  # fmt: skip
+    promote = commands.add_parser(
+        "promote", help="move the champion alias to a version if the gates pass",
+        description="Promote NAME VERSION to champion when params' tracking.gates pass (exit 1 when rejected).",
+    )  # fmt: skip
     promote.add_argument("name", help="registered model name")
     promote.add_argument("version", help="model version")
     promote.add_argument("--params", default="params.yaml", metavar="FILE", help="params with tracking.uri and gates")

@@ -11,6 +11,7 @@ params' `tracking.gates` pass. Point `data.sources` at the imported files to use
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def data_imports(workdir: str | Path = ".") -> list[str]:
     from dvc.repo import Repo
 
     with Repo(str(workdir)) as repo:
-        return sorted(stage.relpath for stage in repo.index.stages if stage.is_repo_import)
+        return sorted(os.path.relpath(stage.path, repo.root_dir) for stage in repo.index.stages if stage.is_repo_import)
 
 
 @task(task_run_name="update {dvc_file}", retries=2, retry_delay_seconds=10, cache_policy=NONE)
@@ -40,15 +41,24 @@ def update_import(dvc_file: str, data_version: str, workdir: str) -> str:
 
 
 @flow(name="sclora-retrain")
-def retrain(data_version: str, params_file: str = PARAMS_FILE, workdir: str = ".", retries: int = 1) -> dict:
+def retrain(
+    data_version: str,
+    params_file: str = PARAMS_FILE,
+    workdir: str = ".",
+    retries: int = 1,
+    retry_delay_seconds: float = 5.0,
+) -> dict:
     """Retrain on `data_version`; returns the candidate, whether it became champion, and why."""
     root = Path(workdir).resolve()
     imports = data_imports(root)
     if not imports:
         raise ValueError(f"{root}: no `dvc import`ed data to move to version {data_version} (see flows/retrain.py)")
     for dvc_file in imports:
-        update_import(dvc_file, data_version, str(root))
-    result = pipeline(params_file=params_file, workdir=str(root), retries=retries)
+        update = update_import.with_options(retry_delay_seconds=retry_delay_seconds)
+        update(dvc_file, data_version, str(root))
+    result = pipeline(
+        params_file=params_file, workdir=str(root), retries=retries, retry_delay_seconds=retry_delay_seconds
+    )
     registry = json.loads((root / REGISTRY).read_text(encoding="utf-8"))
     decision = {"data_version": data_version, "imports": imports, "parent_run_id": result["parent_run_id"],
                 "model": registry["model"], "candidate": registry["candidate"],

@@ -261,3 +261,83 @@ def test_pipeline_flow_on_the_real_dvc_yaml_with_tiny_params(tmp_path, monkeypat
     table = artifact("sclora-results")
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert len(rows) == 3
+
+
+REGISTER = '''
+import json, os
+from pathlib import Path
+import yaml
+from sclora import tracking
+uri = yaml.safe_load(open("params.yaml"))["tracking"]["uri"]
+with tracking.child_run("t", "lora", None, 0, parent_run_id=os.environ["SCLORA_PARENT_RUN_ID"], uri=uri) as run:
+    pass
+adapter = Path("out/adapter"); adapter.mkdir(parents=True, exist_ok=True)
+(adapter / "adapter_config.json").write_text('{"init_lora_weights": true}')
+utility = float(Path("data/d.txt").read_text())  # the data version decides how good the candidate is
+version = tracking.register_adapter(adapter, "m", {"utility": utility, "forgetting": {"knowledge": 0.0,
+                                    "refusal_rate": 0.0}}, run_id=run.info.run_id)
+Path("artifacts").mkdir(exist_ok=True)
+Path("artifacts/registry.json").write_text(json.dumps({"model": "m", "candidate": "t-lora-0",
+                                                       "candidate_version": version}))
+'''
+
+
+@pytest.fixture
+def retrain_project(project) -> Path:
+    """The small project, its data imported from a data registry (tags v1, v2), and a register stage."""
+    env = clean_env(project.parent)
+    dvc = [sys.executable, "-m", "dvc"]
+    registry = project.parent / "registry"
+    (registry / "data").mkdir(parents=True)
+    sh(["git", "init", "-q"], registry, env)
+    sh([*dvc, "init", "-q"], registry, env)
+    sh([*dvc, "remote", "add", "-d", "store", str(project.parent / "remote")], registry, env)
+    for tag, utility in (("v1", "0.9"), ("v2", "0.1")):
+        (registry / "data" / "d.txt").write_text(utility)
+        sh([*dvc, "add", "-q", "data/d.txt"], registry, env)
+        sh(["git", "add", "-A"], registry, env)
+        sh(["git", "commit", "-q", "-m", tag], registry, env)
+        sh(["git", "tag", tag], registry, env)
+        sh([*dvc, "push", "-q"], registry, env)
+    (project / "data").mkdir()
+    sh([*dvc, "import", "-q", str(registry), "data/d.txt", "-o", "data/d.txt", "--rev", "v1"], project, env)
+    (project / "register.py").write_text(REGISTER, encoding="utf-8")
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())
+    stages["stages"]["make"]["deps"].append("data/d.txt")
+    stages["stages"]["register"] = {"cmd": "python register.py", "deps": ["register.py", "data/d.txt"],
+                                    "outs": [{"artifacts/registry.json": {"cache": False}}]}  # fmt: skip
+    (project / "dvc.yaml").write_text(yaml.safe_dump(stages, sort_keys=False), encoding="utf-8")
+    sh(["git", "add", "-A"], project, env)
+    sh(["git", "commit", "-q", "-m", "imported data"], project, env)
+    return project
+
+
+def test_retrain_moves_champion_only_when_the_gates_pass(retrain_project):
+    from flows.retrain import data_imports, retrain
+
+    assert data_imports(retrain_project) == ["data/d.txt.dvc"]
+    first = retrain("v1", workdir=str(retrain_project), retry_delay_seconds=0)
+    assert first["promoted"] and first["reasons"][0] == "no champion yet"
+    worse = retrain("v2", workdir=str(retrain_project), retry_delay_seconds=0)
+    assert (retrain_project / "data" / "d.txt").read_text() == "0.1"  # the import moved to v2
+    assert not worse["promoted"]
+    assert worse["reasons"] == ["utility 0.1000 vs champion 0.9000 - 0.02"]  # only the failed gate
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{retrain_project.parent / 'mlflow.db'}",
+                                 registry_uri=f"sqlite:///{retrain_project.parent / 'mlflow.db'}")  # fmt: skip
+    assert str(client.get_model_version_by_alias("m", "champion").version) == first["version"] != worse["version"]
+
+
+def test_sclora_run_then_report_on_the_command_line(project, capsys):
+    from flows.cli import main
+
+    assert main(["run", "--workdir", str(project), "-S", "train.max_steps=9"]) == 0
+    out = capsys.readouterr().out
+    assert f"report: {project / 'artifacts' / 'report' / 'report.md'}" in out
+    assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in out and "prefect server start" in out
+    assert yaml.safe_load((project / "params.yaml").read_text())["train"]["max_steps"] == 9
+    assert main(["report", "--workdir", str(project)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("run,utility\nbenign-lora-0,0.5\n")
+    assert len((project / "order.log").read_text().splitlines()) == 4  # `report` was up to date: nothing reran
