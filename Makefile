@@ -19,7 +19,7 @@ setup: .venv/.installed
 	touch $@
 
 run: setup
-	$(PY) -m tasks testbed
+	.venv/bin/sclora run
 
 test: setup
 	$(PY) -m pytest -q
