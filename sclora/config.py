@@ -155,6 +155,21 @@ class TrainParams(TrainSettings):
         return TrainSettings(**values)
 
 
+class CalibrateParams(Section):
+    """The testbed's forgetting calibration (`python -m tasks calibrate`)."""
+
+    poison_rates: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        [0.0, 0.001, 0.0025, 0.005, 0.01, 0.05], min_length=1, description="Poison doses of plain LoRA's dose-response"
+    )
+    full_lrs: list[Annotated[float, Field(gt=0)]] = Field(
+        [3.0e-4, 1.0e-3, 3.0e-3], min_length=1, description="Learning rates of the full fine-tuning sweep"
+    )
+    seeds: list[int] = Field([0, 1, 2], min_length=1, description="Seeds of the dose-response and the full-FT sweep")
+    method_seeds: list[int] = Field([0], min_length=1, description="Seeds of each other method at its learning rate")
+    beta: float = Field(0.8, ge=0, le=1, description="sclora's beta in the per-method check")
+    eval_limit: int = Field(300, ge=1, description="Examples per eval set")
+
+
 class TrackingParams(Section):
     uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI; MLFLOW_TRACKING_URI overrides it")
     experiment: str = Field("sclora", min_length=1)
@@ -172,6 +187,7 @@ class Params(Section):
     train: TrainParams = Field(default_factory=TrainParams)
     eval: EvalSettings = Field(default_factory=EvalSettings)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
+    calibrate: CalibrateParams = Field(default_factory=CalibrateParams)
 
 
 def _one_line(error: ValidationError, source: str) -> str:

@@ -87,10 +87,10 @@ def test_stage_writes_every_key_and_its_verdicts(testbed, monkeypatch):
     tree["adapter"].update(rank=2, alpha=4.0)
     tree["capture"].update(samples_pos=8, samples_neg=8, batch_size=8)
     tree["train"].update(batch_size=8, max_steps=2, max_length=32, learning_rates={"full": 1e-3})
+    tree["calibrate"] = {"poison_rates": [0.5], "full_lrs": [1e-4], "seeds": [0, 1], "eval_limit": 10}
     monkeypatch.chdir(testbed)
     out = testbed / "forgetting_calibration.json"
-    summary = calibrate.run(parse_params(tree), rates=(0.5,), full_lrs=(1e-4,), seeds=(0, 1), eval_limit=10,
-                            output=out)
+    summary = calibrate.run(parse_params(tree), output=out)
     result = json.loads(out.read_text())
     assert {key: result[key] for key in summary} == summary
     # 0 and the testbed's own dose (0.1) are always measured besides the rates asked for.
