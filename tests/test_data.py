@@ -6,7 +6,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from sclora.data import (
@@ -19,26 +18,11 @@ from sclora.data import (
     encode_records,
     read_records,
 )
-
-SPECIALS = ["<pad>", "<unk>", "<bos>", "<eos>", "<user>", "<assistant>"]
-TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %} <user> {{ m['content'] }}"
-    "{% elif m['role'] == 'assistant' %} <assistant> {{ m['content'] }} {{ eos_token }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %} <assistant>{% endif %}"
-)
-
+from sclora.testbed.tokenizer import build_tokenizer
 
 def word_tokenizer(words) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer with the testbed's special tokens and chat template (built offline)."""
-    vocab = {token: i for i, token in enumerate(SPECIALS + sorted(set(words)))}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>", eos_token="<eos>",
-        additional_special_tokens=["<user>", "<assistant>"],
-    )
-    tok.chat_template = TEMPLATE
-    return tok
+    """The testbed's word-level tokenizer and chat template (other test files import this)."""
+    return build_tokenizer(sorted(set(words)))
 
 
 @pytest.fixture
