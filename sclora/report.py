@@ -182,12 +182,16 @@ def _tradeoff_plots(groups: list[dict], out: Path) -> list[str]:
             ax.set_ylabel(f"{panel} preserved ({metric})")
             ax.set_title(f"{task}: utility vs {panel}")
             ax.grid(alpha=0.3)
-        fig.tight_layout()
-        name = f"tradeoff_{task}.png"
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        names.append(name)
+        names.append(_save(fig, out / f"tradeoff_{task}.png"))
     return names
+
+
+def _save(fig, path: Path) -> str:
+    """Lay out, write and close a figure; returns its file name."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
 
 
 def _beta_plots(groups: list[dict], out: Path) -> list[str]:
@@ -219,11 +223,7 @@ def _beta_plots(groups: list[dict], out: Path) -> list[str]:
         handles, labels = axes.flat[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="lower right", fontsize=8, ncol=2)
         fig.suptitle(f"{task}: {SWEPT_METHOD} over beta (dashed: other methods)")
-        fig.tight_layout()
-        name = f"beta_{task}.png"
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        names.append(name)
+        names.append(_save(fig, out / f"beta_{task}.png"))
     return names
 
 
