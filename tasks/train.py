@@ -58,11 +58,11 @@ def run(params: Params, item: str) -> dict:
     }  # fmt: skip
     if (work / REQUEST).is_file() and read_json(work / REQUEST, "run request") != request:
         shutil.rmtree(work)  # checkpoints of other settings or data cannot be resumed
-    write_json(work / REQUEST, request)
 
     torch.manual_seed(spec.seed)  # the LoRA init of A is random; resume then restores the trained weights anyway
     model = load_model(model_params.path, dtype=model_params.dtype, trust_remote_code=model_params.trust_remote_code)
-    model = _initialised(model, params, spec, work / INITIAL_ADAPTER)
+    model = _initialised(model, params, spec, work / INITIAL_ADAPTER)  # bad rank or targets fail before any write
+    write_json(work / REQUEST, request)
 
     logged = {"method": spec.method, "beta": spec.beta, "seed": spec.seed, "train": settings.model_dump()}
     if spec.method != "full":
