@@ -26,6 +26,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers.pytorch_utils import Conv1D
 
+from sclora.atomic import atomic_file
+
 MANIFEST = "manifest.parquet"
 SHARDS = "shards"
 LINEAR_TYPES = (torch.nn.Linear, Conv1D)
@@ -169,9 +171,8 @@ def _write_shard(directory, key, modules, shard, start, sums, tokens, hashes, co
         tensors["covariance"] = cov.contiguous()
     name = f"{SHARDS}/{key}.{shard:05d}.safetensors"
     path = directory / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path) + ".tmp")
-    os.replace(str(path) + ".tmp", path)
+    with atomic_file(path) as staging:
+        save_file(tensors, str(staging))
     return dict(
         key=key, modules=",".join(modules), shard=shard, sample_start=start, samples=int(sums.shape[0]),
         d_in=int(sums.shape[1]), tokens=int(tokens.sum()), covariance=cov is not None,
@@ -182,9 +183,8 @@ def _write_shard(directory, key, modules, shard, start, sums, tokens, hashes, co
 def _write_manifest(directory: Path, rows: list[dict]) -> None:
     rows = sorted(rows, key=lambda r: (r["shard"], r["key"]))
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
-    directory.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, directory / (MANIFEST + ".tmp"))
-    os.replace(directory / (MANIFEST + ".tmp"), directory / MANIFEST)
+    with atomic_file(directory / MANIFEST) as staging:
+        pq.write_table(table, staging)
 
 
 def resolve_targets(model: torch.nn.Module, target_modules: str | Iterable[str]) -> dict[str, torch.nn.Module]:

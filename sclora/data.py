@@ -130,24 +130,37 @@ def _template_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict], gene
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _encode(
-    tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, max_length: int
+def encode_sample(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, response: str | None, max_length: int
 ) -> tuple[dict[str, list[int]], bool]:
+    """`encode_chat`, and whether the sample was truncated. `response=None` (prompt-only sets): the prompt with
+    the generation prompt and nothing to learn (labels all -100)."""
     if not tokenizer.chat_template:
         raise DataError(f"tokenizer {tokenizer.name_or_path or type(tokenizer).__name__}: no chat template")
     user = [{"role": "user", "content": prompt}]
     prompt_ids = _template_ids(tokenizer, user, generation_prompt=True)
-    ids = _template_ids(tokenizer, [*user, {"role": "assistant", "content": response}], generation_prompt=False)
-    if ids[: len(prompt_ids)] != prompt_ids:
-        # Masking by prefix length is only right when the template renders the
-        # prompt the same way with and without the answer.
-        raise DataError(
-            f"tokenizer {tokenizer.name_or_path}: the chat template's prompt is not a token prefix of prompt+response"
-        )
-    labels = [IGNORE_INDEX] * len(prompt_ids) + ids[len(prompt_ids) :]
+    if response is None:
+        ids, labels = prompt_ids, [IGNORE_INDEX] * len(prompt_ids)
+    else:
+        ids = _template_ids(tokenizer, [*user, {"role": "assistant", "content": response}], generation_prompt=False)
+        if ids[: len(prompt_ids)] != prompt_ids:
+            # Masking by prefix length is only right when the template renders the
+            # prompt the same way with and without the answer.
+            raise DataError(
+                f"tokenizer {tokenizer.name_or_path}: the chat template's prompt is not a token prefix of "
+                "prompt+response"
+            )
+        labels = [IGNORE_INDEX] * len(prompt_ids) + ids[len(prompt_ids) :]
     truncated = len(ids) > max_length
     ids, labels = ids[:max_length], labels[:max_length]
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}, truncated
+
+
+def warn_truncated(count: int, total: int, max_length: int, where: str = "") -> None:
+    """The one warning that says how many samples were cut to `max_length` (nothing when none were)."""
+    if count:
+        prefix = f"{where}: " if where else ""
+        log.warning("%s%d of %d samples longer than max_length=%d were truncated", prefix, count, total, max_length)
 
 
 def encode_chat(
@@ -158,7 +171,7 @@ def encode_chat(
     `labels` equal `input_ids` on the response (and what the template adds after it,
     e.g. eos) and -100 on the prompt, so the loss is on the response only.
     """
-    return _encode(tokenizer, prompt, response, max_length)[0]
+    return encode_sample(tokenizer, prompt, response, max_length)[0]
 
 
 def encode_records(
@@ -168,14 +181,13 @@ def encode_records(
     those left without a single response token, which would give no loss."""
     encoded, truncated, empty = [], 0, []
     for record in records:
-        sample, cut = _encode(tokenizer, _text(record, "prompt"), _text(record, "response"), max_length)
+        sample, cut = encode_sample(tokenizer, _text(record, "prompt"), _text(record, "response"), max_length)
         truncated += cut
         if all(label == IGNORE_INDEX for label in sample["labels"]):
             empty.append(record.get("id", len(encoded) + len(empty)))
             continue
         encoded.append(sample)
-    if truncated:
-        log.warning("%d of %d samples longer than max_length=%d were truncated", truncated, len(records), max_length)
+    warn_truncated(truncated, len(records), max_length)
     if empty:
         log.warning("%d samples have no response token within max_length=%d and were dropped (ids %s)",
                     len(empty), max_length, ", ".join(map(str, empty[:5])) + (" ..." if len(empty) > 5 else ""))
@@ -235,14 +247,10 @@ def chat_batches(
     for start in range(0, len(records), batch_size):
         features = []
         for record in records[start : start + batch_size]:
-            if with_response:
-                sample, cut = _encode(tokenizer, _text(record, "prompt"), _text(record, "response"), max_length)
-            else:
-                ids = _template_ids(tokenizer, [{"role": "user", "content": _text(record, "prompt")}], True)
-                sample, cut = {"input_ids": ids[:max_length]}, len(ids) > max_length
+            response = _text(record, "response") if with_response else None
+            sample, cut = encode_sample(tokenizer, _text(record, "prompt"), response, max_length)
             truncated += cut
             features.append({"input_ids": sample["input_ids"]})
         batch = tokenizer.pad(features, padding=True, return_tensors="pt", return_attention_mask=True)
         yield {"input_ids": batch["input_ids"].long(), "attention_mask": batch["attention_mask"].long()}
-    if truncated:
-        log.warning("%d of %d samples longer than max_length=%d were truncated", truncated, len(records), max_length)
+    warn_truncated(truncated, len(records), max_length)

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -19,6 +16,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from sclora.atomic import atomic_dir  # noqa: E402
 
 COLUMNS = (
     "run", "task", "method", "beta", "seed", "lr",
@@ -65,9 +64,7 @@ def write_report(
     if not rows:
         raise ValueError("report: no runs to report")
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as staging:
         _write_csv(rows, staging / "results.csv")
         groups = _groups(rows)
         plots = _tradeoff_plots(groups, staging)
@@ -77,10 +74,6 @@ def write_report(
         if spectra:
             plots.append(_spectra_plot(spectra, staging / "spectra.png"))
         (staging / "report.md").write_text(_markdown(groups, plots), encoding="utf-8")
-        _replace(staging, out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return out_dir
 
 
@@ -306,15 +299,3 @@ def _markdown(groups: list[dict], plots: list[str]) -> str:
     lines += [f"- [{name}]({name})\n\n  ![{name}]({name})" for name in plots]
     return "\n".join(lines) + "\n"
 
-
-def _replace(staging: Path, out_dir: Path) -> None:
-    """Swap the finished directory in; a reader never sees a half-written report."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(out_dir, old)
-    os.replace(staging, out_dir)
-    if old is not None:
-        shutil.rmtree(old)

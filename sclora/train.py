@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from sclora.atomic import partial_path, replace_dir, write_json
 from sclora.data import ChatDataset, chat_collator
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def train(
     resume = _last_complete_checkpoint(checkpoints, run, remove_incomplete=args.process_index == 0)
     if args.process_index == 0:
         checkpoints.mkdir(parents=True, exist_ok=True)
-        _write_json(checkpoints / RUN_SETTINGS, run)
+        write_json(checkpoints / RUN_SETTINGS, run)
     trainer = Trainer(
         model=model,
         args=args,
@@ -151,7 +151,8 @@ def train(
         log.info("resuming from %s", resume)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
-    final, staging = out_dir / MODEL, out_dir / f".{MODEL}.partial"
+    # Every process takes part in save_model (it gathers sharded weights), so the atomic write is spelled out.
+    final, staging = out_dir / MODEL, partial_path(out_dir / MODEL)
     if trainer.is_world_process_zero() and staging.exists():
         shutil.rmtree(staging)
     trainer.accelerator.wait_for_everyone()
@@ -162,10 +163,8 @@ def train(
         if "loss" in entry
     ]
     if trainer.is_world_process_zero():
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
-        _write_json(out_dir / LOSS_HISTORY, history)
+        replace_dir(staging, final)
+        write_json(out_dir / LOSS_HISTORY, history)
         shutil.rmtree(checkpoints)
     trainer.accelerator.wait_for_everyone()
     return TrainResult(
@@ -215,8 +214,3 @@ def _difference(previous: dict | None, run: dict) -> str:
             return f"{name} ({previous.get('settings', {}).get(name)} there, {value} now)"
     return next((f"{key}" for key in run if previous.get(key) != run[key]), "settings")
 
-
-def _write_json(path: Path, value: object) -> None:
-    staging = path.with_name(f".{path.name}.partial")
-    staging.write_text(json.dumps(value, indent=1))
-    os.replace(staging, path)

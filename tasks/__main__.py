@@ -28,10 +28,11 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params, args.overrides)
         stage = importlib.import_module(f"tasks.{args.stage}")
         result = stage.run(params, args.item) if args.item else stage.run(params)
-    except (ValueError, OSError, RuntimeError) as error:
+    except Exception as error:  # noqa: BLE001 - the one place a stage's errors are caught: print one line
         if args.debug:
             raise
-        print(f"error: {args.stage}: {error}", file=sys.stderr)
+        lines = str(error).strip().splitlines()
+        print(f"error: {args.stage}: {lines[0] if lines else type(error).__name__}", file=sys.stderr)
         return 1
     if result is not None:
         print(json.dumps(result, indent=2, sort_keys=True))

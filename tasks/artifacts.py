@@ -1,4 +1,4 @@
-"""Where every stage's outputs live, how runs are named, and how outputs are written atomically.
+"""Where every stage's outputs live and how runs are named (writes go through `sclora.atomic`).
 
 dvc.yaml spells the same paths; a run is named as DVC names its matrix item, e.g.
 `benign-lora-0` (task-method-seed) or `poisoned-sclora-0.8-0` (task-sclora-beta-seed).
@@ -9,15 +9,12 @@ floats (0.0, not 0) for the names here and in dvc.yaml to agree.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sclora.atomic import atomic_dir as staged_dir  # noqa: F401 - the stages' name for it
+from sclora.atomic import write_json  # noqa: F401 - re-exported for the stages
 from sclora.config import Params
 
 ARTIFACTS = Path("artifacts")
@@ -100,30 +97,10 @@ def parse_run(params: Params, name: str) -> RunSpec:
     raise ValueError(f"unknown run '{name}': params define {known}")
 
 
-@contextmanager
-def staged_dir(final: Path) -> Iterator[Path]:
-    """A temporary directory beside `final` that replaces it only when the block finishes without error."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        yield staging
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-
-
-def write_json(path: Path, value: object) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.partial")
-    staging.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(staging, path)
-
-
 def read_json(path: Path, what: str) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: {what} not found; run the stage that writes it first")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: {what} is not valid JSON ({error}); run the stage that writes it again") from None

@@ -48,16 +48,22 @@ def run(params: Params) -> dict:
         }
         if (out_dir / REQUEST).is_file() and read_json(out_dir / REQUEST, "capture request") != request:
             shutil.rmtree(out_dir)
-        write_json(out_dir / REQUEST, request)
-        stats = capture(
-            model,
-            _batches(tokenizer, rows, params.capture.batch_size),
-            params.adapter.target_modules,
-            covariance=params.capture.covariance,
-            progress=False,
-            out_dir=out_dir,
-            samples_per_shard=params.capture.samples_per_shard,
-        )
+        started = not out_dir.exists()
+        try:
+            write_json(out_dir / REQUEST, request)
+            stats = capture(
+                model,
+                _batches(tokenizer, rows, params.capture.batch_size),
+                params.adapter.target_modules,
+                covariance=params.capture.covariance,
+                progress=False,
+                out_dir=out_dir,
+                samples_per_shard=params.capture.samples_per_shard,
+            )
+        except Exception:
+            if started:  # a capture that failed (bad targets, NaN) leaves nothing; a killed one keeps its shards
+                shutil.rmtree(out_dir, ignore_errors=True)
+            raise
         summary[out_dir.name] = {"samples": stats.n_samples, "tokens": stats.n_tokens}
     return summary
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sclora.config import Params, Source
-from sclora.data import DataError, IGNORE_INDEX, encode_chat, read_records
+from sclora.data import DataError, encode_sample, read_records, warn_truncated
 from sclora.models import load_tokenizer
 from tasks.artifacts import FINGERPRINTS, PREPARED, staged_dir, write_json
 
@@ -28,7 +28,12 @@ def run(params: Params) -> dict:
     fingerprints = {}
     with staged_dir(PREPARED) as staging:
         for name, source in params.data.sources.items():
-            records = [_encoded(tokenizer, record, params.train.max_length) for record in load_source(name, source)]
+            records, truncated = [], 0
+            for record in load_source(name, source):
+                encoded, cut = encode_sample(tokenizer, record["prompt"], record["response"], params.train.max_length)
+                records.append({**record, **encoded})
+                truncated += cut
+            warn_truncated(truncated, len(records), params.train.max_length, f"data.sources.{name}")
             path = staging / f"{name}.parquet"
             pq.write_table(pa.Table.from_pylist(records), path)
             fingerprints[name] = _sha256(path)
@@ -97,19 +102,6 @@ def _pair(where: str, messages: object) -> tuple[str, str]:
     if not isinstance(prompt, str) or not isinstance(response, str):
         raise DataError(f"{where}: message content must be text")
     return prompt, response
-
-
-def _encoded(tokenizer, record: dict, max_length: int) -> dict:
-    if record["response"] is None:
-        # Prompt-only sets (evaluation prompts): the prompt with the generation prompt, nothing to learn.
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": record["prompt"]}], tokenize=False, add_generation_prompt=True
-        )
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_length]
-        encoded = {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [IGNORE_INDEX] * len(ids)}
-    else:
-        encoded = encode_chat(tokenizer, record["prompt"], record["response"], max_length)
-    return {**record, **encoded}
 
 
 def _sha256(path: Path) -> str:

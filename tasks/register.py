@@ -24,14 +24,17 @@ SUMMARY_KEYS = ("utility", "knowledge", "knowledge_logprob", "refusal_rate", "re
 
 
 def run(params: Params) -> dict:
+    runs = [spec for spec in all_runs(params) if spec.method != "full"]
+    outputs = {  # every run's outputs read before the store is touched: a missing one registers nothing
+        spec.name: (read_json(spec.dir / RUN_FILE, f"run {spec.name}"),
+                    read_json(spec.dir / "eval" / METRICS, f"metrics of run {spec.name}"))
+        for spec in runs
+    }  # fmt: skip
     tracking.use_store(params.tracking.uri)
     name = params.tracking.registered_model
     versions, eligible = {}, {}
-    for spec in all_runs(params):
-        if spec.method == "full":
-            continue
-        summary = read_json(spec.dir / RUN_FILE, f"run {spec.name}")
-        metrics = read_json(spec.dir / "eval" / METRICS, f"metrics of run {spec.name}")
+    for spec in runs:
+        summary, metrics = outputs[spec.name]
         shown = {key: metrics[key] for key in SUMMARY_KEYS if key in metrics}
         tags = {"run": spec.name, "task": spec.task, "method": spec.method, "seed": str(spec.seed),
                 "beta": "none" if spec.beta is None else str(spec.beta)}  # fmt: skip

@@ -1,0 +1,89 @@
+"""A tiny pipeline workspace for the hardening tests: the testbed's tiny world, built once per session.
+
+`project` is a fresh directory (the current directory during the test) holding
+`artifacts/testbed` and a `params.yaml` of tiny settings; `stage(...)` runs
+`python -m tasks ...` in-process through its `main(argv)`, as dvc.yaml calls it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_pipeline_dvc import TINY_TESTBED, tiny_params
+
+REPO = Path(__file__).resolve().parent.parent
+TESTBED = dict(TINY_TESTBED, pretrain_steps=2)  # the stages only need a model and data, not a good model
+
+
+def project_params(root: Path) -> dict:
+    """test_pipeline_dvc's tiny params, with checkpoints every step (for the crash tests)."""
+    params = tiny_params(root)
+    params["testbed"] = TESTBED
+    params["train"].update(save_steps=1, save_total_limit=5)
+    return params
+
+
+@pytest.fixture(scope="session")
+def built_testbed(tmp_path_factory) -> Path:
+    from sclora.testbed.build import build_testbed
+    from sclora.testbed.params import TestbedParams
+
+    out = tmp_path_factory.mktemp("hardening-testbed") / "testbed"
+    build_testbed(TestbedParams(**TESTBED), out)
+    return out
+
+
+@pytest.fixture
+def project(built_testbed, tmp_path, monkeypatch) -> Path:
+    """A workspace with the built testbed and tiny params; the current directory for the test."""
+    shutil.copytree(built_testbed, tmp_path / "artifacts" / "testbed")
+    write_params(tmp_path, project_params(tmp_path))
+    for key in [k for k in os.environ if k.startswith(("MLFLOW_", "SCLORA_"))]:
+        monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def write_params(root: Path, params: dict) -> Path:
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def stage(*argv: str) -> int:
+    """`python -m tasks <argv>` in this process; returns the exit code."""
+    from tasks.__main__ import main
+
+    return main(list(argv))
+
+
+def files(root: Path) -> dict[str, bytes]:
+    """Every file under `root/artifacts` except the testbed, with its bytes (to prove nothing was written)."""
+    base = root / "artifacts"
+    return {
+        str(path.relative_to(base)): path.read_bytes()
+        for path in sorted(base.rglob("*"))
+        if path.is_file() and path.relative_to(base).parts[0] != "testbed"
+    }
+
+
+def stage_env() -> dict[str, str]:
+    """The environment of a stage subprocess: this interpreter's tools, offline, one thread."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SCLORA_"))}
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(REPO),
+               OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    return env
+
+
+def run_stage(root: Path, *argv: str, prelude: str = "", timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m tasks <argv>` in a subprocess in `root`; `prelude` is Python run first (e.g. to plant a crash)."""
+    code = f"{prelude}\nimport sys\nfrom tasks.__main__ import main\nsys.exit(main({list(argv)!r}))\n"
+    return subprocess.run([sys.executable, "-c", code], cwd=root, env=stage_env(), capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
