@@ -64,6 +64,8 @@ def stage_env(parent_run_id: str | None = None) -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"  # stream the stage's lines as they come, not at exit
     env.setdefault("DVC_NO_ANALYTICS", "1")
+    # Every progress-bar refresh is a log line here (universal newlines split on '\r'): refresh rarely.
+    env.setdefault("TQDM_MININTERVAL", "10")
     if parent_run_id:
         env[PARENT_ENV] = parent_run_id
     return env

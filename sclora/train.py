@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
+from transformers import PreTrainedTokenizerBase, ProgressCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from sclora.atomic import partial_path, replace_dir, write_json
@@ -74,6 +74,18 @@ class TrainResult:
     global_step: int
     loss_history: list[dict]  # {"step", "loss", "learning_rate", "grad_norm", "epoch"} per logged step
     resumed_from: int | None  # the checkpoint step this call started from, None for a fresh run
+
+
+class QuietProgress(ProgressCallback):
+    """The Trainer's progress bar without a printed line per logged step.
+
+    The per-step losses go to the callbacks and loss_history.json; printed, they drown a
+    stage's log (one line per step) in the Prefect UI and the terminal alike.
+    """
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" not in logs:  # the end-of-training summary and eval logs still print
+            super().on_log(args, state, control, logs=logs, **kwargs)
 
 
 class LossCallback(TrainerCallback):
@@ -147,6 +159,8 @@ def train(
         processing_class=tokenizer,
         callbacks=[c if isinstance(c, TrainerCallback) else LossCallback(c) for c in callbacks],
     )
+    if trainer.pop_callback(ProgressCallback):
+        trainer.add_callback(QuietProgress)
     if resume:
         log.info("resuming from %s", resume)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)

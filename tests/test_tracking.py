@@ -147,17 +147,21 @@ def test_secret_params_and_tags_filtered_in_the_store(store):
     assert "k" not in data.params.values() and "t" not in data.params.values()
 
 
-def test_loss_callback_logs_every_step(store):
+def test_loss_callback_logs_every_step_in_batches(store):
     args = TrainingArguments(output_dir=str(store), report_to="none")
     with tracking.parent_run("p"):
         with tracking.child_run("benign", "lora", None, 0) as child:
-            callback = tracking.MlflowLossCallback()
+            callback = tracking.MlflowLossCallback(flush_every=3)
             state = TrainerState()
             for step, loss in enumerate([2.0, 1.5, 1.25, 1.0], start=1):
                 state.global_step = step
                 callback.on_log(args, state, TrainerControl(), logs={"loss": loss, "learning_rate": 1e-3 / step})
             state.global_step = 5
             callback.on_log(args, state, TrainerControl(), logs={"eval_loss": 3.0})  # not a training loss
+            client = mlflow.MlflowClient()
+            sent = client.get_metric_history(child.info.run_id, "train_loss")
+            assert [m.step for m in sent] == [1, 2, 3]  # a batch of 3 steps went out; step 4 waits
+            callback.on_train_end(args, state, TrainerControl())
     history = mlflow.MlflowClient().get_metric_history(child.info.run_id, "train_loss")
     assert [(m.step, m.value) for m in history] == [(1, 2.0), (2, 1.5), (3, 1.25), (4, 1.0)]
     assert len(mlflow.MlflowClient().get_metric_history(child.info.run_id, "learning_rate")) == 4
