@@ -1,0 +1,135 @@
+"""The models and data the benchmarks run on: the testbed (model, D+, D-, LoRA config from params.yaml) and
+random-weight Llama-shaped models (Llama-2-7B width, reduced depth, small vocabulary) with random token batches.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+
+from sclora.capture import CaptureStats
+from sclora.config import Params, load_params
+from sclora.data import chat_batches, read_records
+from sclora.inits import init_lora
+from sclora.models import load_model, load_tokenizer, lora_config
+from sclora.subspace import Subspace
+from sclora.train import TrainResult, TrainSettings, train
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# Llama-2-7B's layer: d_model 4096, d_ff 11008, 32 heads (no grouped-query attention).
+LLAMA2_7B = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32)
+
+
+@dataclass
+class Testbed:
+    """The testbed's base model directory, tokenizer, the fine-tuning task (D+), the preserved data (D-),
+    and the pipeline's LoRA config and capture batch size."""
+
+    model_dir: Path
+    tokenizer: PreTrainedTokenizerBase
+    pos: list[dict]
+    neg: list[dict]
+    task: list[dict]
+    lora: LoraConfig
+    batch_size: int
+    max_length: int
+    params: Params
+
+    def model(self, device: str = "cpu") -> torch.nn.Module:
+        return load_model(self.model_dir, dtype=self.params.model.dtype).to(device)
+
+    def batches(self, records: list[dict], batch_size: int | None = None) -> list[dict]:
+        """Padded token batches of `records` (the chat template, prompt and response), as capture reads them."""
+        return list(chat_batches(self.tokenizer, records, batch_size or self.batch_size, self.max_length))
+
+    def initialised(
+        self, method: str, seed: int, *, pos: CaptureStats | None = None, neg: CaptureStats | None = None,
+        subspaces: dict[str, Subspace] | None = None, freeze_basis: bool = False,
+    ) -> torch.nn.Module:
+        """A fresh base model ready to train by `method` (`full`: every weight), seeded as the train stage does.
+        corda_ipm reads `pos`, corda_kpm `neg` (captured with covariances), sclora `subspaces`."""
+        torch.manual_seed(seed)  # LoRA's random A
+        model = self.model()
+        if method == "full":
+            return model.train()
+        data = {"corda_ipm": {"pos": pos}, "corda_kpm": {"neg": neg}}.get(method, {})
+        if method == "sclora":
+            data = {"subspaces": subspaces, "freeze_basis": freeze_basis}
+        return init_lora(model, self.lora, method, **data).train()
+
+    def settings(self, method: str, seed: int, **changes) -> TrainSettings:
+        """params.yaml's training settings for `method` (its learning rate) and `seed`, with `changes`."""
+        return self.params.train.settings_for(method, seed).model_copy(update=changes)
+
+    def train(self, model: torch.nn.Module, settings: TrainSettings,
+              callbacks: Sequence[Callable | object] = ()) -> TrainResult:  # fmt: skip
+        """sclora.train on the fine-tuning task, in a throw-away folder, with no intermediate checkpoints."""
+        with tempfile.TemporaryDirectory(prefix="sclora-benchmark-") as work:
+            return train(model, self.tokenizer, self.task, work, settings.model_copy(update={"save_steps": 10**9}),
+                         callbacks=callbacks)  # fmt: skip
+
+
+def testbed(params_path: str | Path = ROOT / "params.yaml", task: str = "benign") -> Testbed:
+    """The testbed as params.yaml describes it; D+ and D- are capture.samples_pos / samples_neg records drawn
+    with a fixed seed from the task's source and from the union of the preserve sources."""
+    params = load_params(params_path)
+    model_dir = _path(params.model.path)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir}: no testbed model; build it with `python -m tasks testbed`")
+    sources = params.data.sources
+
+    def records(names: list[str], count: int) -> list[dict]:
+        rows = [row for name in names for row in read_records(_path(sources[name].path))]
+        random.Random(0).shuffle(rows)
+        return rows[:count]
+
+    task_source = params.data.tasks[task]
+    adapter = params.adapter
+    return Testbed(
+        model_dir=model_dir,
+        tokenizer=load_tokenizer(model_dir),
+        pos=records([task_source], params.capture.samples_pos),
+        neg=records(list(params.data.preserve), params.capture.samples_neg),
+        task=read_records(_path(sources[task_source].path)),
+        lora=lora_config(adapter.rank, adapter.alpha, adapter.dropout, adapter.target_modules),
+        batch_size=params.capture.batch_size,
+        max_length=params.train.max_length,
+        params=params,
+    )
+
+
+def _path(path: str | Path) -> Path:
+    path = Path(path)
+    return path if path.is_absolute() else ROOT / path
+
+
+def llama(layers: int, vocab: int = 1024, seed: int = 0, device: str = "cpu", **shape) -> LlamaForCausalLM:
+    """A Llama causal LM with random weights (seeded): Llama-2-7B's layer shape unless `shape` says otherwise."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab, num_hidden_layers=layers, max_position_embeddings=512,
+                         **{**LLAMA2_7B, **shape})  # fmt: skip
+    with torch.device(device):
+        return LlamaForCausalLM(config).eval()
+
+
+def random_batches(samples: int, tokens: int, batch_size: int, vocab: int, seed: int) -> list[dict]:
+    """`samples` sequences of `tokens` random token ids (no padding), in batches."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (samples, tokens), generator=g)
+    return [
+        {"input_ids": ids[i : i + batch_size], "attention_mask": torch.ones_like(ids[i : i + batch_size])}
+        for i in range(0, samples, batch_size)
+    ]
+
+
+def lora_for(targets: list[str] = TARGETS, rank: int = 8, alpha: int = 16) -> LoraConfig:
+    """A LoRA config over `targets` (the seven projections by default), for the random models."""
+    return lora_config(rank, alpha, 0.0, targets)
