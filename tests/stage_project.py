@@ -23,27 +23,44 @@ TESTBED = dict(TINY_TESTBED, pretrain_steps=2)  # the stages only need a model a
 
 
 def project_params(root: Path) -> dict:
-    """test_pipeline_dvc's tiny params, with checkpoints every step (for the crash tests)."""
+    """test_pipeline_dvc's tiny params, with checkpoints every step (for the crash tests) and short evaluations."""
     params = tiny_params(root)
     params["testbed"] = TESTBED
     params["train"].update(save_steps=1, save_total_limit=5)
+    params["eval"]["limit"] = 6  # examples per eval task: enough to compare metrics, fast to compute
     return params
 
 
+# Session fixtures imported by several test modules are set up once per module: their outputs are kept
+# under the session's base temporary directory, so the second module finds them made.
 @pytest.fixture(scope="session")
 def built_testbed(tmp_path_factory) -> Path:
-    from sclora.testbed.build import build_testbed
-    from sclora.testbed.params import TestbedParams
+    out = tmp_path_factory.getbasetemp() / "hardening-testbed"
+    if not (out / "calibration.json").is_file():
+        from sclora.testbed.build import build_testbed
+        from sclora.testbed.params import TestbedParams
 
-    out = tmp_path_factory.mktemp("hardening-testbed") / "testbed"
-    build_testbed(TestbedParams(**TESTBED), out)
+        build_testbed(TestbedParams(**TESTBED), out)
     return out
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """An MLflow SQLite store with its tables made (creating them takes ~10 s on a busy machine)."""
+    path = tmp_path_factory.getbasetemp() / "hardening-store" / "mlflow.db"
+    if not path.is_file():
+        import mlflow
+
+        path.parent.mkdir(exist_ok=True)
+        mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments(max_results=1)
+    return path
+
+
 @pytest.fixture
-def project(built_testbed, tmp_path, monkeypatch) -> Path:
-    """A workspace with the built testbed and tiny params; the current directory for the test."""
+def project(built_testbed, empty_store, tmp_path, monkeypatch) -> Path:
+    """A workspace with the built testbed, tiny params and an empty MLflow store; the current directory."""
     shutil.copytree(built_testbed, tmp_path / "artifacts" / "testbed")
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
     write_params(tmp_path, project_params(tmp_path))
     for key in [k for k in os.environ if k.startswith(("MLFLOW_", "SCLORA_"))]:
         monkeypatch.delenv(key)
