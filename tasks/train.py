@@ -44,6 +44,7 @@ PARENT_ENV = "SCLORA_PARENT_RUN_ID"  # set by a flow that opened the parent run 
 
 def run(params: Params, item: str) -> dict:
     spec = parse_run(params, item)
+    parent = pipeline_parent(params)  # an unreachable tracking store fails here, before anything is written
     settings = params.train.settings_for(spec.method, spec.seed)
     model_params = params.model
     tokenizer = load_tokenizer(model_params.path, trust_remote_code=model_params.trust_remote_code)
@@ -69,7 +70,7 @@ def run(params: Params, item: str) -> dict:
         logged["adapter"] = params.adapter.model_dump()
     with tracking.child_run(
         spec.task, spec.method, spec.beta, spec.seed,
-        parent_run_id=pipeline_parent(params), uri=params.tracking.uri, params=logged,
+        parent_run_id=parent, uri=params.tracking.uri, params=logged,
         dvc_lock="dvc.lock" if _locked_stages(spec) else None, stages=_locked_stages(spec),
         fingerprints={name: fingerprints[name][:16] for name in _sources(params, spec) if name in fingerprints},
     ) as child:  # fmt: skip
