@@ -270,7 +270,10 @@ def register_adapter(
     *,
     run_id: str | None = None,
 ) -> str:
-    """Register an exported plain-LoRA adapter directory as a new version of `name`; returns the version.
+    """Register an exported plain-LoRA adapter directory as a version of `name`; returns the version.
+
+    A run registered before keeps its version (nothing new is logged): re-running a
+    register stage does not pile up copies of one adapter.
 
     The directory is logged as the `adapter` artifact of `run_id` (default: the active
     run), the version gets alias `candidate`, its metrics and the run's lineage (git commit,
@@ -292,6 +295,11 @@ def register_adapter(
     if run_id is None:
         raise TrackingError(f"register_adapter {name}: no active MLflow run and no run_id given")
     client = mlflow.MlflowClient()
+    registered = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if registered:  # this run is registered already: the same adapter, the same version
+        version = max(int(v.version) for v in registered)
+        client.set_registered_model_alias(name, CANDIDATE, str(version))
+        return str(version)
     client.log_artifacts(run_id, str(adapter_dir), artifact_path=ADAPTER_ARTIFACT)
     run = _existing_run(run_id)
     source = f"{run.info.artifact_uri.rstrip('/')}/{ADAPTER_ARTIFACT}"

@@ -1,13 +1,14 @@
-"""Stage `register`: every exported adapter becomes a version of params.tracking.registered_model.
+"""Stage `register`: the pipeline's best adapter becomes a version of params.tracking.registered_model.
 
-Each run's plain-LoRA export (on the ORIGINAL base) is logged into that run's MLflow
-child run and registered, its metrics as version tags. `full` runs are not registered:
-they are not adapters, and the registry holds adapters for the base model.
+The candidate is the run with the highest utility among those whose every forgetting delta
+stays within tracking.gates.forgetting_budget (the budgets `promote` checks before moving
+`champion`). Its plain-LoRA export (on the ORIGINAL base) is logged into its MLflow child
+run and registered with alias `candidate`, its metrics as version tags; registering the
+same run again returns its existing version, so re-runs add nothing. `full` runs are not
+candidates: they are not adapters, and the registry holds adapters for the base model.
 
-Alias `candidate`: the registered run with the highest utility among those whose every
-forgetting delta stays within tracking.gates.forgetting_budget (the same budgets
-`promote` checks before moving `champion`). When no run is within budget, no version
-holds `candidate`. Output: artifacts/registry.json (run -> version, and the candidate).
+When no run is within budget, nothing is registered and no version holds `candidate`.
+Output: artifacts/registry.json (the candidate, its version, and every run within budget).
 """
 
 from __future__ import annotations
@@ -30,29 +31,26 @@ def run(params: Params) -> dict:
                     read_json(spec.dir / "eval" / METRICS, f"metrics of run {spec.name}"))
         for spec in runs
     }  # fmt: skip
+    budget = params.tracking.gates.forgetting_budget
+    eligible = {spec.name: outputs[spec.name][1].get("utility", float("-inf"))
+                for spec in runs if within_budget(outputs[spec.name][1], budget)}
+    candidate = max(eligible, key=eligible.get) if eligible else None
     tracking.use_store(params.tracking.uri)
     name = params.tracking.registered_model
-    versions, eligible = {}, {}
-    for spec in runs:
-        summary, metrics = outputs[spec.name]
+    version = None
+    if candidate is not None:
+        spec = next(spec for spec in runs if spec.name == candidate)
+        summary, metrics = outputs[candidate]
         shown = {key: metrics[key] for key in SUMMARY_KEYS if key in metrics}
         tags = {"run": spec.name, "task": spec.task, "method": spec.method, "seed": str(spec.seed),
                 "beta": "none" if spec.beta is None else str(spec.beta)}  # fmt: skip
-        version = tracking.register_adapter(
-            spec.dir / "export", name, shown, tags, run_id=summary["mlflow_run_id"]
-        )
-        versions[spec.name] = version
-        if within_budget(metrics, params.tracking.gates.forgetting_budget):
-            eligible[spec.name] = metrics.get("utility", float("-inf"))
-    candidate = max(eligible, key=eligible.get) if eligible else None
-    client = mlflow.MlflowClient()
-    if candidate is not None:
-        client.set_registered_model_alias(name, tracking.CANDIDATE, versions[candidate])
-    elif versions:
-        _drop_alias(client, name, tracking.CANDIDATE)
+        # The same trained run registered again (a re-run of this stage) keeps its version.
+        version = tracking.register_adapter(spec.dir / "export", name, shown, tags, run_id=summary["mlflow_run_id"])
+    else:
+        _drop_alias(mlflow.MlflowClient(), name, tracking.CANDIDATE)
     registry = {
-        "model": name, "versions": versions, "candidate": candidate,
-        "candidate_version": versions.get(candidate), "within_budget": sorted(eligible),
+        "model": name, "candidate": candidate, "candidate_version": version, "within_budget": sorted(eligible),
+        "utility": dict(sorted(eligible.items(), key=lambda item: -item[1])),
     }  # fmt: skip
     write_json(REGISTRY, registry)
     return registry

@@ -124,11 +124,13 @@ def test_repro_runs_every_stage_and_writes_its_outputs(pipeline):
     assert list((art / "report").glob("*.png"))
 
 
-def test_registry_holds_every_adapter_with_a_candidate(pipeline):
-    work, _, _ = pipeline
+def test_registry_holds_the_candidate_once(pipeline):
+    work, env, _ = pipeline
     registry = json.loads((work / "artifacts" / "registry.json").read_text())
-    assert set(registry["versions"]) == set(RUNS)
     assert registry["candidate"] in registry["within_budget"]
+    assert set(registry["within_budget"]) <= set(RUNS)
+    assert registry["utility"][registry["candidate"]] == max(registry["utility"].values())
+    run(["dvc", "repro", "--force", "--single-item", "register"], work, env)  # registering again adds nothing
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{work.parent / 'mlflow.db'}",
@@ -140,6 +142,7 @@ def test_registry_holds_every_adapter_with_a_candidate(pipeline):
     assert child.data.tags["method"] in ("lora", "pissa", "sclora")
     assert "mlflow.parentRunId" in child.data.tags
     assert [m.step for m in client.get_metric_history(child.info.run_id, "train_loss")] == [1, 2, 3]
+    assert len(client.search_model_versions(f"name = '{registry['model']}'")) == 1
 
 
 def test_dvc_sees_a_clean_workspace_with_metrics_and_plots(pipeline):

@@ -263,6 +263,10 @@ def test_register_adapter_then_promote_through_the_gates(store, tmp_path):
     assert "| utility | 0.5900 | 0.6000 | -0.0100 |" in description
     assert "| forgetting_safety | 0.3000 | 0.0000 | +0.3000 |" in description
     assert str(client.get_model_version_by_alias(name, "candidate").version) == second
+    # The same run registered again (a re-run of the register stage) keeps its version.
+    again = tracking.register_adapter(tmp_path / "second", name, {"utility": 0.59},
+                                      run_id=client.get_model_version(name, second).run_id)
+    assert again == second and len(client.search_model_versions(f"name = '{name}'")) == 2
     accepted, reasons = tracking.promote(name, second, gates)
     assert not accepted and reasons == ["forgetting_safety 0.3000 vs budget 0.05"]
     assert str(client.get_model_version_by_alias(name, "champion").version) == first
