@@ -7,6 +7,7 @@ shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -75,12 +76,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_prefect_api(timeout_s: float = 10.0) -> None:
+    """Fail in one line when PREFECT_API_URL names a server that does not answer (before Prefect is imported)."""
+    import httpx
+
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        return  # Prefect's ephemeral local server, started on demand
+    try:
+        httpx.get(f"{url.rstrip('/')}/health", timeout=timeout_s).raise_for_status()
+    except httpx.HTTPError as error:
+        raise ConnectionError(f"Prefect API {url} (PREFECT_API_URL) unreachable: {error or type(error).__name__}") from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows.pipeline import pipeline
     from sclora.config import load_params
 
     params_file = Path(args.params) if Path(args.params).is_absolute() else Path(args.workdir) / args.params
     load_params(params_file, args.overrides)  # a bad file fails here, before a flow run starts
+    check_prefect_api()
+    from flows.pipeline import pipeline
+
     result = pipeline(params_file=args.params, overrides=tuple(args.overrides), workdir=args.workdir,
                       retries=args.retries)  # fmt: skip
     print(f"report: {result['report']} (table: {result['results']})")
@@ -90,6 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    check_prefect_api()
     from flows.sweep import sweep
 
     grid = {}

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -57,15 +58,23 @@ def empty_store(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def project(built_testbed, empty_store, tmp_path, monkeypatch) -> Path:
+def project(built_testbed, empty_store, tmp_path, monkeypatch) -> Iterator[Path]:
     """A workspace with the built testbed, tiny params and an empty MLflow store; the current directory."""
     shutil.copytree(built_testbed, tmp_path / "artifacts" / "testbed")
     shutil.copy(empty_store, tmp_path / "mlflow.db")
     write_params(tmp_path, project_params(tmp_path))
     for key in [k for k in os.environ if k.startswith(("MLFLOW_", "SCLORA_"))]:
         monkeypatch.delenv(key)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     monkeypatch.chdir(tmp_path)
-    return tmp_path
+    yield tmp_path
+    if "mlflow" in sys.modules:  # the stages pointed MLflow (and MLFLOW_TRACKING_URI) at this project's store
+        import mlflow
+
+        while mlflow.active_run():
+            mlflow.end_run()
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
 
 
 def write_params(root: Path, params: dict) -> Path:
@@ -95,12 +104,15 @@ def stage_env() -> dict[str, str]:
     """The environment of a stage subprocess: this interpreter's tools, offline, one thread."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SCLORA_"))}
     env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(REPO),
-               OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+               OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               MLFLOW_DISABLE_TELEMETRY="true")
     return env
 
 
-def run_stage(root: Path, *argv: str, prelude: str = "", timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python -m tasks <argv>` in a subprocess in `root`; `prelude` is Python run first (e.g. to plant a crash)."""
-    code = f"{prelude}\nimport sys\nfrom tasks.__main__ import main\nsys.exit(main({list(argv)!r}))\n"
-    return subprocess.run([sys.executable, "-c", code], cwd=root, env=stage_env(), capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+def run_stage(root: Path, *argv: str, prelude: str = "", timeout: float = 300, command: str = "tasks.__main__",
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m tasks <argv>` (or another `command` module's `main`) in a subprocess in `root`;
+    `prelude` is Python run first (e.g. to plant a crash), `env` is added to the stage environment."""
+    code = f"{prelude}\nimport sys\nfrom {command} import main\nsys.exit(main({list(argv)!r}))\n"
+    return subprocess.run([sys.executable, "-c", code], cwd=root, env={**stage_env(), **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
