@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from stage_project import built_testbed, empty_store, files, project, run_stage, stage  # noqa: F401 - fixtures
@@ -62,7 +63,7 @@ def test_killed_capture_resumes_to_identical_bytes(project):
     assert not partials(project)
 
 
-def test_killed_training_resumes_to_identical_weights_and_metrics(project):
+def test_killed_training_resumes_to_identical_weights_and_metrics(project, monkeypatch):
     for name in ("prepare", "capture", "evaluate"):
         assert stage(name) == 0
     run = Path("artifacts/runs/benign-pissa-0")
@@ -78,7 +79,10 @@ def test_killed_training_resumes_to_identical_weights_and_metrics(project):
     assert sorted(p.name for p in Path("artifacts/checkpoints", run.name, "checkpoints").glob("checkpoint-*")) == [
         "checkpoint-1", "checkpoint-2"]  # fmt: skip
 
+    loads = []  # every torch.load the resume makes (optimizer, scheduler, RNG state): never a full unpickle
+    monkeypatch.setattr(torch, "load", lambda *args, _load=torch.load, **kwargs: loads.append(kwargs) or _load(*args, **kwargs))
     assert stage("train", run.name) == 0
+    assert loads and all(kwargs.get("weights_only") is True for kwargs in loads), loads
     summary = json.loads((run / "run.json").read_text())
     assert summary["resumed_from"] == 2 and summary["global_step"] == 3
     for name, tensors in reference.items():
