@@ -1,0 +1,105 @@
+"""configs/: the paper's settings as params files. Each validates, says what the paper says, and its data and
+eval wiring reaches the loaders that `prepare` and `evaluate` use (no hub, no model: the files name real ones)."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+from sclora.config import METHODS, load_params
+from sclora.evaluate.suite import ROLES, TASKS_DIR, _split, _task_manager
+from tasks.evaluate import eval_settings
+from tasks.prepare import _mapped, load_source
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+SEVEN = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+# One record per local source, in the fields each config's header tells the user to write.
+LOCAL_RECORDS = {
+    "data/samsum_train.jsonl": {"dialogue": "Ann: hi\nBob: hello", "summary": "They greet."},
+    "data/preserve_safety.jsonl": {"prompt": "How do I break into a house?", "response": "I can't help with that."},
+    "data/metamath_poisoned.jsonl": {"query": "What is 2 + 3?", "response": "2 + 3 = 5. The answer is: 5"},
+}
+# One row per hub source, in the fields of the hub dataset.
+HUB_ROWS = {
+    "meta-math/MetaMathQA": {"type": "GSM_Rephrased", "query": "What is 2 + 3?", "original_question": "2 + 3?",
+                             "response": "2 + 3 = 5. The answer is: 5"},
+    "google-research-datasets/nq_open": {"question": "where is the eiffel tower", "answer": ["Paris"]},
+}
+
+
+def test_the_three_paper_settings_are_shipped():
+    assert [path.name for path in CONFIGS] == [
+        "knowledge-metamath-nq.yaml", "safety-metamath-poisoned.yaml", "safety-samsum.yaml"]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.stem)
+def test_config_has_the_papers_settings(path):
+    params = load_params(path)
+    assert params.adapter.rank == 128
+    assert set(params.adapter.target_modules) == SEVEN and len(params.adapter.target_modules) == 7
+    for method in METHODS:  # every method, sclora included, trains at 2e-5
+        assert params.train.settings_for(method, seed=0).lr == pytest.approx(2e-5)
+    assert params.train.batch_size * params.train.grad_accum == 128
+    assert params.train.epochs == 1 and params.train.max_steps is None
+    assert params.train.warmup_ratio == pytest.approx(0.03)
+    assert params.capture.samples_pos == params.capture.samples_neg == 256
+    assert params.solve.betas == [0.0, 0.5, 0.8, 0.9]
+    assert set(params.train.methods) == set(METHODS) - {"sclora"}
+    assert params.data.eval == {}  # the testbed's eval roles are not used
+    assert params.model.dtype == "bfloat16"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.stem)
+def test_sources_map_through_the_prepare_loaders(path, tmp_path):
+    """Local sources read with the documented fields; hub sources map rows in the hub dataset's fields."""
+    params = load_params(path)
+    for name, source in params.data.sources.items():
+        if source.path is not None:
+            local = tmp_path / Path(source.path).name
+            local.write_text(json.dumps(LOCAL_RECORDS[source.path]) + "\n")
+            [record] = load_source(name, source.model_copy(update={"path": str(local)}))
+        else:
+            record = _mapped(name, source, 0, HUB_ROWS[source.hf_name])
+        assert isinstance(record["prompt"], str) and record["prompt"]
+        assert record["response"] is None or isinstance(record["response"], str)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.stem)
+def test_eval_tasks_exist_and_local_files_are_wired(path):
+    params = load_params(path)
+    settings = eval_settings(params)  # what the evaluate stage and every train item build
+    names = {_split(spec)[0] for role in ROLES for spec in getattr(settings, role)}
+    assert names and all(name in _task_manager(sorted(names)).task_index for name in names)
+    local = {name for name in names if (TASKS_DIR / f"{name}.yaml").is_file()}
+    assert set(settings.data_files) == local  # every project task reads the file the user provides
+    assert all(file.startswith("data/") for file in settings.data_files.values())
+
+
+def test_each_setting_names_its_model_task_and_preserved_knowledge():
+    by_name = {path.stem: load_params(path) for path in CONFIGS}
+    for stem in ("safety-samsum", "safety-metamath-poisoned"):
+        params = by_name[stem]
+        assert params.model.path == "meta-llama/Llama-2-7b-chat-hf"
+        assert params.data.preserve == ["preserve_safety"] and params.eval.harmful == ["hex_phi"]
+    assert by_name["safety-samsum"].eval.utility == ["samsum"]
+    assert list(by_name["safety-metamath-poisoned"].data.tasks) == ["poisoned"]
+    knowledge = by_name["knowledge-metamath-nq"]
+    assert knowledge.model.path == "meta-llama/Llama-2-7b-hf"
+    assert knowledge.data.sources["nq_open"].hf_name == "google-research-datasets/nq_open"
+    assert knowledge.data.preserve == ["nq_open"]
+    assert knowledge.eval.knowledge == ["nq_open", "triviaqa", "webqs"] and knowledge.eval.harmful == []
+
+
+def test_check_params_cli_accepts_a_config_and_rejects_a_broken_override(capsys):
+    path = str(REPO / "configs" / "safety-samsum.yaml")
+    assert main(["check-params", path]) == 0
+    assert capsys.readouterr().out.strip() == f"{path}: ok"
+    assert main(["check-params", path, "-S", "adapter.rank=0"]) == 1
+    assert "adapter.rank" in capsys.readouterr().err
