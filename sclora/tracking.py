@@ -78,7 +78,12 @@ def connect(uri: str | None = None, experiment: str = "sclora") -> str:
     found = client.get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id
-    return client.create_experiment(experiment, artifact_location=_artifact_location(uri))
+    try:
+        return client.create_experiment(experiment, artifact_location=_artifact_location(uri))
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(experiment).experiment_id  # another run (a sweep's point) made it
 
 
 def use_store(uri: str | None = None) -> str:
