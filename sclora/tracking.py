@@ -316,7 +316,11 @@ def register_adapter(
     except MlflowException as error:
         if error.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
-        client.create_registered_model(name, description="Plain-LoRA adapters on the original base model")
+        try:
+            client.create_registered_model(name, description="Plain-LoRA adapters on the original base model")
+        except MlflowException as race:
+            if race.error_code != "RESOURCE_ALREADY_EXISTS":  # else another run (a sweep's point) made it
+                raise
     version_tags = {**lineage, **{key: repr(value) for key, value in values.items()}, **_clean_tags(tags or {})}
     version = client.create_model_version(
         name, source, run_id=run_id, tags=_clean_tags(version_tags), description=champion_comparison(name, values)
