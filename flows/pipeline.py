@@ -26,6 +26,7 @@ import flows  # noqa: F401 - Prefect's local settings, before Prefect is importe
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
+from prefect.runtime import flow_run
 
 from sclora import tracking
 from sclora.config import Params, load_params
@@ -152,10 +153,14 @@ def pipeline(
     workdir: str = ".",
     retries: int = 1,
     retry_delay_seconds: float = 5.0,
+    push: bool = False,
+    experiment: str | None = None,
 ) -> dict:
     """Run the DVC pipeline stage by stage under one MLflow parent run, then publish the report.
 
-    Returns the report's paths, the MLflow parent run id and the stages in the order run.
+    Returns the report's paths, the MLflow parent run id and the stages in the order run. With
+    `push` (a work-pool run), the outputs go to the DVC remote and the workspace to the git remote
+    as DVC experiment `experiment` (default: the flow run's name); see flows/remotes.py.
     """
     root = Path(workdir).resolve()
     params = prepare_params(root, params_file, tuple(overrides))
@@ -167,4 +172,9 @@ def pipeline(
         for stage in stages:
             stage_task(stage, str(root), parent.info.run_id)
         published = publish_report(root)
-    return {**published, "parent_run_id": parent.info.run_id, "stages": stages}
+    result = {**published, "parent_run_id": parent.info.run_id, "stages": stages}
+    if push:
+        from flows.remotes import push_results  # it builds on this module's helpers
+
+        result["pushed"] = push_results(str(root), experiment or flow_run.get_name())
+    return result

@@ -47,8 +47,12 @@ def retrain(
     workdir: str = ".",
     retries: int = 1,
     retry_delay_seconds: float = 5.0,
+    push: bool = False,
 ) -> dict:
-    """Retrain on `data_version`; returns the candidate, whether it became champion, and why."""
+    """Retrain on `data_version`; returns the candidate, whether it became champion, and why.
+
+    With `push` (a work-pool run) the pipeline's outputs and workspace go to the team's remotes.
+    """
     root = Path(workdir).resolve()
     imports = data_imports(root)
     if not imports:
@@ -57,7 +61,8 @@ def retrain(
         update = update_import.with_options(retry_delay_seconds=retry_delay_seconds)
         update(dvc_file, data_version, str(root))
     result = pipeline(
-        params_file=params_file, workdir=str(root), retries=retries, retry_delay_seconds=retry_delay_seconds
+        params_file=params_file, workdir=str(root), retries=retries, retry_delay_seconds=retry_delay_seconds,
+        push=push,
     )
     registry = json.loads((root / REGISTRY).read_text(encoding="utf-8"))
     decision = {"data_version": data_version, "imports": imports, "parent_run_id": result["parent_run_id"],

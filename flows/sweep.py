@@ -4,7 +4,10 @@ Locally every point is queued as a DVC experiment (`dvc exp run --queue -S key=v
 and the queue is run (`dvc exp run --run-all`): DVC runs each in its own temporary
 workspace, restores unchanged stages from its run cache, and keeps going when a point
 fails. On a work pool each point is one run of the `pipeline` deployment, each worker in
-its own checkout sharing stage outputs through the DVC remote.
+its own checkout sharing stage outputs through the DVC remote: the sweep first runs the
+stages every point shares (capture and the base model's evaluation) in its own checkout and
+pushes them as an experiment (flows/remotes.py); each point's run clones that commit and
+`dvc pull`s their outputs (infra/prefect.yaml), so DVC finds them up to date.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ import yaml
 
 import flows  # noqa: F401 - Prefect's local settings, before Prefect is imported
 from flows.pipeline import PARAMS_FILE, StageFailed, prepare_params, run_logged, stage_env
+from flows.remotes import push_results, start_at
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from sclora.config import load_params
 
 PIPELINE_FLOW = "sclora-pipeline"
+SHARED_STAGES = ("capture", "evaluate")  # with everything upstream: what every point of a pool sweep reuses
 
 
 def grid_points(grid: dict[str, list]) -> list[list[str]]:
@@ -75,17 +80,32 @@ def run_queue(workdir: str, points: list[list[str]], names: list[str], jobs: int
     return outcomes
 
 
-def submit_runs(deployment: str, points: list[list[str]], params_file: str, timeout_s: float) -> dict[str, dict]:
-    """One flow run of `deployment` per point; waits for all of them and returns their final states."""
+@task(cache_policy=NONE)
+def run_shared(workdir: str, stages: list[str]) -> None:
+    """`dvc repro <stages>`: the stages, with everything upstream, that every point of the sweep shares."""
+    command = [sys.executable, "-m", "dvc", "repro", *stages]
+    run_logged(command, Path(workdir), stage_env(), get_run_logger(), f"dvc repro {' '.join(stages)}")
+
+
+def submit_runs(
+    deployment: str,
+    points: list[list[str]],
+    names: list[str],
+    params_file: str,
+    timeout_s: float,
+    job_variables: dict | None = None,
+) -> dict[str, dict]:
+    """One flow run of `deployment` per point, named as in `names`; waits for them, returns their final states."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
     logger = get_run_logger()
     submitted = {}
-    for point in points:
-        run = run_deployment(deployment, parameters={"params_file": params_file, "overrides": point}, timeout=0)
-        submitted[run.name] = (run.id, point)
-        logger.info("submitted %s: %s", run.name, " ".join(point))
+    for name, point in zip(names, points, strict=True):
+        run = run_deployment(deployment, parameters={"params_file": params_file, "overrides": point},
+                             flow_run_name=name, job_variables=job_variables, timeout=0)  # fmt: skip
+        submitted[name] = (run.id, point)
+        logger.info("submitted %s: %s", name, " ".join(point))
     outcomes, deadline = {}, time.monotonic() + timeout_s
     with get_client(sync_client=True) as client:
         while len(outcomes) < len(submitted) and time.monotonic() < deadline:
@@ -108,25 +128,33 @@ def sweep(
     work_pool: str | None = None,
     deployment: str | None = None,
     timeout_s: float = 24 * 3600,
+    shared: tuple[str, ...] = SHARED_STAGES,
 ) -> dict:
     """Run every point of `grid` ({"train.lr": [1e-4, 2e-4], ...}); returns each point's outcome.
 
     Locally (no `work_pool`): DVC experiments named `sweep-<time>-<i>` (`dvc exp show` lists them).
     With `work_pool`: runs of `deployment` (default `sclora-pipeline/<work_pool>`, the pipeline flow
-    deployed to that pool under the pool's name). A failing point never stops the others; the
-    result's `failed` lists them.
+    deployed to that pool under the pool's name), each starting from the outputs of the `shared`
+    stages, run once here (an empty `shared` runs nothing first). A failing point never stops
+    the others; the result's `failed` lists them.
     """
     root = Path(workdir).resolve()
     points = grid_points(grid)
     for point in points:  # every point valid before anything is queued (one-line ParamsError)
         load_params(root / params_file if not Path(params_file).is_absolute() else params_file, point)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    names = [f"sweep-{stamp}-{i}" for i in range(len(points))]
+    prepare_params(root, params_file)  # the queue (or the shared stages' experiment) snapshots params.yaml
     if work_pool:
-        outcomes = submit_runs(deployment or f"{PIPELINE_FLOW}/{work_pool}", points, params_file, timeout_s)
+        job_variables = None
+        if shared:
+            run_shared(str(root), list(shared))
+            base = push_results(str(root), f"sweep-{stamp}-base", list(shared))
+            job_variables = start_at(base["commit"])
+        outcomes = submit_runs(deployment or f"{PIPELINE_FLOW}/{work_pool}", points, names, params_file, timeout_s,
+                               job_variables)  # fmt: skip
         ok = "Completed"
     else:
-        prepare_params(root, params_file)  # the queue snapshots the workspace, params.yaml included
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        names = [f"sweep-{stamp}-{i}" for i in range(len(points))]
         outcomes = run_queue(str(root), points, names, jobs)
         ok = "Success"
     failed = sorted(name for name, outcome in outcomes.items() if outcome["status"] != ok)

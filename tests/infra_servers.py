@@ -1,8 +1,8 @@
 """Real servers for the infra tests, on 127.0.0.1 only, each on a free port, stopped with its process group.
 
-`prefect_server` (SQLite in a temporary PREFECT_HOME) and `mlflow_auth_server` (MLflow's basic-auth app
-on SQLite) are context managers yielding the server's URL; `process` starts any long-running command
-(a Prefect worker) with its output in a log file that a failure message can quote.
+`servers(prefect_server(home), mlflow_auth_server(root))` runs a Prefect server (SQLite in a temporary
+PREFECT_HOME) and MLflow's basic-auth app (SQLite stores) and yields their URLs; `process` starts any
+long-running command (a Prefect worker) with its output in a log file that a failure message can quote.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -89,24 +90,40 @@ def wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout_s: float 
     raise RuntimeError(f"no answer from {url} within {timeout_s} s:\n{log_tail(log)}")
 
 
+@dataclass
+class Server:
+    """How to start a server and how to know that it is up."""
+
+    command: list[str]
+    env: dict[str, str]
+    log: Path
+    url: str
+    health: str
+
+
 @contextmanager
-def prefect_server(home: Path) -> Iterator[str]:
-    """`prefect server start` on a free loopback port, its SQLite database in `home`; yields the API URL."""
+def servers(*specs: Server) -> Iterator[list[str]]:
+    """Start every server at once (they start slowly on a busy machine), wait for each; yields their URLs."""
+    with ExitStack() as stack:
+        procs = [stack.enter_context(process(spec.command, spec.log, spec.env)) for spec in specs]
+        for spec, proc in zip(specs, procs, strict=True):
+            wait_until_up(spec.health, proc, spec.log)
+        yield [spec.url for spec in specs]
+
+
+def prefect_server(home: Path) -> Server:
+    """`prefect server start` on a free loopback port, its SQLite database in `home`; its URL is the API's."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = base_env(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                    PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home / 'prefect.db'}")  # fmt: skip
-    log = home / "server.log"
     command = [str(BIN / "prefect"), "server", "start", "--host", HOST, "--port", str(port), "--no-services"]
-    with process(command, log, env) as proc:
-        url = f"http://{HOST}:{port}/api"
-        wait_until_up(f"{url}/health", proc, log)
-        yield url
+    url = f"http://{HOST}:{port}/api"
+    return Server(command, env, home / "server.log", url, f"{url}/health")
 
 
-@contextmanager
-def mlflow_auth_server(root: Path) -> Iterator[str]:
-    """`mlflow server --app-name basic-auth` on a free loopback port, stores in `root`; yields its URL.
+def mlflow_auth_server(root: Path) -> Server:
+    """`mlflow server --app-name basic-auth` on a free loopback port, its stores in `root`.
 
     The admin is ADMIN; tracking and users live in SQLite files, artifacts in a folder (proxied).
     """
@@ -128,8 +145,5 @@ def mlflow_auth_server(root: Path) -> Iterator[str]:
         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", (root / "artifacts").as_uri(),
         "--workers", "1",
     ]  # fmt: skip
-    log = root / "server.log"
-    with process(command, log, env) as proc:
-        url = f"http://{HOST}:{port}"
-        wait_until_up(f"{url}/health", proc, log)
-        yield url
+    url = f"http://{HOST}:{port}"
+    return Server(command, env, root / "server.log", url, f"{url}/health")

@@ -12,7 +12,7 @@ import os
 
 import mlflow
 import pytest
-from infra_servers import ADMIN, mlflow_auth_server
+from infra_servers import ADMIN, mlflow_auth_server, servers
 from mlflow.server import get_app_client
 
 from sclora import tracking
@@ -22,7 +22,7 @@ USER = ("sclora-pipeline", "pipeline-password-for-tests")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> str:
-    with mlflow_auth_server(tmp_path_factory.mktemp("mlflow")) as url:
+    with servers(mlflow_auth_server(tmp_path_factory.mktemp("mlflow"))) as (url,):
         yield url
 
 

@@ -1,0 +1,63 @@
+"""A flow run's results, shared with the team through the DVC remote and the git remote.
+
+On a work pool every flow run works in its own checkout (infra/prefect.yaml: git clone at a
+ref, then `dvc pull`). When its stages are done, `push_results` sends the stage outputs to
+the DVC remote (`dvc push`, with the run cache) and saves the workspace as a DVC experiment
+pushed to the git remote (`dvc exp save`, `dvc exp push`): teammates see it in
+`dvc exp show -A` after `dvc exp pull`, and another flow run can start from its commit.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import flows  # noqa: F401 - Prefect's local settings, before Prefect is imported
+from flows.pipeline import run_logged, stage_env
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+
+GIT_REMOTE = "origin"  # where the flow run's checkout was cloned from
+LOCK_FILE = "dvc.lock"
+COMMIT_ENV = "SCLORA_GIT_COMMIT"  # infra/prefect.yaml's pull steps check out this commit when it is set
+
+
+def start_at(commit: str) -> dict[str, dict[str, str]]:
+    """Job variables that start a run of an infra/prefect.yaml deployment at `commit` instead of its branch."""
+    return {"env": {COMMIT_ENV: commit}}
+
+
+def experiment_commit(workdir: str | Path, name: str) -> str:
+    """The commit of the DVC experiment `name` in the repository at `workdir`."""
+    refs = subprocess.run(
+        ["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"],
+        cwd=workdir, capture_output=True, text=True, check=True,
+    ).stdout.split("\n")  # fmt: skip
+    # DVC keeps experiment `name` at refs/exps/<baseline commit split 2/38>/<name>.
+    found = [line.split()[0] for line in refs if line.endswith(f"/{name}")]
+    if len(found) != 1:
+        raise LookupError(f"{workdir}: {len(found)} experiments named {name} (expected one)")
+    return found[0]
+
+
+@task(task_run_name="push {name}", retries=2, retry_delay_seconds=10, cache_policy=NONE)
+def push_results(
+    workdir: str, name: str, stages: list[str] | None = None, git_remote: str = GIT_REMOTE
+) -> dict[str, str]:
+    """Push the workspace's outputs and save it as experiment `name` on `git_remote`; returns its commit.
+
+    `stages` limits what the experiment commits to the outputs of those stages (the others may not
+    exist yet, when only part of the pipeline ran); by default every stage's.
+    """
+    root, logger, env = Path(workdir), get_run_logger(), stage_env()
+    dvc = [sys.executable, "-m", "dvc"]
+    run_logged([*dvc, "push", "--run-cache"], root, env, logger, "dvc push")
+    save = [*dvc, "exp", "save", "--force", "--name", name, *(stages or [])]
+    if (root / LOCK_FILE).is_file():
+        save += ["--include-untracked", LOCK_FILE]  # a checkout whose branch never committed dvc.lock
+    run_logged(save, root, env, logger, f"dvc exp save {name}")
+    run_logged([*dvc, "exp", "push", git_remote, name], root, env, logger, f"dvc exp push {name}")
+    commit = experiment_commit(root, name)
+    logger.info("experiment %s (commit %s) pushed to %s and the DVC remote", name, commit, git_remote)
+    return {"experiment": name, "commit": commit}
