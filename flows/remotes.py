@@ -9,6 +9,7 @@ pushed to the git remote (`dvc exp save`, `dvc exp push`): teammates see it in
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,6 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 GIT_REMOTE = "origin"  # where the flow run's checkout was cloned from
-LOCK_FILE = "dvc.lock"
 COMMIT_ENV = "SCLORA_GIT_COMMIT"  # infra/prefect.yaml's pull steps check out this commit when it is set
 
 
@@ -41,6 +41,20 @@ def experiment_commit(workdir: str | Path, name: str) -> str:
     return found[0]
 
 
+def uncached_outputs(workdir: str | Path, stages: list[str] | None = None) -> list[str]:
+    """The existing `cache: false` outputs (metrics, small files) of `stages` (default: all), as paths.
+
+    DVC expects git to carry them; an experiment commit must include them even where .gitignore
+    hides them, or a checkout of it lacks them and DVC reruns their stage.
+    """
+    from dvc.repo import Repo
+
+    with Repo(str(workdir)) as repo:
+        chosen = [s for target in stages for s in repo.stage.collect(target)] if stages else repo.index.stages
+        outs = (out for stage in chosen for out in stage.outs if not out.use_cache and out.exists)
+        return sorted({os.path.relpath(out.fs_path, repo.root_dir) for out in outs})
+
+
 @task(task_run_name="push {name}", retries=2, retry_delay_seconds=10, cache_policy=NONE)
 def push_results(
     workdir: str, name: str, stages: list[str] | None = None, git_remote: str = GIT_REMOTE
@@ -54,8 +68,7 @@ def push_results(
     dvc = [sys.executable, "-m", "dvc"]
     run_logged([*dvc, "push", "--run-cache"], root, env, logger, "dvc push")
     save = [*dvc, "exp", "save", "--force", "--name", name, *(stages or [])]
-    if (root / LOCK_FILE).is_file():
-        save += ["--include-untracked", LOCK_FILE]  # a checkout whose branch never committed dvc.lock
+    save += [arg for path in uncached_outputs(root, stages) for arg in ("--include-untracked", path)]
     run_logged(save, root, env, logger, f"dvc exp save {name}")
     run_logged([*dvc, "exp", "push", git_remote, name], root, env, logger, f"dvc exp push {name}")
     commit = experiment_commit(root, name)
