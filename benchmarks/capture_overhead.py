@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import torch
 
 from benchmarks import workloads
-from benchmarks.record import arguments, goal, timed, write_result
-from sclora.capture import capture
+from benchmarks.record import arguments, goal, parse, timed, write_result
+from sclora.capture import capture, model_fingerprint, resolve_targets
 
 NAME = "capture_overhead"
 GOAL = "<= 1.10"
@@ -35,6 +35,8 @@ def measure(model: torch.nn.Module, batches: Sequence[dict], targets: Sequence[s
         "forward": forward,
         "capture": lambda: capture(model, batches, targets, progress=False),
         "capture_covariance": lambda: capture(model, batches, targets, covariance=True, progress=False),
+        # Part of every capture call, whatever the data: the sha256 of the target layers' weights.
+        "fingerprint": lambda: model_fingerprint(resolve_targets(model, targets)),
     }
     times: dict[str, list[float]] = {name: [] for name in passes}
     for name, fn in passes.items():  # warm-up: allocator, kernels, lazy imports
@@ -45,39 +47,38 @@ def measure(model: torch.nn.Module, batches: Sequence[dict], targets: Sequence[s
     median = {name: statistics.median(t) for name, t in times.items()}
     return {
         "forward_s": median["forward"], "capture_s": median["capture"],
-        "capture_covariance_s": median["capture_covariance"],
+        "capture_covariance_s": median["capture_covariance"], "fingerprint_s": median["fingerprint"],
         "ratio": median["capture"] / median["forward"],
         "ratio_covariance": median["capture_covariance"] / median["forward"],
     }  # fmt: skip
 
 
 def run(models: dict[str, tuple[torch.nn.Module, Sequence[dict], Sequence[str]]], device: str, repeats: int,
-        settings: dict, out=None):  # fmt: skip
+        settings: dict, out=None, command: str | None = None):  # fmt: skip
     """Measure every named (model, batches, targets) and write the result."""
     figures, goals = {}, {}
     for label, (model, batches, targets) in models.items():
         found = measure(model, batches, targets, device, repeats)
         figures.update({f"{label}.{key}": value for key, value in found.items()})
         goals[f"{label}.ratio"] = goal(found["ratio"], GOAL)
-    return write_result(NAME, device, settings, figures, goals, out)
+    return write_result(NAME, device, settings, figures, goals, out, command)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = arguments(__doc__.splitlines()[0])
+    parser = arguments(f"benchmarks.{NAME}", __doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=64, help="sequences through the random Llama model")
     parser.add_argument("--tokens", type=int, default=32, help="tokens per sequence on the random Llama model")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--layers", type=int, default=2, help="decoder layers of the random Llama model")
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     bed = workloads.testbed()
     vocab = 1024
     llama = workloads.llama(args.layers, vocab=vocab, device=args.device)
     models = {
         "testbed": (bed.model(args.device), bed.batches(bed.pos + bed.neg), bed.lora.target_modules),
-        "llama2_7b_width": (
-            llama, workloads.random_batches(args.samples, args.tokens, args.batch_size, vocab, seed=1), workloads.TARGETS
-        ),
+        "llama2_7b_width": (llama, workloads.random_batches(args.samples, args.tokens, args.batch_size, vocab, seed=1),
+                            workloads.TARGETS),
     }
     settings = {
         "testbed": {"samples": len(bed.pos) + len(bed.neg), "batch_size": bed.batch_size,
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         "repeats": args.repeats, "statistic": "median of interleaved repeats after one warm-up each",
         "goal_applies_to": "capture of token sums (what SC-LoRA needs); capture_covariance is reported only",
     }  # fmt: skip
-    run(models, args.device, args.repeats, settings, args.out)
+    run(models, args.device, args.repeats, settings, args.out, args.command)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import sclora
 from benchmarks import workloads
-from benchmarks.record import arguments, write_result
+from benchmarks.record import arguments, parse, write_result
 
 NAME = "convergence"
 METHODS = ["lora", "pissa", "milora", "corda_ipm", "corda_kpm", "sclora", "full"]
@@ -36,12 +36,12 @@ def steps_to_reach(losses: Sequence[tuple[int, float]], target: float, window: i
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = arguments(__doc__.splitlines()[0])
+    parser = arguments(f"benchmarks.{NAME}", __doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--window", type=int, default=10, help="logged losses averaged into one")
     parser.add_argument("--beta", type=float, default=0.8)
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     methods = ["lora"] + [m for m in args.methods if m != "lora"]  # LoRA sets the targets
     bed = workloads.testbed()
     base = bed.model()
@@ -81,8 +81,9 @@ def main(argv: list[str] | None = None) -> None:
         "learning_rates": {m: bed.settings(m, 0).lr for m in methods}, "beta": args.beta,
         "normalize": bed.params.solve.normalize, "capture": "params.yaml capture.samples_pos/samples_neg, covariance",
         "steps_to_lora_final_loss": "mean over seeds; null unless every seed reached the target",
+        "summary": [f"{m}.steps_to_lora_final_loss" for m in methods],
     }  # fmt: skip
-    write_result(NAME, args.device, settings, figures, {}, args.out)
+    write_result(NAME, args.device, settings, figures, {}, args.out, args.command)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import os
 import platform
 import re
 import resource
+import shlex
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -31,9 +33,9 @@ _COMPARE = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operato
 _GOAL = re.compile(r"^\s*(?:(<=|<|>=|>)\s*([-+0-9.eE]+)|([-+0-9.eE]+)\s*\+-\s*([0-9.eE]+))\s*$")
 
 
-def arguments(description: str) -> argparse.ArgumentParser:
-    """The options every benchmark takes: --device and --out."""
-    parser = argparse.ArgumentParser(description=description)
+def arguments(prog: str, description: str) -> argparse.ArgumentParser:
+    """The options every benchmark (`prog`, its module name) takes: --device and --out."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--device", default="cpu", help="torch device to run on (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results, "
                         "benchmarks/results/gpu on CUDA)")  # fmt: skip
@@ -50,8 +52,9 @@ def results_dir(device: str, out: Path | None = None) -> Path:
 def machine(device: str) -> dict:
     """The host, its load and the device, as the result records them."""
     info = {
-        "host": platform.node(), "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "host": platform.node(), "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "load_average": [round(x, 2) for x in os.getloadavg()], "device": device,
     }  # fmt: skip
     if torch.device(device).type == "cuda":
@@ -138,8 +141,21 @@ def in_fresh_process(fn: Callable, *args) -> object:
         return pool.submit(fn, *args).result()
 
 
-def write_result(name: str, device: str, settings: dict, figures: dict, goals: dict, out: Path | None = None) -> Path:
-    """Write and print one benchmark's result; returns the file's path."""
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse `argv` (default: the command line); `args.command` is the command as it would be typed."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    args.command = shlex.join(["python", "-m", parser.prog, *argv])
+    return args
+
+
+def write_result(
+    name: str, device: str, settings: dict, figures: dict, goals: dict, out: Path | None = None,
+    command: str | None = None,
+) -> Path:
+    """Write and print one benchmark's result; returns the file's path. `command` goes into the settings."""
+    if command is not None:
+        settings = {**settings, "command": command}
     result = {
         "benchmark": name, "machine": machine(device), "versions": versions(), "settings": settings,
         "figures": figures, "goals": goals,

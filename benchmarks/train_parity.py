@@ -16,7 +16,7 @@ from transformers import TrainerCallback
 
 import sclora
 from benchmarks import workloads
-from benchmarks.record import arguments, goal, synchronize, write_result
+from benchmarks.record import arguments, goal, parse, synchronize, write_result
 
 NAME = "train_parity"
 GOAL = "1.00 +- 0.03"
@@ -39,12 +39,12 @@ class StepTimes(TrainerCallback):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = arguments(__doc__.splitlines()[0])
+    parser = arguments(f"benchmarks.{NAME}", __doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved runs of each variant")
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per run")
     parser.add_argument("--skip", type=int, default=5, help="first steps of each run left out (warm-up)")
     parser.add_argument("--beta", type=float, default=0.8)
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     bed = workloads.testbed()
     base = bed.model()
     targets = bed.lora.target_modules
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         "statistic": "median over every kept step of every run, runs interleaved by variant",
     }  # fmt: skip
     goals = {"sclora/lora": goal(figures["sclora/lora"], GOAL)}
-    write_result(NAME, args.device, settings, figures, goals, args.out)
+    write_result(NAME, args.device, settings, figures, goals, args.out, args.command)
 
 
 if __name__ == "__main__":
