@@ -15,13 +15,42 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sclora.evaluate.suite import EvalSettings
 from sclora.testbed.params import TestbedParams
-from sclora.tracking import PromotionGates
-from sclora.train import TrainSettings
 
 METHODS = ("lora", "pissa", "milora", "corda_ipm", "corda_kpm", "full", "sclora")
 Method = Literal["lora", "pissa", "milora", "corda_ipm", "corda_kpm", "full", "sclora"]
 # The baselines run once per task and seed; sclora runs once per task, seed and beta (`solve.betas`).
 Baseline = Literal["lora", "pissa", "milora", "corda_ipm", "corda_kpm", "full"]
+
+
+class TrainSettings(BaseModel):
+    """How one model is fine-tuned (the `train:` section of params.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate of AdamW")
+    batch_size: int = Field(16, ge=1, description="Samples per device per forward pass")
+    grad_accum: int = Field(1, ge=1, description="Forward passes accumulated per optimizer step")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; when set it overrides `epochs`")
+    epochs: float = Field(3.0, gt=0, description="Passes over the data when `max_steps` is not set")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of the steps with linear warmup before cosine decay")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm")
+    save_steps: int = Field(100, ge=1, description="Optimizer steps between checkpoints (the unit of resumption)")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept; older ones are deleted")
+    seed: int = Field(0, description="Seed of data order, dropout and everything else random in training")
+    max_length: int = Field(64, ge=8, description="Tokens per sample after the chat template; longer ones are truncated")
+    logging_steps: int = Field(1, ge=1, description="Optimizer steps per logged loss (the mean over them)")
+
+
+class PromotionGates(BaseModel):
+    """When a candidate may become champion (the `tracking.gates` section of params.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    utility_tolerance: float = Field(0.0, ge=0, description="Candidate utility may be this much below the champion's")
+    forgetting_budget: dict[str, float] = Field(
+        default_factory=dict, description="Largest allowed forgetting delta per metric, e.g. {knowledge: 0.02}"
+    )
 
 
 class ParamsError(ValueError):

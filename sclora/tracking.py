@@ -30,8 +30,10 @@ import mlflow
 import yaml
 from mlflow.entities import Metric, Run
 from mlflow.exceptions import MlflowException
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 from transformers import TrainerCallback
+
+from sclora.config import PromotionGates  # noqa: F401 - promote() takes it; importable from here
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"  # beside a SQLite store, as `mlflow server` does by default
@@ -53,17 +55,6 @@ _PROBE_ENV = {
 
 class TrackingError(RuntimeError):
     """A tracking or registry operation that cannot proceed; the message is one line."""
-
-
-class PromotionGates(BaseModel):
-    """When a candidate may become champion (the `tracking.gates` section of params.yaml)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    utility_tolerance: float = Field(0.0, ge=0, description="Candidate utility may be this much below the champion's")
-    forgetting_budget: dict[str, float] = Field(
-        default_factory=dict, description="Largest allowed forgetting delta per metric, e.g. {knowledge: 0.02}"
-    )
 
 
 def tracking_uri(params_uri: str | None = None) -> str:

@@ -32,11 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedTokenizerBase, ProgressCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from sclora.atomic import partial_path, replace_dir, write_json
+from sclora.config import TrainSettings  # noqa: F401 - the settings train() takes, importable from here
 from sclora.data import ChatDataset, chat_collator
 
 log = logging.getLogger(__name__)
@@ -46,26 +46,6 @@ MODEL = "model"
 LOSS_HISTORY = "loss_history.json"
 RUN_SETTINGS = "run.json"  # what the checkpoints were made with; a resume must match it
 TRAINER_STATE = "trainer_state.json"  # the Trainer writes it last into a checkpoint: present = complete
-
-
-class TrainSettings(BaseModel):
-    """How one model is fine-tuned (the `train:` section of params.yaml)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    lr: float = Field(2e-4, gt=0, description="Peak learning rate of AdamW")
-    batch_size: int = Field(16, ge=1, description="Samples per device per forward pass")
-    grad_accum: int = Field(1, ge=1, description="Forward passes accumulated per optimizer step")
-    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; when set it overrides `epochs`")
-    epochs: float = Field(3.0, gt=0, description="Passes over the data when `max_steps` is not set")
-    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of the steps with linear warmup before cosine decay")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
-    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm")
-    save_steps: int = Field(100, ge=1, description="Optimizer steps between checkpoints (the unit of resumption)")
-    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept; older ones are deleted")
-    seed: int = Field(0, description="Seed of data order, dropout and everything else random in training")
-    max_length: int = Field(64, ge=8, description="Tokens per sample after the chat template; longer ones are truncated")
-    logging_steps: int = Field(1, ge=1, description="Optimizer steps per logged loss (the mean over them)")
 
 
 @dataclass
