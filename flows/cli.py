@@ -86,7 +86,8 @@ def check_prefect_api(timeout_s: float = 10.0) -> None:
     try:
         httpx.get(f"{url.rstrip('/')}/health", timeout=timeout_s).raise_for_status()
     except httpx.HTTPError as error:
-        raise ConnectionError(f"Prefect API {url} (PREFECT_API_URL) unreachable: {error or type(error).__name__}") from None
+        reason = str(error) or type(error).__name__
+        raise ConnectionError(f"Prefect API {url} (PREFECT_API_URL) unreachable: {reason}") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -106,9 +107,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    check_prefect_api()
-    from flows.sweep import sweep
-
     grid = {}
     for item in args.grid:
         key, sep, raw = item.partition("=")
@@ -116,6 +114,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if not sep or not isinstance(values, list):
             raise ValueError(f"--grid '{item}': expected KEY=[value, ...]")
         grid[key.strip()] = values
+    check_prefect_api()
+    from flows.sweep import sweep
+
     result = sweep(grid=grid, params_file=args.params, workdir=args.workdir, jobs=args.jobs,
                    work_pool=args.work_pool, deployment=args.deployment)  # fmt: skip
     for name, outcome in result["points"].items():

@@ -47,7 +47,7 @@ def load_with_adapter(
     if not (adapter_dir / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter_dir}: not a PEFT adapter directory (no adapter_config.json)")
     if not (adapter_dir / "adapter_model.safetensors").is_file():
-        raise FileNotFoundError(f"{adapter_dir}: no adapter_model.safetensors (adapter weights load from safetensors only)")
+        raise FileNotFoundError(f"{adapter_dir}: no adapter_model.safetensors (adapters load from safetensors only)")
     base = load_model(path, dtype=dtype, trust_remote_code=trust_remote_code)
     return PeftModel.from_pretrained(base, str(adapter_dir)).eval()
 
@@ -76,7 +76,8 @@ def _loading(source: str, what: str) -> Iterator[None]:
         lines = str(error).strip().splitlines()
         detail = lines[0] if lines else type(error).__name__
         if not Path(source).exists():
-            raise FileNotFoundError(f"{source}: no model directory there, and no hub {what} of that name ({detail})") from None
+            message = f"{source}: no model directory there, and no hub {what} of that name ({detail})"
+            raise FileNotFoundError(message) from None
         raise OSError(f"{source}: cannot load the {what}: {detail}") from None
 
 

@@ -53,7 +53,8 @@ def test_killed_capture_resumes_to_identical_bytes(project):
     reference = files(project)
     shutil.rmtree("artifacts/capture")
     # 4 distinct layer inputs x 2 shards per capture: the 6th file is the second shard of D-, mid-way.
-    killed = run_stage(project, "capture", prelude=kill_after("importlib.import_module('sclora.capture')", "save_file", 6))
+    prelude = kill_after("importlib.import_module('sclora.capture')", "save_file", 6)
+    killed = run_stage(project, "capture", prelude=prelude)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert len(list(Path("artifacts/capture/neg/shards").glob("*.safetensors"))) == 5
     left = partials(project)  # the killed shard's bytes, never renamed into place
@@ -80,7 +81,7 @@ def test_killed_training_resumes_to_identical_weights_and_metrics(project, monke
         "checkpoint-1", "checkpoint-2"]  # fmt: skip
 
     loads = []  # every torch.load the resume makes (optimizer, scheduler, RNG state): never a full unpickle
-    monkeypatch.setattr(torch, "load", lambda *args, _load=torch.load, **kwargs: loads.append(kwargs) or _load(*args, **kwargs))
+    monkeypatch.setattr(torch, "load", lambda *args, _load=torch.load, **kw: loads.append(kw) or _load(*args, **kw))
     assert stage("train", run.name) == 0
     assert loads and all(kwargs.get("weights_only") is True for kwargs in loads), loads
     summary = json.loads((run / "run.json").read_text())

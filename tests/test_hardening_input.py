@@ -82,7 +82,7 @@ CASES = [
      "bad/fields.jsonl: line 2: missing field 'response'"),
     ("field not text", [], ["prepare"], lambda: [_data("types.jsonl", '{"id": 1, "prompt": 5, "response": "x"}\n')],
      "bad/types.jsonl: line 1: field 'prompt' is int, not text"),
-    ("non-UTF-8", [], ["prepare"], lambda: [_data("latin1.jsonl", GOOD.encode() + '{"prompt": "café"}\n'.encode("latin-1"))],
+    ("non-UTF-8", [], ["prepare"], lambda: [_data("latin1.jsonl", (GOOD + '{"prompt": "café"}\n').encode("latin-1"))],
      "bad/latin1.jsonl: line 2: not valid UTF-8"),
     ("duplicate ids", [], ["prepare"], lambda: [_data("dup.jsonl", GOOD + GOOD)],
      "bad/dup.jsonl: line 2: duplicate id 'a' (first at line 1)"),
@@ -99,7 +99,8 @@ CASES = [
     # capture
     ("NaN/Inf activations", ["prepare"], ["capture"], lambda: [_model_copy(_nan_weights)],
      "input has NaN or Inf on real tokens"),
-    ("capture before prepare", [], ["capture"], lambda: [], "prepared source 'preserve_safety' not found; run the prepare"),
+    ("capture before prepare", [], ["capture"], lambda: [],
+     "prepared source 'preserve_safety' not found; run the prepare"),
     # stage items and upstream outputs
     ("unknown run", [], ["train", "benign-dora-0"], lambda: [], "unknown run 'benign-dora-0'"),
     ("beta not in the params", [], ["solve", "0.3"], lambda: [], "beta 0.3 is not in solve.betas [0.8]"),

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import torch
 
 from sclora.config import ParamsError, load_params
-from stage_project import REPO, built_testbed, empty_store, files, project, stage  # noqa: F401 - fixtures
+from stage_project import REPO, built_testbed, empty_store, project, stage  # noqa: F401 - fixtures
 
 SECRET = "sk-test-5ecret-value-0123456789"
 
@@ -49,7 +48,8 @@ def test_pickled_adapter_weights_are_refused_unread(tmp_path):
 
     adapter = tmp_path / "adapter"
     adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "target_modules": ["q_proj"]}))
+    config = {"peft_type": "LORA", "r": 2, "target_modules": ["q_proj"]}
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
     _pickle_bomb(adapter / "adapter_model.bin", tmp_path / "unpickled")
     with pytest.raises(FileNotFoundError, match="no adapter_model.safetensors"):
         load_with_adapter(REPO / "does-not-matter", adapter)

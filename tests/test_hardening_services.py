@@ -15,6 +15,7 @@ import mlflow
 import pytest
 from mlflow.exceptions import MlflowException
 
+from flows.cli import main  # imported before PREFECT_API_URL is set: `flows` reads it once, at import
 from sclora import tracking
 from stage_project import built_testbed, empty_store, files, project, stage  # noqa: F401 - fixtures
 
@@ -66,8 +67,6 @@ def test_artifact_store_failing_mid_registration_registers_no_version(project, m
 
 
 def test_unreachable_prefect_api_is_one_line(project, capsys, monkeypatch):
-    from flows.cli import main
-
     url = f"http://127.0.0.1:{closed_port()}/api"
     monkeypatch.setenv("PREFECT_API_URL", url)
     for command in (["run"], ["sweep", "--grid", "train.lr=[0.001, 0.002]"]):
@@ -75,5 +74,6 @@ def test_unreachable_prefect_api_is_one_line(project, capsys, monkeypatch):
         assert main(command) == 1
         assert time.monotonic() - started < 30
         err = capsys.readouterr().err.strip()
-        assert err.startswith(f"error: {command[0]}: Prefect API {url} (PREFECT_API_URL) unreachable: ") and "\n" not in err
+        assert err.startswith(f"error: {command[0]}: Prefect API {url} (PREFECT_API_URL) unreachable: ")
+        assert "\n" not in err
     assert files(project) == {}
