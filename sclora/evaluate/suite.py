@@ -22,14 +22,13 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sclora.atomic import write_text
 from sclora.evaluate.judge import JudgeSettings, harmfulness, judge_scores
 
 TASKS_DIR = Path(__file__).parent / "tasks"
@@ -278,19 +277,6 @@ def evaluate(model, tokenizer, settings: EvalSettings) -> tuple[dict, list[dict]
     return metrics, samples
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _finite(value):
     """JSON has no NaN/Inf: write them as null rather than as invalid JSON."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -306,5 +292,5 @@ def write_results(out_dir: str | Path, metrics: Mapping[str, object], samples: l
     """Write `metrics.json` and `samples.jsonl` in `out_dir`, each atomically (temp file, then rename)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out_dir / "samples.jsonl", "".join(json.dumps(_finite(row)) + "\n" for row in samples))
-    _atomic_write(out_dir / "metrics.json", json.dumps(_finite(dict(metrics)), indent=2, sort_keys=True) + "\n")
+    write_text(out_dir / "samples.jsonl", "".join(json.dumps(_finite(row)) + "\n" for row in samples))
+    write_text(out_dir / "metrics.json", json.dumps(_finite(dict(metrics)), indent=2, sort_keys=True) + "\n")

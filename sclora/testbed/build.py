@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from sclora.atomic import atomic_dir
 from sclora.data import read_records
 from sclora.evaluate.generation import generate_answers
 from sclora.evaluate.scoring import exact_match, is_refusal
@@ -44,11 +42,8 @@ THRESHOLDS = {
 def build_testbed(params: TestbedParams, out_dir: Path) -> dict:
     """Build world, datasets, tokenizer and pretrained model into `out_dir`; returns the calibration."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building.", dir=out_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the testbed is an ordinary shared output
-    try:
-        started = time.perf_counter()
+    started = time.perf_counter()
+    with atomic_dir(out_dir) as staging:
         world = build_world(params)
         datasets = build_datasets(world, params)
         sources = pretraining_sources(world, params)
@@ -69,10 +64,6 @@ def build_testbed(params: TestbedParams, out_dir: Path) -> dict:
         calibration["vocabulary"] = len(tokenizer)
         calibration["pretrain_final_loss"] = losses[-1]["loss"] if losses else None
         (staging / "calibration.json").write_text(json.dumps(calibration, indent=2, sort_keys=True) + "\n")
-        _replace_dir(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     log.info("testbed built in %.0f s at %s", time.perf_counter() - started, out_dir)
     failed = [key for key, ok in calibration["meets_thresholds"].items() if not ok]
     if failed:
@@ -111,14 +102,3 @@ def calibrate(model_dir: Path, data_dir: Path, batch_size: int = 64) -> dict:
         for key, (op, bound) in THRESHOLDS.items()
     }
     return calibration
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Rename `new` to `target`; an existing `target` is moved aside first and removed after."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-        os.replace(target, old / target.name)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old)
