@@ -215,7 +215,7 @@ def model_fingerprint(modules: Mapping[str, torch.nn.Module]) -> str:
         for pname, p in sorted(modules[name].named_parameters(recurse=False)):
             t = p.detach().cpu().contiguous()
             h.update(f"{name}.{pname}:{tuple(t.shape)}:{t.dtype};".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes())
+            h.update(t.view(torch.uint8).numpy())  # the buffer itself: no copy of a large weight
     return h.hexdigest()[:16]
 
 
@@ -334,8 +334,9 @@ def capture(
             return
         sums = {k: torch.cat(v) for k, v in buf["sums"].items()}
         shard = covs.pop(j, {})
-        zeros = {k: torch.zeros(s.shape[1], s.shape[1], dtype=torch.float64) for k, s in sums.items()}
-        shard_covs = {k: shard.get(k, zeros[k]).cpu() for k in sums} if covariance else {}
+        shard_covs = {}
+        for k, s in sums.items() if covariance else ():  # d_in x d_in each: built only when asked for
+            shard_covs[k] = shard[k].cpu() if k in shard else torch.zeros(s.shape[1], s.shape[1], dtype=torch.float64)
         if out is None:
             result.append(CaptureStats(sums, tokens, hashes, dict(module_keys), shard_covs, model_fp))
             return

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 METHODS = ("lora", "pissa", "milora", "corda_ipm", "corda_kpm", "sclora")
 RESIDUAL_METHODS = ("pissa", "milora", "corda_ipm", "corda_kpm", "sclora")
+_ROW_BLOCK = 1024  # rows of W per step when the residual W - scaling B A is formed
 # What PEFT's `init_lora_weights` must be for each method. False: PEFT creates A and B and leaves the
 # base weight alone; milora_init / sclora_init then overwrite all three.
 PEFT_INIT = {
@@ -204,9 +205,14 @@ def _set_adapter(layer: LoraLayer, adapter_name: str, weight: torch.Tensor, a: t
     lora_a, lora_b = layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight
     lora_a.data = a.to(lora_a.dtype).contiguous()
     lora_b.data = b.to(lora_b.dtype).contiguous()
-    residual = weight - layer.scaling[adapter_name] * (lora_b.double() @ lora_a.double())
     base = layer.get_base_layer()
-    base.weight.data = transpose(residual.to(base.weight.dtype), layer.fan_in_fan_out).contiguous()
+    b64, a64, scaling = lora_b.double(), lora_a.double(), layer.scaling[adapter_name]
+    residual = torch.empty(weight.shape, dtype=base.weight.dtype, device=weight.device)
+    # In blocks of rows: no second (d_out, d_in) float64 matrix besides `weight`, however wide the layer.
+    for lo in range(0, weight.shape[0], _ROW_BLOCK):
+        hi = lo + _ROW_BLOCK
+        residual[lo:hi] = weight[lo:hi] - scaling * (b64[lo:hi] @ a64)
+    base.weight.data = transpose(residual, layer.fan_in_fan_out).contiguous()
 
 
 @torch.no_grad()
