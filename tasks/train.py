@@ -20,7 +20,6 @@ from pathlib import Path
 import mlflow
 import pyarrow.parquet as pq
 import torch
-import yaml
 
 from sclora import tracking
 from sclora.capture import CaptureStats
@@ -65,13 +64,14 @@ def run(params: Params, item: str) -> dict:
     model = _initialised(model, params, spec, work / INITIAL_ADAPTER)  # bad rank or targets fail before any write
     write_json(work / REQUEST, request)
 
+    upstream = _locked_stages(spec)
     logged = {"method": spec.method, "beta": spec.beta, "seed": spec.seed, "train": settings.model_dump()}
     if spec.method != "full":
         logged["adapter"] = params.adapter.model_dump()
     with tracking.child_run(
         spec.task, spec.method, spec.beta, spec.seed,
         parent_run_id=parent, uri=params.tracking.uri, params=logged,
-        dvc_lock="dvc.lock" if _locked_stages(spec) else None, stages=_locked_stages(spec),
+        dvc_lock="dvc.lock" if upstream else None, stages=upstream,
         fingerprints={name: fingerprints[name][:16] for name in _sources(params, spec) if name in fingerprints},
     ) as child:  # fmt: skip
         result = train(model, tokenizer, records, work, settings, callbacks=[tracking.MlflowLossCallback()])
@@ -170,7 +170,7 @@ def _locked_stages(spec: RunSpec) -> list[str]:
     lock = Path("dvc.lock")
     if not lock.is_file():
         return []
-    locked = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
+    locked = tracking.locked_stages(lock)
     wanted = ["testbed", "prepare", "capture", "evaluate"]
     if spec.method == "sclora":
         wanted.append(f"solve@{spec.beta}")
