@@ -170,14 +170,15 @@ def sclora_init(
     """
     basis = _basis(subspace)
     base = layer.get_base_layer()
-    weight = transpose(base.weight, layer.fan_in_fan_out).to(torch.float64)
+    weight = transpose(base.weight, layer.fan_in_fan_out)  # its own dtype: float64 a block of rows at a time
     r, scaling = layer.r[adapter_name], layer.scaling[adapter_name]
     if basis.ndim != 2 or basis.shape[0] != weight.shape[0] or basis.shape[1] < r:
         raise ValueError(
             f"subspace basis of shape {tuple(basis.shape)} does not fit layer with d_out={weight.shape[0]}, rank {r}"
         )
     b = basis[:, :r].to(weight.device, torch.float64)
-    _set_adapter(layer, adapter_name, weight, a=b.T @ weight / scaling, b=b)
+    a = sum(b[rows].T @ weight[rows].double() for rows in _row_blocks(weight))  # U_r^T W
+    _set_adapter(layer, adapter_name, weight, a=a / scaling, b=b)
     if freeze_basis:
         layer.lora_B[adapter_name].weight.requires_grad_(False)
 
@@ -208,11 +209,14 @@ def _set_adapter(layer: LoraLayer, adapter_name: str, weight: torch.Tensor, a: t
     base = layer.get_base_layer()
     b64, a64, scaling = lora_b.double(), lora_a.double(), layer.scaling[adapter_name]
     residual = torch.empty(weight.shape, dtype=base.weight.dtype, device=weight.device)
-    # In blocks of rows: no second (d_out, d_in) float64 matrix besides `weight`, however wide the layer.
-    for lo in range(0, weight.shape[0], _ROW_BLOCK):
-        hi = lo + _ROW_BLOCK
-        residual[lo:hi] = weight[lo:hi] - scaling * (b64[lo:hi] @ a64)
+    for rows in _row_blocks(weight):
+        residual[rows] = weight[rows].double() - scaling * (b64[rows] @ a64)
     base.weight.data = transpose(residual, layer.fan_in_fan_out).contiguous()
+
+
+def _row_blocks(weight: torch.Tensor) -> list[slice]:
+    """Slices of `_ROW_BLOCK` rows: a wide layer's W is made float64 a block at a time, never as a whole copy."""
+    return [slice(lo, lo + _ROW_BLOCK) for lo in range(0, weight.shape[0], _ROW_BLOCK)]
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 NORMALIZE = ("none", "trace")
+_ROW_BLOCK = 1024  # rows of W made float64 at a time
 # Two eigenvalues closer than this (relative to the largest |eigenvalue|) are treated as equal.
 _TIE = 1e-9
 
@@ -42,8 +43,8 @@ class Subspace:
         return Subspace(self.basis[:, :rank], self.eigenvalues[:rank])
 
 
-def _matrix(name: str, value, ndim: int) -> torch.Tensor:
-    t = torch.as_tensor(value).detach().to(device="cpu", dtype=torch.float64)
+def _matrix(name: str, value, ndim: int, dtype: torch.dtype | None = torch.float64) -> torch.Tensor:
+    t = torch.as_tensor(value).detach().to(device="cpu", dtype=dtype)
     if t.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimension(s), got shape {tuple(t.shape)}")
     if not torch.isfinite(t).all():
@@ -56,7 +57,8 @@ def _outputs(name: str, weight, inputs, bias, tokens) -> torch.Tensor:
     s = _matrix(name, inputs, 2)
     if s.shape[1] != weight.shape[1]:
         raise ValueError(f"{name} has {s.shape[1]} features but weight expects d_in={weight.shape[1]}")
-    y = weight @ s.T
+    # Row blocks of W in float64, never all of it: a (d_out, d_in) float64 copy is the solve's largest allocation.
+    y = torch.cat([rows.to(torch.float64) @ s.T for rows in weight.split(_ROW_BLOCK)])
     if bias is not None and s.shape[0] > 0:
         if tokens is None:
             raise ValueError(f"{name}_tokens is required when bias is given (y_i = W s_i + T_i b)")
@@ -109,7 +111,7 @@ def solve_subspace(
         raise ValueError(f"beta must be in [0, 1], got {beta!r}")
     if normalize not in NORMALIZE:
         raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
-    w = _matrix("weight", weight, 2)
+    w = _matrix("weight", weight, 2, dtype=None)  # its own dtype; _outputs takes row blocks of it in float64
     d_out, d_in = w.shape
     b = None
     if bias is not None:
