@@ -37,12 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
-        "run", help="run the pipeline flow (every DVC stage, in order)",
-        description="Run the pipeline flow: every DVC stage in order, then the report.",
+        "run", help="run the pipeline flow (every DVC stage, in DAG order)",
+        description="Run the pipeline flow: every DVC stage in DAG order (--jobs at a time), then the report.",
     )  # fmt: skip
     _params_options(run)
     _overrides(run)
     run.add_argument("--retries", type=int, default=1, help="retries of a failed stage (default: 1)")
+    run.add_argument("--jobs", type=int, default=1,
+                     help="stages run at once when the DAG allows, sharing the CPU cores (default: 1; on one GPU "
+                          "keep 1)")  # fmt: skip
 
     sweep = commands.add_parser(
         "sweep", help="run a grid of params as DVC experiments or flow runs",
@@ -95,11 +98,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     params_file = Path(args.params) if Path(args.params).is_absolute() else Path(args.workdir) / args.params
     load_params(params_file, args.overrides)  # a bad file fails here, before a flow run starts
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     check_prefect_api()
     from flows.pipeline import pipeline
 
     result = pipeline(params_file=args.params, overrides=tuple(args.overrides), workdir=args.workdir,
-                      retries=args.retries)  # fmt: skip
+                      retries=args.retries, jobs=args.jobs)  # fmt: skip
     print(f"report: {result['report']} (table: {result['results']})")
     print(f"MLflow parent run {result['parent_run_id']}; open the MLflow UI: {MLFLOW_UI}")
     print(f"Prefect UI (flow runs, logs, artifacts): {PREFECT_UI}")

@@ -3,7 +3,11 @@
 DVC owns the DAG and "is this stage up to date": the order comes from DVC's graph
 (`dvc.repo.reproduce.plan_repro`, what `dvc repro` itself follows) and each task runs
 `dvc repro --single-item <stage>`, which skips a stage whose deps, params and outs are
-unchanged. Stages run one at a time: DVC's lock forbids two `dvc repro` in one workspace.
+unchanged. With `jobs` > 1, stages whose upstream stages are done run side by side, as DVC
+documents for parallel stage execution: `dvc repro` releases the repository lock while a
+stage's command runs, and `--wait-for-lock` makes each `dvc repro` wait its turn for the lock
+(to hash and commit) instead of failing. No library schedules DVC stages by their DAG in one
+workspace, so the loop in `run_stages` does: a stage is submitted once its upstream succeeded.
 
 Params: the stages read `params.yaml` in the workspace, so `params_file` (when it is
 another file) is copied onto it and `-S` overrides are written into it with DVC's own
@@ -26,6 +30,7 @@ import flows  # noqa: F401 - Prefect's local settings, before Prefect is importe
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
+from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
 from sclora import tracking
@@ -42,26 +47,41 @@ class StageFailed(RuntimeError):
     """A DVC stage that exited non-zero; the message names the stage and its last error line."""
 
 
-def stage_order(workdir: str | Path = ".") -> list[str]:
-    """Every pipeline stage item of the DVC project in `workdir`, in the order `dvc repro` runs them."""
+def stage_plan(workdir: str | Path = ".") -> dict[str, list[str]]:
+    """Every pipeline stage item of the DVC project in `workdir`, in the order `dvc repro` runs them,
+    each with the stage items it depends on."""
     from dvc.repo import Repo
     from dvc.repo.reproduce import get_active_graph, plan_repro
 
     with Repo(str(workdir)) as repo:
-        stages = plan_repro(get_active_graph(repo.index.graph))
-        names = []
-        for stage in stages:
+        graph = get_active_graph(repo.index.graph)
+        names = {}
+        for stage in plan_repro(graph):
             if not getattr(stage, "cmd", None):
                 continue  # `.dvc` files (added or imported data): nothing to run
             # Addressed from the project root (`Stage.addressing` is relative to this process's cwd).
             file = os.path.relpath(stage.path, repo.root_dir)
-            names.append(stage.name if file == "dvc.yaml" else f"{file}:{stage.name}")
-        return names
+            names[stage] = stage.name if file == "dvc.yaml" else f"{file}:{stage.name}"
+        # DVC's graph has an edge from each stage to every stage whose outputs it reads.
+        return {name: [names[up] for up in graph.successors(stage) if up in names] for stage, name in names.items()}
 
 
-def stage_env(parent_run_id: str | None = None) -> dict[str, str]:
-    """The environment of a stage process: this Python's `python`/`dvc` first, unbuffered output."""
+def stage_order(workdir: str | Path = ".") -> list[str]:
+    """Every pipeline stage item of the DVC project in `workdir`, in the order `dvc repro` runs them."""
+    return list(stage_plan(workdir))
+
+
+def threads_per_stage(jobs: int) -> int:
+    """CPU threads for each of `jobs` stage processes running at once: the cores, shared equally."""
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def stage_env(parent_run_id: str | None = None, threads: int | None = None) -> dict[str, str]:
+    """The environment of a stage process: this Python's `python`/`dvc` first, unbuffered output, and
+    OMP_NUM_THREADS=`threads` unless the environment sets it."""
     env = dict(os.environ)
+    if threads is not None:
+        env.setdefault("OMP_NUM_THREADS", str(threads))
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"  # stream the stage's lines as they come, not at exit
     env.setdefault("DVC_NO_ANALYTICS", "1")
@@ -92,11 +112,39 @@ def run_logged(command: list[str], cwd: Path, env: dict[str, str], logger, what:
 
 
 @task(task_run_name="{stage}", retries=1, retry_delay_seconds=5, cache_policy=NONE)
-def run_stage(stage: str, workdir: str, parent_run_id: str | None = None) -> str:
+def run_stage(stage: str, workdir: str, parent_run_id: str | None = None, threads: int | None = None) -> str:
     """`dvc repro --single-item <stage>`, its output streamed into the Prefect log; returns the stage name."""
-    command = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
-    run_logged(command, Path(workdir), stage_env(parent_run_id), get_run_logger(), f"stage {stage}")
+    command = [sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage]
+    run_logged(command, Path(workdir), stage_env(parent_run_id, threads), get_run_logger(), f"stage {stage}")
     return stage
+
+
+def run_stages(plan: dict[str, list[str]], stage_task, jobs: int, *args) -> None:
+    """Run every stage of `plan` by `stage_task.submit(stage, *args)`, at most `jobs` at a time, each once the
+    stages it depends on have succeeded, in plan order among those ready. After a failure nothing new starts
+    (as in `dvc repro`); the running stages finish, then the first failure is raised."""
+    waiting = dict(plan)
+    running: dict = {}  # future -> stage
+    done: set[str] = set()
+    failure: BaseException | None = None
+    while running or (waiting and failure is None):
+        for stage, upstream in list(waiting.items()):
+            if failure is not None or len(running) >= jobs:
+                break
+            if done.issuperset(upstream):
+                del waiting[stage]
+                running[stage_task.submit(stage, *args)] = stage
+        if not running:
+            raise StageFailed(f"stages {', '.join(waiting)} wait on stages that are not in the plan")
+        finished = next(as_completed(list(running)))
+        stage = running.pop(finished)
+        try:
+            finished.result()
+            done.add(stage)
+        except Exception as error:  # noqa: BLE001 - kept, and raised once the running stages have finished
+            failure = failure or error
+    if failure is not None:
+        raise failure
 
 
 def prepare_params(workdir: Path, params_file: str | Path = PARAMS_FILE, overrides: tuple[str, ...] = ()) -> Params:
@@ -155,24 +203,28 @@ def pipeline(
     retry_delay_seconds: float = 5.0,
     push: bool = False,
     experiment: str | None = None,
+    jobs: int = 1,
 ) -> dict:
     """Run the DVC pipeline stage by stage under one MLflow parent run, then publish the report.
 
-    Returns the report's paths, the MLflow parent run id and the stages in the order run. With
+    `jobs`: stages run at the same time at most (1: one after another, as `dvc repro` does). Each stage process
+    gets an equal share of the CPU cores (OMP_NUM_THREADS, unless it is set). Returns the report's paths, the
+    MLflow parent run id and the stages in `dvc repro` order. With
     `push` (a work-pool run), the outputs go to the DVC remote and the workspace to the git remote
     as DVC experiment `experiment` (default: the flow run's name); see flows/remotes.py.
     """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     root = Path(workdir).resolve()
     params = prepare_params(root, params_file, tuple(overrides))
-    stages = stage_order(root)
+    plan = stage_plan(root)
     stage_task = run_stage.with_options(retries=retries, retry_delay_seconds=retry_delay_seconds)
     with tracking.parent_run(
         "pipeline", experiment=params.tracking.experiment, uri=store_uri(params, root), tags={"flow": "pipeline"}
     ) as parent:  # fmt: skip
-        for stage in stages:
-            stage_task(stage, str(root), parent.info.run_id)
+        run_stages(plan, stage_task, jobs, str(root), parent.info.run_id, threads_per_stage(jobs))
         published = publish_report(root)
-    result = {**published, "parent_run_id": parent.info.run_id, "stages": stages}
+    result = {**published, "parent_run_id": parent.info.run_id, "stages": list(plan)}
     if push:
         from flows.remotes import push_results  # it builds on this module's helpers
 

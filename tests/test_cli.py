@@ -70,6 +70,11 @@ def test_run_with_a_missing_params_file_fails_before_any_flow(tmp_path, capsys):
     assert line.startswith("error: run: ") and "missing.yaml" in line
 
 
+def test_run_with_no_jobs_fails_before_any_flow(capsys):
+    assert main(["run", "--jobs", "0"]) == 1
+    assert one_error_line(capsys) == "error: run: --jobs must be >= 1, got 0"
+
+
 def test_sweep_grid_must_be_a_list(capsys):
     assert main(["sweep", "--grid", "train.lr=0.1"]) == 1
     assert one_error_line(capsys) == "error: sweep: --grid 'train.lr=0.1': expected KEY=[value, ...]"

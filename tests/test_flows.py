@@ -32,12 +32,22 @@ PNG = bytes.fromhex(  # a 1x1 PNG: the report stage's plot
 )
 
 # Each stage appends "<stage> <parent run id>" to order.log; SCLORA_TEST_FAIL=<stage> fails it,
-# SCLORA_TEST_FAIL_ONCE=<stage> fails its first attempt only.
+# SCLORA_TEST_FAIL_ONCE=<stage> fails its first attempt only. The stages named in SCLORA_TEST_MEET each
+# wait (60 s at most) until all of them have started: they pass only if they run at the same time.
 STEP = f'''
-import os, sys
+import os, sys, time
 from pathlib import Path
 stage = sys.argv[1]
 print(f"{{stage}}: starting")
+meet = [name for name in os.environ.get("SCLORA_TEST_MEET", "").split(",") if name]
+if stage in meet:
+    Path(f"started-{{stage}}").touch()
+    deadline = time.monotonic() + 60
+    while not all(Path(f"started-{{name}}").exists() for name in meet):
+        if time.monotonic() > deadline:
+            print(f"error: {{stage}}: ran alone", file=sys.stderr)
+            sys.exit(1)
+        time.sleep(0.1)
 once = Path(f"failed-once-{{stage}}")
 if os.environ.get("SCLORA_TEST_FAIL") == stage or (os.environ.get("SCLORA_TEST_FAIL_ONCE") == stage
                                                     and not once.exists()):
@@ -99,7 +109,7 @@ def project(tmp_path, monkeypatch) -> Path:
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     (work / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML, sort_keys=False), encoding="utf-8")
     (work / "step.py").write_text(STEP, encoding="utf-8")
-    (work / ".gitignore").write_text("order.log\nfailed-once-*\n", encoding="utf-8")
+    (work / ".gitignore").write_text("order.log\nfailed-once-*\nstarted-*\n", encoding="utf-8")
     env = clean_env(tmp_path)
     for key in [k for k in os.environ if k.startswith(("MLFLOW_", "SCLORA_"))]:
         monkeypatch.delenv(key)
@@ -181,6 +191,27 @@ def test_a_stage_that_always_fails_fails_the_flow_with_its_error(project, monkey
     assert not (project / "artifacts" / "report").exists()
 
 
+def test_with_jobs_independent_stages_run_side_by_side(project, monkeypatch):
+    monkeypatch.setenv("SCLORA_TEST_MEET", "square-1,square-2")
+    result = pipeline(workdir=str(project), jobs=2, retries=0)
+    assert result["stages"] == ORDER
+    logged = [line.split()[0] for line in (project / "order.log").read_text().splitlines()]
+    assert logged[0] == "make" and sorted(logged[1:3]) == ["square-1", "square-2"] and logged[3:] == ["report"]
+    # Both items wrote their dvc.lock entries although they finished at about the same time.
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=project, capture_output=True,
+                            text=True, check=True)  # fmt: skip
+    assert json.loads(status.stdout) == {}
+
+
+def test_with_jobs_a_failure_lets_running_stages_finish_and_starts_nothing_new(project, monkeypatch):
+    monkeypatch.setenv("SCLORA_TEST_FAIL", "square-1")
+    with pytest.raises(StageFailed, match=r"^stage square@1 failed"):
+        pipeline(workdir=str(project), jobs=2, retries=0)
+    # square-2 started beside square-1 and finished; report, which needs both, never started.
+    assert [line.split()[0] for line in (project / "order.log").read_text().splitlines()] == ["make", "square-2"]
+    assert not (project / "artifacts" / "report").exists()
+
+
 def test_bad_override_fails_before_anything_runs(project):
     before = (project / "params.yaml").read_text()
     with pytest.raises(ValueError, match="train.max_steps"):
@@ -244,7 +275,8 @@ def test_pipeline_flow_on_the_real_dvc_yaml_with_tiny_params(tmp_path, monkeypat
     sh(["git", "init", "-q"], work, env)
     sh([sys.executable, "-m", "dvc", "init", "-q"], work, env)
 
-    result = pipeline(params_file=str(tiny), overrides=("train.max_steps=2",), workdir=str(work))
+    # Two stages at a time: concurrent stage processes share DVC's lock, the MLflow store and the HF caches.
+    result = pipeline(params_file=str(tiny), overrides=("train.max_steps=2",), workdir=str(work), jobs=2)
     assert result["stages"] == ["testbed", "prepare", "capture", "solve@0.8", "evaluate", "train@benign-lora-0",
                                 "train@benign-pissa-0", "train_sclora@benign-0.8-0", "register", "report"]  # fmt: skip
     with open(result["results"], newline="") as handle:
