@@ -294,14 +294,15 @@ def capture(
         mask = state["mask"]
         if x.ndim != 3 or x.shape[:2] != mask.shape:
             raise ValueError(f"layer {key!r} input has shape {tuple(x.shape)}, expected [B, T, d_in] as the batch")
-        # where(), not a product: padded positions may hold NaN (fully masked attention rows).
-        x64 = torch.where(mask[..., None], x.detach().to(torch.float64), 0.0)
-        sums = x64.sum(1)
+        # where(), not a product: padded positions may hold NaN (fully masked attention rows). The sum is float64,
+        # element by element, without a float64 copy of x (the same bits as summing such a copy).
+        masked = torch.where(mask[..., None], x.detach(), 0.0)
+        sums = masked.sum(1, dtype=torch.float64)
         if not torch.isfinite(sums).all():
             raise ValueError(f"layer {key!r} input has NaN or Inf on real tokens")
         state["sums"][key] = sums.cpu()
         for j, lo, hi in state["segments"] if covariance else ():
-            real = x64[lo:hi][mask[lo:hi]]
+            real = masked[lo:hi][mask[lo:hi]].to(torch.float64)
             shard = covs.setdefault(j, {})  # stays on the model's device until the shard is written
             shard[key] = shard[key] + real.T @ real if key in shard else real.T @ real
 
