@@ -4,6 +4,7 @@ random-weight Llama-shaped models (Llama-2-7B width, reduced depth, small vocabu
 
 from __future__ import annotations
 
+import json
 import random
 import tempfile
 from collections.abc import Callable, Sequence
@@ -84,6 +85,10 @@ def testbed(params_path: str | Path = ROOT / "params.yaml", task: str = "benign"
     model_dir = _path(params.model.path)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir}: no testbed model; build it with `python -m tasks testbed`")
+    built = model_dir.parent / "params.json"  # what the testbed stage built it from
+    if built.is_file() and json.loads(built.read_text()) != params.testbed.model_dump():
+        raise ValueError(f"{built}: the testbed was built from other params than params.yaml's `testbed:`; "
+                         "rebuild it with `python -m tasks testbed`")  # fmt: skip
     sources = params.data.sources
 
     def records(names: list[str], count: int) -> list[dict]:

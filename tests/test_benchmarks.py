@@ -62,3 +62,18 @@ def test_peak_memory_sees_an_allocation_inside_the_block():
 
 def test_gpu_script_parses():
     subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu.sh")], check=True)
+
+
+def test_a_testbed_built_from_other_params_is_refused(tmp_path):
+    import yaml
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    base = tmp_path / "testbed" / "base"
+    base.mkdir(parents=True)
+    (base / "config.json").write_text("{}")
+    built = {**params["testbed"], "finetune_size": params["testbed"]["finetune_size"] + 1}
+    (tmp_path / "testbed" / "params.json").write_text(json.dumps(built))
+    params["model"]["path"] = str(base)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ValueError, match="built from other params than params.yaml's `testbed:`"):
+        workloads.testbed(tmp_path / "params.yaml")
