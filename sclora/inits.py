@@ -29,14 +29,13 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from sclora.export import check_convertible
-from sclora.subspace import Subspace, solve_subspace
+from sclora.subspace import ROW_BLOCK, Subspace, solve_subspace
 
 if TYPE_CHECKING:
     from sclora.capture import CaptureStats
 
 METHODS = ("lora", "pissa", "milora", "corda_ipm", "corda_kpm", "sclora")
 RESIDUAL_METHODS = ("pissa", "milora", "corda_ipm", "corda_kpm", "sclora")
-_ROW_BLOCK = 1024  # rows of W per step when the residual W - scaling B A is formed
 # What PEFT's `init_lora_weights` must be for each method. False: PEFT creates A and B and leaves the
 # base weight alone; milora_init / sclora_init then overwrite all three.
 PEFT_INIT = {
@@ -215,8 +214,8 @@ def _set_adapter(layer: LoraLayer, adapter_name: str, weight: torch.Tensor, a: t
 
 
 def _row_blocks(weight: torch.Tensor) -> list[slice]:
-    """Slices of `_ROW_BLOCK` rows: a wide layer's W is made float64 a block at a time, never as a whole copy."""
-    return [slice(lo, lo + _ROW_BLOCK) for lo in range(0, weight.shape[0], _ROW_BLOCK)]
+    """Slices of `ROW_BLOCK` rows: a wide layer's W is made float64 a block at a time, never as a whole copy."""
+    return [slice(lo, lo + ROW_BLOCK) for lo in range(0, weight.shape[0], ROW_BLOCK)]
 
 
 @torch.no_grad()

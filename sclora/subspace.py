@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 NORMALIZE = ("none", "trace")
-_ROW_BLOCK = 1024  # rows of W made float64 at a time
+ROW_BLOCK = 1024  # rows of a wide W made float64 at a time (here and in sclora.inits), never the whole of it
 # Two eigenvalues closer than this (relative to the largest |eigenvalue|) are treated as equal.
 _TIE = 1e-9
 
@@ -58,7 +58,7 @@ def _outputs(name: str, weight, inputs, bias, tokens) -> torch.Tensor:
     if s.shape[1] != weight.shape[1]:
         raise ValueError(f"{name} has {s.shape[1]} features but weight expects d_in={weight.shape[1]}")
     # Row blocks of W in float64, never all of it: a (d_out, d_in) float64 copy is the solve's largest allocation.
-    y = torch.cat([rows.to(torch.float64) @ s.T for rows in weight.split(_ROW_BLOCK)])
+    y = torch.cat([rows.to(torch.float64) @ s.T for rows in weight.split(ROW_BLOCK)])
     if bias is not None and s.shape[0] > 0:
         if tokens is None:
             raise ValueError(f"{name}_tokens is required when bias is given (y_i = W s_i + T_i b)")
