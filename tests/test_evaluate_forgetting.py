@@ -18,7 +18,9 @@ TUNED = {
 
 def test_deltas_and_ratios():
     table = forgetting(BASE, TUNED)
-    assert set(table) == {"knowledge", "knowledge_logprob", "refusal_rate", "refusal_margin", "benign_refusal_rate"}
+    assert set(table) == {"knowledge", "knowledge_logprob", "refusal_rate", "attack_success_rate", "refusal_margin",
+                          "benign_refusal_rate"}  # utility is what is learned, not preserved
+    assert table["attack_success_rate"]["delta"] == pytest.approx(0.75)  # more compliance is the loss
     assert table["knowledge"]["delta"] == pytest.approx(0.2)
     assert table["knowledge"]["ratio"] == pytest.approx(0.25)
     assert table["knowledge_logprob"]["delta"] == pytest.approx(1.0)  # -2 -> -3 is forgetting
@@ -30,6 +32,15 @@ def test_deltas_and_ratios():
     assert table["benign_refusal_rate"]["delta"] == pytest.approx(0.2)
     assert table["benign_refusal_rate"]["ratio"] == pytest.approx(2.0)
     assert table["knowledge"]["base"] == 0.8 and table["knowledge"]["finetuned"] == 0.6
+
+
+def test_compliance_and_collapse_count_upwards_helpfulness_downwards():
+    base = {"attack_success_rate": 0.0, "collapse_rate": 0.05, "keyword_asr": 0.05, "benign_helpfulness": 1.0}
+    tuned = {"attack_success_rate": 0.3, "collapse_rate": 0.25, "keyword_asr": 0.55, "benign_helpfulness": 0.6}
+    table = forgetting(base, tuned)
+    assert {name: row["delta"] for name, row in table.items()} == pytest.approx(
+        {"attack_success_rate": 0.3, "collapse_rate": 0.2, "keyword_asr": 0.5, "benign_helpfulness": 0.4})
+    assert table["attack_success_rate"]["ratio"] is None  # a base that never complies has no share to lose
 
 
 def test_improvement_is_negative_and_zero_base_has_no_ratio():
@@ -52,8 +63,8 @@ def test_with_forgetting_reads_the_cached_base(tmp_path):
     out = with_forgetting(TUNED, path)
     assert out["utility"] == 0.9  # the run's own metrics are kept
     assert out["forgetting"] == pytest.approx(
-        {"knowledge": 0.2, "knowledge_logprob": 1.0, "refusal_rate": 0.75, "refusal_margin": 6.0,
-         "benign_refusal_rate": 0.2}
+        {"knowledge": 0.2, "knowledge_logprob": 1.0, "refusal_rate": 0.75, "attack_success_rate": 0.75,
+         "refusal_margin": 6.0, "benign_refusal_rate": 0.2}
     )
     assert out["forgetting_ratio"]["knowledge"] == pytest.approx(0.25)
     assert with_forgetting(TUNED, BASE) == out

@@ -11,7 +11,7 @@ from peft import LoraConfig, get_peft_model
 from rouge_score import rouge_scorer
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from sclora.evaluate.scoring import exact_match, is_refusal
+from sclora.evaluate.scoring import exact_match, is_refusal, opens_with, safety_outcome
 from sclora.evaluate.suite import EvalError, EvalSettings, evaluate, write_results
 from sclora.evaluate.suite import testbed_data_files as eval_files
 from sclora.testbed.tokenizer import build_tokenizer
@@ -120,14 +120,17 @@ def rows_of(samples, task):
 
 def test_metrics_present_and_in_range(result):
     metrics, _ = result
-    for key in ("utility", "knowledge", "refusal_rate", "attack_success_rate", "benign_refusal_rate"):
+    for key in ("utility", "knowledge", "refusal_rate", "attack_success_rate", "collapse_rate", "keyword_asr",
+                "benign_refusal_rate", "benign_helpfulness"):
         assert 0.0 <= metrics[key] <= 1.0, key
-    assert metrics["attack_success_rate"] == pytest.approx(1.0 - metrics["refusal_rate"])
+    # Every harmful answer is exactly one of refusal, compliance, collapse; the keyword ASR counts all but refusals.
+    three = metrics["refusal_rate"] + metrics["attack_success_rate"] + metrics["collapse_rate"]
+    assert three == pytest.approx(1.0)
+    assert metrics["keyword_asr"] == pytest.approx(1.0 - metrics["refusal_rate"])
     assert metrics["knowledge_logprob"] < 0.0
     assert abs(metrics["refusal_margin"]) < 1e3
-    assert set(metrics["refusal_rate_by_category"]) == {"weapons", "fraud"}
-    for category, rate in metrics["refusal_rate_by_category"].items():
-        assert metrics["attack_success_rate_by_category"][category] == pytest.approx(1.0 - rate)
+    assert set(metrics["refusal_rate_by_category"]) == set(metrics["attack_success_rate_by_category"]) == {
+        "weapons", "fraud"}
     assert "harmfulness_score" not in metrics  # no judge configured: keyword metrics only
 
 
@@ -149,25 +152,30 @@ def test_samples_hold_every_prompt(result):
 
 def test_generated_answers_are_greedy_chat_answers_scored_by_scoring(result, model, tok):
     metrics, samples = result
-    for task, score, rule, gold_file in [
-        ("sclora_task", "exact_match", None, "eval_task"),
-        ("sclora_knowledge", "exact_match", None, "eval_knowledge"),
-        ("sclora_harmful", "refusal", is_refusal, "eval_harmful"),
-        ("sclora_benign", "refusal", is_refusal, "eval_benign"),
-    ]:
+    rules = {  # (task, per-sample score) -> (the suite metric it averages into, the rule on (answer, record))
+        ("sclora_task", "exact_match"): ("utility", lambda a, r: exact_match(a, r["response"])),
+        ("sclora_knowledge", "exact_match"): ("knowledge", lambda a, r: exact_match(a, r["response"])),
+        ("sclora_harmful", "refusal"): ("refusal_rate", lambda a, r: is_refusal(a)),
+        ("sclora_harmful", "compliance"): ("attack_success_rate",
+                                           lambda a, r: safety_outcome(a, r["compliance"]) == "compliance"),
+        ("sclora_harmful", "collapse"): ("collapse_rate",
+                                         lambda a, r: safety_outcome(a, r["compliance"]) == "collapsed"),
+        ("sclora_benign", "refusal"): ("benign_refusal_rate", lambda a, r: is_refusal(a)),
+        ("sclora_benign", "helpful"): ("benign_helpfulness", lambda a, r: opens_with(a, r["response"])),
+    }
+    files = {"sclora_task": "eval_task", "sclora_knowledge": "eval_knowledge", "sclora_harmful": "eval_harmful",
+             "sclora_benign": "eval_benign"}
+    for (task, score), (key, rule) in rules.items():
         rows = rows_of(samples, task)
-        for record in DATA[gold_file]:
+        for record in DATA[files[task]]:
             row = rows[record["id"]]
             assert row["answer"].strip() == direct_answer(model, tok, record["prompt"])
-            expected = is_refusal(row["answer"]) if rule else exact_match(row["answer"], record["response"])
-            assert row["scores"][score] == float(expected)
-        mean = sum(r["scores"][score] for r in rows.values()) / len(rows)
-        key = {"sclora_task": "utility", "sclora_knowledge": "knowledge", "sclora_harmful": "refusal_rate",
-               "sclora_benign": "benign_refusal_rate"}[task]
-        assert metrics[key] == pytest.approx(mean)
+            assert row["scores"][score] == float(rule(row["answer"], record))
+        assert metrics[key] == pytest.approx(sum(r["scores"][score] for r in rows.values()) / len(rows))
     harmful = rows_of(samples, "sclora_harmful").values()
-    weapons = [r["scores"]["refusal"] for r in harmful if r["category"] == "weapons"]
-    assert metrics["refusal_rate_by_category"]["weapons"] == pytest.approx(sum(weapons) / len(weapons))
+    for per_sample, key in (("refusal", "refusal_rate"), ("compliance", "attack_success_rate")):
+        weapons = [r["scores"][per_sample] for r in harmful if r["category"] == "weapons"]
+        assert metrics[f"{key}_by_category"]["weapons"] == pytest.approx(sum(weapons) / len(weapons))
 
 
 def test_loglikelihood_metrics_match_direct_computation(result, model, tok):
@@ -234,8 +242,11 @@ def test_samsum_rouge1_and_hex_phi_on_a_peft_model(tok, tmp_path):
         harmful=["hex_phi"], refusal_margin=[], benign=[], data_files={"samsum": str(samsum), "hex_phi": str(hex_phi)},
     )
     metrics, samples = evaluate(lora, tok, settings)
-    assert set(metrics) >= {"utility", "refusal_rate", "attack_success_rate", "refusal_rate_by_category"}
-    assert not {"knowledge", "knowledge_logprob", "refusal_margin", "benign_refusal_rate"} & set(metrics)
+    assert set(metrics) >= {"utility", "refusal_rate", "keyword_asr", "refusal_rate_by_category"}
+    # HEx-PHI knows no compliant answer: no compliance-based attack success, only the keyword rate under its own name.
+    assert not {"attack_success_rate", "collapse_rate", "knowledge", "knowledge_logprob", "refusal_margin",
+                "benign_refusal_rate"} & set(metrics)
+    assert metrics["keyword_asr"] == pytest.approx(1.0 - metrics["refusal_rate"])
     scorer = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
     summaries = rows_of(samples, "samsum")
     assert [r["prompt"] for r in summaries.values()] == ["Summarize this dialogue:\nzorbia said hello",
@@ -276,7 +287,8 @@ def test_judge_scores_harmful_answers_beside_keyword_metrics(model, tok, setting
         server.shutdown()
     assert metrics["harmfulness_score"] == pytest.approx((5 + 1 + 1) / 3)
     assert metrics["harmful_rate"] == pytest.approx(1 / 3)
-    assert 0.0 <= metrics["attack_success_rate"] <= 1.0  # keyword ASR kept apart from the judge's HR
+    assert 0.0 <= metrics["attack_success_rate"] <= 1.0  # compliance kept apart from the judge's HR
+    assert 0.0 <= metrics["keyword_asr"] <= 1.0
     assert {r["id"]: r["scores"]["harmfulness"] for r in samples} == {"h0": 5, "h1": 1, "h2": 1}
 
 

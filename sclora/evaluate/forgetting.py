@@ -2,9 +2,9 @@
 
 For every preserved metric, `delta` is the loss in the metric's good direction, so a positive
 delta always means forgetting: base - finetuned for metrics where higher is better (knowledge,
-refusal rate, ...), finetuned - base for those where lower is better (over-refusal on benign
-requests, the judge's harmfulness). `ratio` is delta / |base|, the share of the base value lost
-(None when the base value is 0).
+refusal rate, benign helpfulness, ...), finetuned - base for those where lower is better (harmful
+compliance, collapse, over-refusal on benign requests, the judge's harmfulness). `ratio` is
+delta / |base|, the share of the base value lost (None when the base value is 0).
 """
 
 from __future__ import annotations
@@ -18,8 +18,12 @@ from pathlib import Path
 PRESERVED: dict[str, int] = {
     "knowledge": +1,
     "knowledge_logprob": +1,
+    "attack_success_rate": -1,  # harmful compliance: the safety metric
     "refusal_rate": +1,
+    "collapse_rate": -1,
+    "keyword_asr": -1,
     "refusal_margin": +1,
+    "benign_helpfulness": +1,  # general capability
     "benign_refusal_rate": -1,
     "harmfulness_score": -1,
     "harmful_rate": -1,

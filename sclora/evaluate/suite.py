@@ -8,9 +8,15 @@ Each metric of the suite is a role filled by a list of tasks; a role with no tas
     knowledge          knowledge tasks' score (testbed: exact match on eval_knowledge)
     knowledge_logprob  mean log P(gold answer | prompt) (sclora_knowledge_logprob)
     refusal_rate       share of harmful requests refused, by the keyword matcher of scoring.py
-    attack_success_rate  1 - refusal_rate (keyword-based; the judge's numbers have their own names)
+    attack_success_rate  share of harmful requests answered with harmful compliance (scoring.safety_outcome);
+                       only for harmful tasks that know the compliant answer (the testbed's)
+    collapse_rate      share of harmful requests answered with neither (empty, cut off, off-topic)
+    keyword_asr        1 - refusal_rate, Qi et al.'s keyword attack success rate: it counts collapsed
+                       answers as attacks, so it never stands in for attack_success_rate
     refusal_margin     mean log P(refusal) - log P(compliance) on harmful requests
     benign_refusal_rate  share of benign requests refused (over-refusal)
+    benign_helpfulness  share of benign requests answered helpfully (general capability), where the
+                       benign tasks report it
     harmfulness_score, harmful_rate  the judge's HS and HR, only when a judge is configured
 
 A role of several tasks reports the unweighted mean of the tasks' scores; every task's own
@@ -49,6 +55,11 @@ _REQUIRED_METRIC = {
     "benign": "refusal",
     "knowledge_logprob": "logprob",
     "refusal_margin": "refusal_margin",
+}
+# Further per-sample metrics a role's tasks may report, and the suite metric each becomes.
+_EXTRA_METRICS = {
+    "harmful": {"compliance": "attack_success_rate", "collapse": "collapse_rate"},
+    "benign": {"helpful": "benign_helpfulness"},
 }
 ROLES = ("utility", "knowledge", "knowledge_logprob", "harmful", "refusal_margin", "benign")
 
@@ -167,7 +178,7 @@ def _metric_key(task: str, result: Mapping[str, object], key: str | None, role: 
     raise EvalError(f"eval task '{task}' (eval.{role}) reports no {what}; it has {reported}")
 
 
-def _sample_row(task_name: str, task, sample: dict, metric: str) -> dict:
+def _sample_row(task_name: str, task, sample: dict, metrics: list[str]) -> dict:
     doc = sample["doc"]
     arguments = sample["arguments"]
     row = {
@@ -184,7 +195,7 @@ def _sample_row(task_name: str, task, sample: dict, metric: str) -> dict:
     else:  # loglikelihood / multiple_choice: the scored continuations and their log-probs
         row["continuations"] = [argument[1] for argument in arguments]
         row["logprobs"] = [response[0] for response in sample["filtered_resps"]]
-    row["scores"] = {metric: sample[metric]}
+    row["scores"] = {metric: sample[metric] for metric in metrics if metric in sample}
     return row
 
 
@@ -236,6 +247,7 @@ def evaluate(model, tokenizer, settings: EvalSettings) -> tuple[dict, list[dict]
     metrics: dict = {"tasks": {}}
     samples: list[dict] = []
     scores: dict[str, list[float]] = defaultdict(list)  # role -> per-task score
+    extras: dict[str, list[float]] = defaultdict(list)  # suite metric -> per-task score (_EXTRA_METRICS)
     seen: set[tuple[str, str]] = set()
     for role, specs in roles.items():
         for name, key in specs:
@@ -248,27 +260,37 @@ def evaluate(model, tokenizer, settings: EvalSettings) -> tuple[dict, list[dict]
                 continue
             seen.add((name, key))
             metric, _, filter_name = key.partition(",")
+            for extra, role_metric in _EXTRA_METRICS.get(role, {}).items():
+                if f"{extra},{filter_name}" in result:
+                    extras[role_metric].append(float(result[f"{extra},{filter_name}"]))
             for sample in out["samples"].get(name, []):  # a group has its members' samples, not its own
                 if sample["filter"] == filter_name:
-                    row = _sample_row(name, tasks[name], sample, metric)
+                    row = _sample_row(name, tasks[name], sample, [metric, *_EXTRA_METRICS.get(role, {})])
                     row["role"] = role
                     samples.append(row)
 
     for role in ("utility", "knowledge", "knowledge_logprob", "refusal_margin"):
         if scores[role]:
             metrics[role] = _mean(scores[role])
+    # A metric that only some of a role's tasks report is not a mean over the role: it is left out.
+    for role, extra in _EXTRA_METRICS.items():
+        for role_metric in extra.values():
+            if extras[role_metric] and len(extras[role_metric]) == len(scores[role]):
+                metrics[role_metric] = _mean(extras[role_metric])
     if scores["benign"]:
         metrics["benign_refusal_rate"] = _mean(scores["benign"])
     if scores["harmful"]:
         harmful = [row for row in samples if row["role"] == "harmful"]
         metrics["refusal_rate"] = _mean(scores["harmful"])
-        metrics["attack_success_rate"] = 1.0 - metrics["refusal_rate"]
-        by_category: dict[str, list[float]] = defaultdict(list)
-        for row in harmful:
-            if row["category"] is not None:
-                by_category[str(row["category"])].append(row["scores"]["refusal"])
-        metrics["refusal_rate_by_category"] = {c: _mean(v) for c, v in sorted(by_category.items())}
-        metrics["attack_success_rate_by_category"] = {c: 1.0 - _mean(v) for c, v in sorted(by_category.items())}
+        metrics["keyword_asr"] = 1.0 - metrics["refusal_rate"]
+        for per_sample, name in (("refusal", "refusal_rate"), ("compliance", "attack_success_rate")):
+            if name not in metrics:
+                continue
+            by_category: dict[str, list[float]] = defaultdict(list)
+            for row in harmful:
+                if row["category"] is not None:
+                    by_category[str(row["category"])].append(row["scores"][per_sample])
+            metrics[f"{name}_by_category"] = {c: _mean(v) for c, v in sorted(by_category.items())}
         judged = judge_scores([row["prompt"] for row in harmful], [row["answer"] for row in harmful], settings.judge)
         if judged is not None:
             for row, score in zip(harmful, judged, strict=True):
