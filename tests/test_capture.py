@@ -71,7 +71,9 @@ def direct(model, seqs, names):
 def assert_same_stats(a: CaptureStats, b: CaptureStats, exact=True):
     assert a.module_keys == b.module_keys
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.sample_hashes, b.sample_hashes)
-    close = torch.equal if exact else (lambda x, y: torch.allclose(x, y, rtol=1e-12, atol=1e-12))
+    # Not exact: the same samples in batches of other shapes, whose float32 activations agree only to float32's
+    # precision on another machine's kernels (the float64 sums do not make them agree further).
+    close = torch.equal if exact else (lambda x, y: torch.allclose(x, y, rtol=1e-5, atol=1e-5))
     assert set(a.sums) == set(b.sums) and all(close(a.sums[k], b.sums[k]) for k in a.sums)
     assert set(a.covariances) == set(b.covariances) and all(close(a.covariances[k], b.covariances[k]) for k in a.covariances)
 
@@ -139,7 +141,8 @@ def test_halves_concatenate_to_the_full_capture(llama, seqs):
              for part in (seqs[:5], seqs[5:])]
     joined = CaptureStats.concat(parts)
     assert joined.dataset_fingerprint == full.dataset_fingerprint
-    # Per-sample sums of the same samples in the same batches are exact; covariances are summed in another order.
+    # The first batch is the same computation in both (same samples, same shape): exact. The rest ran in
+    # batches of other shapes, and covariances are summed in another order: float32 tolerance.
     assert torch.equal(joined.sums["model.layers.0.self_attn.q_proj"][:3], full.sums["model.layers.0.self_attn.q_proj"][:3])
     assert_same_stats(joined, full, exact=False)
     with pytest.raises(ValueError, match="different target modules"):
