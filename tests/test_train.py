@@ -218,5 +218,7 @@ def test_two_processes_train_like_one(tmp_path, tok):
     assert [e["loss"] for e in history] == pytest.approx([e["loss"] for e in expected.loss_history], abs=1e-5)
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [LOSS_HISTORY, "model"]
     weights_two = torch.load(tmp_path / "two.pt")
+    # Two processes average two half-batch gradients: another float32 computation than one full batch, so a
+    # float32 tolerance (the steps themselves move weights by ~lr, far above it).
     for name, tensor in single.state_dict().items():
-        assert torch.allclose(tensor, weights_two[name], atol=1e-6), name
+        torch.testing.assert_close(tensor, weights_two[name], rtol=1e-4, atol=1e-5, msg=name)
