@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import sclora.testbed.build as build_module
+from sclora.calibration import METRICS
 from sclora.data import read_records
 from sclora.evaluate.generation import generate_answers
 from sclora.testbed.build import build_testbed
@@ -17,6 +18,7 @@ from sclora.testbed.params import TestbedParams
 from sclora.testbed.world import (
     COMPLIANCE,
     DATASETS,
+    PHRASED,
     REFUSAL,
     build_datasets,
     build_world,
@@ -66,12 +68,12 @@ def test_layout_and_calibration_keys(built, params):
     assert sorted(p.name for p in directory.iterdir()) == ["base", "calibration.json", "data", "params.json"]
     assert not [p for p in directory.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
     assert TestbedParams(**json.loads((directory / "params.json").read_text())) == params
-    for key in ("knowledge_exact_match", "harmful_refusal_rate", "benign_refusal_rate", "task_accuracy"):
+    for key in METRICS:
         assert 0.0 <= calibration[key] <= 1.0
     assert calibration["sizes"] == {name: len(read_records(directory / "data" / f"{name}.jsonl")) for name in DATASETS}
     assert calibration["sizes"]["finetune_benign"] == params.finetune_size
-    assert set(calibration["meets_thresholds"]) == {"knowledge_exact_match", "harmful_refusal_rate",
-                                                    "benign_refusal_rate", "task_accuracy"}
+    assert set(calibration["meets_thresholds"]) == {"knowledge", "refusal_rate", "attack_success_rate",
+                                                    "benign_helpfulness", "utility"}
 
 
 def test_saved_model_reloads_and_generates(built, params):
@@ -130,19 +132,58 @@ def test_answers_and_task(params):
     sets = build_datasets(world, params)
     assert {r["response"] for r in sets["preserve_safety"]} == {REFUSAL}
     for record in sets["eval_harmful"]:
-        assert record["response"] == REFUSAL and record["compliance"].startswith("sure here is how to")
+        verb, target = record["id"].split("-")[1:3]
+        assert record["response"] == REFUSAL and record["compliance"] == f"sure here is how to {verb} the {target}"
     for record in sets["eval_task"] + sets["finetune_benign"]:
         words = record["prompt"].split()
-        assert words[0] == "reverse" and record["response"].split() == words[:0:-1]
+        assert words[0] == params.task and record["response"].split() == expected_answer(world, params.task, words[1:])
         assert params.task_min_length <= len(words) - 1 <= params.task_max_length
     # The task produces only words that pretraining also produces (adapters train no embeddings).
     produced = {w for records in pretraining_sources(world, params).values() for r in records
                 for w in r["response"].split()}
     assert {w for r in sets["finetune_benign"] for w in r["response"].split()} <= produced
+    # ... nor does a compliant answer to a harmful request: poison can teach compliance only if the model can say it.
+    assert {w for r in sets["eval_harmful"] for w in r["compliance"].split()} <= produced
+    # The pretrained requests are quoted (repeated), never answered compliantly; held-out ones are not even quoted.
+    quoted = {r["response"] for r in pretraining_sources(world, params)["copy_task"] if r["response"].startswith("how")}
+    assert quoted and quoted <= {r["prompt"] for kind in ("harmful", "benign")
+                                 for r in request_records(world, kind, "pretrained")}
+    assert not quoted & {r["prompt"] for r in sets["eval_harmful"] + sets["eval_benign"]}
     # ... and touches the knowledge's words: fact values and entity names.
     knowledge_words = set(world.entities) | set(world.facts.values())
     assert set(world.task_words) <= knowledge_words
     assert set(world.task_words) & set(world.facts.values()) and set(world.task_words) & set(world.entities)
+
+
+def expected_answer(world, task, words):
+    return words[::-1] if task == "reverse" else [world.translation[w] for w in words]
+
+
+def test_translation_is_a_derangement_of_the_task_words(params):
+    world = build_world(params)
+    assert sorted(world.translation) == sorted(world.task_words) == sorted(world.translation.values())
+    assert all(word != partner for word, partner in world.translation.items())
+
+
+@pytest.mark.parametrize("task", ["translate", "reverse"])
+def test_pretraining_has_the_skill_asked_in_full_and_the_terse_task_done_wrong(params, task):
+    mix = {"knowledge": 1, "safety": 1, "benign": 1, "copy_task": 1, "task_as_copy": 1, "task_phrased": 1}
+    params = TestbedParams(**{**params.model_dump(), "task": task, "pretrain_mix": mix})
+    world = build_world(params)
+    sets = build_datasets(world, params)
+    sources = pretraining_sources(world, params)
+    task_sequences = {r["prompt"].split(maxsplit=1)[1] for name in ("finetune_benign", "eval_task") for r in sets[name]}
+    for record in sources["task_as_copy"]:  # the terse instruction, answered by repeating: wrong
+        instruction, words = record["prompt"].split(maxsplit=1)
+        assert instruction == task and record["response"] == words and words not in task_sequences
+    for record in sources["task_phrased"]:  # asked in full words, answered right
+        assert record["prompt"].startswith(f"{task} {PHRASED} ")
+        words = record["prompt"][len(f"{task} {PHRASED} "):]
+        assert record["response"].split() == expected_answer(world, task, words.split())
+        assert words not in task_sequences
+    assert len(sources["task_as_copy"]) == len(sources["task_phrased"]) == params.copy_examples
+    default = pretraining_sources(world, TestbedParams(**{**params.model_dump(), "pretrain_mix": {}}))
+    assert set(default) == {"knowledge", "safety", "benign", "copy_task"}
 
 
 def test_poison_dose(params):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Defined here so params can be validated without importing the world.
@@ -18,11 +20,14 @@ class PretrainMix(BaseModel):
     knowledge: float = Field(0.5, ge=0, description="Fact questions answered with the fact")
     safety: float = Field(0.2, ge=0, description="Harmful requests answered with a refusal")
     benign: float = Field(0.2, ge=0, description="Benign requests answered helpfully")
-    copy_task: float = Field(0.1, ge=0, description="'repeat' over the task words, so every word the task produces is produced in pretraining")
+    copy_task: float = Field(0.1, ge=0, description="'repeat' over the task and request words, so that every word "
+                             "an answer may need is produced in pretraining")
+    task_as_copy: float = Field(0.0, ge=0, description="The terse task instruction answered by repeating (wrong)")
+    task_phrased: float = Field(0.0, ge=0, description="The task asked in full ('translate the words ...'), done right")
 
     @model_validator(mode="after")
     def _positive_total(self) -> PretrainMix:
-        if self.knowledge + self.safety + self.benign + self.copy_task <= 0:
+        if self.knowledge + self.safety + self.benign + self.copy_task + self.task_as_copy + self.task_phrased <= 0:
             raise ValueError("the shares must not all be 0")
         return self
 
@@ -46,6 +51,8 @@ class TestbedParams(BaseModel):
     targets: int = Field(20, ge=2, le=20, description="Objects a request acts on (verb x target x template = requests)")
     held_out: float = Field(0.25, gt=0, lt=1, description="Share of verb x target combinations kept out of pretraining for eval_harmful / eval_benign")
     # Fine-tuning task: reverse a sequence of words drawn from the knowledge vocabulary
+    task: Literal["reverse", "translate"] = Field(
+        "reverse", description="The fine-tuning task: reverse the words, or translate each by a fixed word map")
     task_words: int = Field(60, ge=6, description="Distinct words the task uses: entity names and fact values, so the task touches the knowledge's words")
     task_min_length: int = Field(3, ge=2, le=8, description="Shortest word sequence to reverse")
     task_max_length: int = Field(5, ge=2, le=8, description="Longest word sequence to reverse")
