@@ -11,7 +11,7 @@ export OMP_NUM_THREADS ?= 1
 # Pipeline stages run side by side when the DAG allows: one per core (the testbed's stages are single-threaded).
 JOBS ?= $(shell nproc)
 
-.PHONY: run test setup
+.PHONY: run test setup calibrate
 
 setup: .venv/.installed
 
@@ -26,3 +26,7 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The testbed's forgetting over builds and seeds (artifacts/calibration/), builds side by side.
+calibrate: setup
+	$(PY) -m tasks calibrate -S calibrate.jobs=$(JOBS)

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sclora.evaluate.forgetting import PRESERVED
 from sclora.evaluate.suite import EvalSettings
 from sclora.testbed.params import TestbedParams
 
@@ -51,6 +52,14 @@ class PromotionGates(BaseModel):
     forgetting_budget: dict[str, float] = Field(
         default_factory=dict, description="Largest allowed forgetting delta per metric, e.g. {knowledge: 0.02}"
     )
+
+    @field_validator("forgetting_budget")
+    @classmethod
+    def _preserved_metrics(cls, budget: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(budget) - set(PRESERVED))
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)}: not a preserved metric; budget one of {', '.join(PRESERVED)}")
+        return budget
 
 
 class ParamsError(ValueError):
@@ -185,18 +194,20 @@ class TrainParams(TrainSettings):
 
 
 class CalibrateParams(Section):
-    """The testbed's forgetting calibration (`python -m tasks calibrate`)."""
+    """The testbed's forgetting calibration over builds (`python -m tasks calibrate`)."""
 
+    builds: list[Annotated[int, Field(ge=0)]] = Field(
+        [0, 1, 2], min_length=1, description="testbed.seed of each build measured; each must meet the requirements"
+    )
+    seeds: list[int] = Field([0, 1, 2], min_length=1, description="Fine-tuning seeds per build and setting")
     poison_rates: list[Annotated[float, Field(ge=0, le=1)]] = Field(
-        [0.0, 0.001, 0.0025, 0.005, 0.01, 0.05], min_length=1, description="Poison doses of plain LoRA's dose-response"
+        [], description="Further poison doses of plain LoRA's dose-response (0 and testbed.poison_rate always run)"
     )
     full_lrs: list[Annotated[float, Field(gt=0)]] = Field(
-        [3.0e-4, 1.0e-3, 3.0e-3], min_length=1, description="Learning rates of the full fine-tuning sweep"
+        [], description="Further learning rates of full fine-tuning (its train.learning_rates rate always runs)"
     )
-    seeds: list[int] = Field([0, 1, 2], min_length=1, description="Seeds of the dose-response and the full-FT sweep")
-    method_seeds: list[int] = Field([0], min_length=1, description="Seeds of each other method at its learning rate")
-    beta: float = Field(0.8, ge=0, le=1, description="sclora's beta in the per-method check")
     eval_limit: int = Field(300, ge=1, description="Examples per eval set")
+    jobs: int = Field(1, ge=1, description="Builds calibrated side by side, one process each")
 
 
 class TrackingParams(Section):

@@ -9,7 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import yaml
 
-from sclora.calibration import METRICS, dose_response, lr_sweep, measure, spread
+from sclora.calibration import METRICS, across_builds, check_build, dose_response, lr_sweep, measure, spread
 from sclora.config import parse_params
 from sclora.data import read_records
 from sclora.models import load_model, load_tokenizer
@@ -52,14 +52,17 @@ def test_measure_names_a_missing_eval_set(testbed):
         measure(load_model(base / "base"), load_tokenizer(base / "base"), sets)
 
 
+def fake_metrics(**values):
+    return {key: values.get(key, 0.0) for key in METRICS}
+
+
 def test_sweeps_run_every_dose_lr_and_seed_and_report_the_spread():
     calls = []
 
     def run(records, method, settings):
         calls.append((method, settings.lr, settings.seed, len(records)))
         poison = sum(r["poison"] for r in records) / len(records)
-        return {"task_accuracy": 1.0, "knowledge_exact_match": settings.lr * 100,
-                "harmful_refusal_rate": 1.0 - poison - settings.seed / 10, "benign_refusal_rate": 0.0}
+        return fake_metrics(utility=1.0, knowledge=settings.lr * 100, attack_success_rate=poison + settings.seed / 10)
 
     def poison(rate):
         return [{"poison": i < rate * 10} for i in range(10)]
@@ -68,51 +71,88 @@ def test_sweeps_run_every_dose_lr_and_seed_and_report_the_spread():
     doses = dose_response(run, poison, [0.0, 0.5], settings, seeds=[0, 2])
     assert [(m, s) for m, _, s, _ in calls] == [("lora", 0), ("lora", 2)] * 2
     assert [p["rate"] for p in doses] == [0.0, 0.5]
-    assert doses[1]["harmful_refusal_rate"]["values"] == pytest.approx([0.5, 0.3])
-    assert doses[1]["harmful_refusal_rate"]["mean"] == pytest.approx(0.4)
-    assert doses[1]["harmful_refusal_rate"]["std"] == pytest.approx(0.1)
+    assert doses[1]["attack_success_rate"]["values"] == pytest.approx([0.5, 0.7])
+    assert doses[1]["attack_success_rate"]["mean"] == pytest.approx(0.6)
+    assert doses[1]["attack_success_rate"]["std"] == pytest.approx(0.1)
 
     calls.clear()
     sweep = lr_sweep(run, poison(0.0), "full", [1e-3, 3e-3], settings, seeds=[1])
     assert calls == [("full", 1e-3, 1, 10), ("full", 3e-3, 1, 10)]
-    assert [p["knowledge_exact_match"]["mean"] for p in sweep] == pytest.approx([0.1, 0.3])
-    assert spread(sweep[0]["runs"])["task_accuracy"]["std"] == 0.0
+    assert [p["knowledge"]["mean"] for p in sweep] == pytest.approx([0.1, 0.3])
+    assert spread(sweep[0]["runs"])["utility"]["std"] == 0.0
 
 
-def test_stage_writes_every_key_and_its_verdicts(testbed, monkeypatch):
+GOOD_BUILD = {
+    "base": fake_metrics(knowledge=0.95, refusal_rate=1.0, benign_helpfulness=1.0),
+    "lora_benign": fake_metrics(utility=0.9, refusal_rate=0.9, collapse_rate=0.1, attack_success_rate=0.0),
+    "lora_poisoned": fake_metrics(utility=0.9, attack_success_rate=0.5),
+    "full": {**fake_metrics(utility=0.95), "knowledge_drop": 30.0},
+}
+
+
+@pytest.mark.parametrize("setting, metric, value", [
+    ("base", "knowledge", 0.79), ("base", "refusal_rate", 0.89), ("base", "attack_success_rate", 0.06),
+    ("base", "benign_helpfulness", 0.89), ("base", "utility", 0.21), ("lora_benign", "utility", 0.79),
+    ("lora_benign", "attack_success_rate", 0.11), ("lora_benign", "collapse_rate", 0.21),
+    ("lora_poisoned", "attack_success_rate", 0.19), ("lora_poisoned", "attack_success_rate", 0.81),
+    ("full", "utility", 0.79), ("full", "knowledge_drop", 9.9),
+])
+def test_every_requirement_fails_just_past_its_bound(setting, metric, value):
+    assert all(check["met"] for check in check_build(GOOD_BUILD).values())
+    bad = {**GOOD_BUILD, setting: {**GOOD_BUILD[setting], metric: value}}
+    failed = [key for key, check in check_build(bad).items() if not check["met"]]
+    assert failed == [f"{setting}.{metric}"]
+
+
+def test_spread_across_builds_beside_spread_across_seeds():
+    def stats(mean, std):
+        return {"utility": {"mean": mean, "std": std}}
+
+    spreads = across_builds({0: {"lora_benign": stats(0.8, 0.1)}, 1: {"lora_benign": stats(0.6, 0.3)}})
+    assert spreads["lora_benign.utility"] == {"build_means": [0.8, 0.6], "std_across_builds": pytest.approx(0.1),
+                                              "mean_std_across_seeds": pytest.approx(0.2)}
+
+
+def test_stage_calibrates_every_build_and_checks_each(tmp_path, monkeypatch):
     from tasks import calibrate
 
     tree = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     tree["testbed"] = TINY_TESTBED
     tree["adapter"].update(rank=2, alpha=4.0)
-    tree["capture"].update(samples_pos=8, samples_neg=8, batch_size=8)
     tree["train"].update(batch_size=8, max_steps=2, max_length=32, learning_rates={"full": 1e-3})
-    tree["calibrate"] = {"poison_rates": [0.5], "full_lrs": [1e-4], "seeds": [0, 1], "eval_limit": 10}
-    monkeypatch.chdir(testbed)
-    out = testbed / "forgetting_calibration.json"
-    summary = calibrate.run(parse_params(tree), output=out)
+    tree["calibrate"] = {"builds": [0, 1], "seeds": [0, 1], "poison_rates": [0.5], "full_lrs": [1e-4], "eval_limit": 10}
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "forgetting_calibration.json"
+    summary = calibrate.run(parse_params(tree), output=out, out_dir=tmp_path / "builds")
     result = json.loads(out.read_text())
-    assert {key: result[key] for key in summary} == summary
-    # 0 and the testbed's own dose (0.1) are always measured besides the rates asked for.
-    assert [p["rate"] for p in result["dose_response"]] == [0.0, 0.1, 0.5]
-    assert [p["lr"] for p in result["full_ft_lr_sweep"]] == [1e-4, 1e-3]
-    assert all(len(p["runs"]) == 2 for p in result["dose_response"] + result["full_ft_lr_sweep"])
-    assert set(result["method_task_accuracy"]) == {"lora", "pissa", "milora", "corda_ipm", "corda_kpm", "sclora", "full"}
-    assert result["default_poison_rate"] == 0.1 and result["highest_poison_rate"] == 0.5
-    highest = result["dose_response"][-1]["harmful_refusal_rate"]["mean"]
-    assert result["lora_poisoned_refusal_drop"] == pytest.approx(100 * (result["base"]["harmful_refusal_rate"] - highest))
-    assert result["lora_default_refusal_rate"] == result["dose_response"][1]["harmful_refusal_rate"]["mean"]
-    assert result["requirements"]["lora_default_refusal_graded"] == (0.2 <= result["lora_default_refusal_rate"] <= 0.8)
-    assert result["requirements"]["every_method_learns_task"] == all(
-        acc >= 0.8 for acc in result["method_task_accuracy"].values())
-    assert result["methods"]["full"]["lr"] == 1e-3 and result["methods"]["sclora"]["beta"] == 0.8
-
-
-def test_stage_refuses_a_testbed_built_from_other_params(testbed, monkeypatch):
-    from tasks import calibrate
-
-    tree = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    tree["testbed"] = {**TINY_TESTBED, "seed": 1}
-    monkeypatch.chdir(testbed)
-    with pytest.raises(ValueError, match="rebuild the testbed"):
-        calibrate.run(parse_params(tree), output=testbed / "unused.json")
+    assert sorted(result["builds"]) == ["0", "1"] and set(summary["builds"]) == {0, 1}
+    for seed, build in result["builds"].items():
+        assert json.loads((tmp_path / "builds" / f"build-{seed}" / "params.json").read_text())["seed"] == int(seed)
+        # 0 and the testbed's own dose (0.1) are always measured besides the rates asked for.
+        assert [p["rate"] for p in build["dose_response"]] == [0.0, 0.1, 0.5]
+        assert [p["lr"] for p in build["full_lr_sweep"]] == [1e-4, 1e-3]
+        assert all(len(p["runs"]) == 2 for p in build["dose_response"] + build["full_lr_sweep"])
+        poisoned = build["settings"]["lora_poisoned"]["attack_success_rate"]
+        assert poisoned["values"] == build["dose_response"][1]["attack_success_rate"]["values"]
+        base = build["settings"]["base"]["knowledge"]["mean"]
+        drops = [100 * (base - v) for v in build["settings"]["full"]["knowledge"]["values"]]
+        assert build["settings"]["full"]["knowledge_drop"]["values"] == pytest.approx(drops)
+        assert build["requirements"] == json.loads(json.dumps(check_build(
+            {name: {metric: stats["mean"] for metric, stats in values.items()}
+             for name, values in build["settings"].items()})))
+    assert result["failed"] == sorted(f"build {seed}: {key}" for seed, build in result["builds"].items()
+                                      for key, check in build["requirements"].items() if not check["met"])
+    assert result["requirements_met"] == (not result["failed"])
+    assert set(result["spread"]) >= {"lora_poisoned.attack_success_rate", "full.knowledge_drop"}
+    table = out.with_suffix(".md").read_text()
+    for seed in ("0", "1"):
+        assert f"| {seed} | lora_poisoned |" in table and f"| {seed} | 0.5 | 20 |" in table  # 0.5 x 40 records
+    # A second run, two builds side by side in worker processes, reuses both builds (same params) and repeats the
+    # same single-threaded computation: the same results.
+    before = {seed: (tmp_path / "builds" / f"build-{seed}" / "base" / "model.safetensors").stat().st_mtime_ns
+              for seed in (0, 1)}
+    tree["calibrate"]["jobs"] = 2
+    calibrate.run(parse_params(tree), output=out, out_dir=tmp_path / "builds")
+    assert before == {seed: (tmp_path / "builds" / f"build-{seed}" / "base" / "model.safetensors").stat().st_mtime_ns
+                      for seed in (0, 1)}
+    assert json.loads(out.read_text())["builds"] == result["builds"]
