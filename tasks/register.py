@@ -7,11 +7,15 @@ run and registered with alias `candidate`, its metrics as version tags; register
 same run again returns its existing version, so re-runs add nothing. `full` runs are not
 candidates: they are not adapters, and the registry holds adapters for the base model.
 
-When no run is within budget, nothing is registered and no version holds `candidate`.
+When no run is within budget, nothing is registered and no version holds `candidate`; one line
+(on stderr, and as `message` in the output) names the run closest to the budget and by how much it misses.
 Output: artifacts/registry.json (the candidate, its version, and every run within budget).
 """
 
 from __future__ import annotations
+
+import math
+import sys
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -20,8 +24,9 @@ from sclora import tracking
 from sclora.config import Params
 from tasks.artifacts import METRICS, REGISTRY, RUN_FILE, all_runs, read_json, write_json
 
-SUMMARY_KEYS = ("utility", "knowledge", "knowledge_logprob", "refusal_rate", "refusal_margin", "attack_success_rate",
-                "benign_refusal_rate", "harmfulness_score", "harmful_rate", "forgetting")  # fmt: skip
+SUMMARY_KEYS = ("utility", "knowledge", "knowledge_logprob", "attack_success_rate", "refusal_rate", "collapse_rate",
+                "keyword_asr", "refusal_margin", "benign_helpfulness", "benign_refusal_rate", "harmfulness_score",
+                "harmful_rate", "forgetting")  # fmt: skip
 
 
 def run(params: Params) -> dict:
@@ -52,8 +57,37 @@ def run(params: Params) -> dict:
         "model": name, "candidate": candidate, "candidate_version": version, "within_budget": sorted(eligible),
         "utility": dict(sorted(eligible.items(), key=lambda item: -item[1])),
     }  # fmt: skip
+    if candidate is None:
+        registry["closest"] = closest_to_budget({spec.name: outputs[spec.name][1] for spec in runs}, budget)
+        registry["message"] = _nothing_within(registry["closest"], budget)
+        print(f"register: {registry['message']}", file=sys.stderr)
     write_json(REGISTRY, registry)
     return registry
+
+
+def overshoot(metrics: dict, budget: dict[str, float]) -> dict[str, float]:
+    """How far each budgeted forgetting delta exceeds its budget (only those that do; a missing delta: inf)."""
+    deltas = metrics.get("forgetting", {})
+    over = {metric: (math.inf if deltas.get(metric) is None else deltas[metric] - limit)
+            for metric, limit in budget.items()}
+    return {metric: value for metric, value in over.items() if value > 0}
+
+
+def closest_to_budget(runs: dict[str, dict], budget: dict[str, float]) -> dict | None:
+    """The run whose largest overshoot is smallest: {"run", "overshoot": {metric: amount}}; None without runs."""
+    if not runs:
+        return None
+    name = min(runs, key=lambda run: (max(overshoot(runs[run], budget).values(), default=0.0), run))
+    return {"run": name, "overshoot": overshoot(runs[name], budget)}
+
+
+def _nothing_within(closest: dict | None, budget: dict[str, float]) -> str:
+    asked = ", ".join(f"{metric} <= {limit:g}" for metric, limit in sorted(budget.items()))
+    if closest is None:
+        return f"no adapter run to register (forgetting budget {asked})"
+    misses = ", ".join(f"{metric} by {amount:.3f}" for metric, amount in sorted(closest["overshoot"].items()))
+    return (f"no run within the forgetting budget ({asked}); registered nothing. "
+            f"Closest: {closest['run']}, over on {misses}")
 
 
 def within_budget(metrics: dict, budget: dict[str, float]) -> bool:

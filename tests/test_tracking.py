@@ -79,7 +79,7 @@ def test_parent_and_nested_child_runs(store, tmp_path):
             fingerprints={"finetune_benign": "f00d"},
         ) as child:
             tracking.log_metrics({"utility": 0.7, "knowledge": 0.5, "attack_success_rate": None,
-                                  "forgetting": {"knowledge": 0.1, "safety": -0.02}})
+                                  "forgetting": {"knowledge": 0.1, "attack_success_rate": -0.02}})
             (tmp_path / "samples").mkdir()
             (tmp_path / "samples" / "eval_task.jsonl").write_text('{"prompt": "p", "output": "o"}\n')
             (tmp_path / "tradeoff.png").write_bytes(b"\x89PNG")
@@ -100,7 +100,7 @@ def test_parent_and_nested_child_runs(store, tmp_path):
     parent_params = client.get_run(parent.info.run_id).data.params
     assert parent_params == {"train.lr": "0.002", "train.methods": '["lora", "sclora"]'}
     assert got.metrics == {"utility": 0.7, "knowledge": 0.5, "forgetting_knowledge": 0.1,
-                           "forgetting_safety": -0.02, "refusal_rate": 0.9}
+                           "forgetting_attack_success_rate": -0.02, "refusal_rate": 0.9}
     assert {key: got.tags[key] for key in ("task", "method", "beta", "seed", "data.finetune_benign")} == {
         "task": "benign", "method": "sclora", "beta": "0.5", "seed": "0", "data.finetune_benign": "f00d"}
     assert got.tags["git_commit"] == subprocess.run(
@@ -220,13 +220,14 @@ def test_register_adapter_then_promote_through_the_gates(store, tmp_path):
     from peft import PeftModel
 
     name = "sclora-adapter"
-    gates = PromotionGates(utility_tolerance=0.02, forgetting_budget={"knowledge": 0.05, "safety": 0.05})
+    gates = PromotionGates(utility_tolerance=0.02, forgetting_budget={"knowledge": 0.05, "attack_success_rate": 0.05})
     trained = _adapter(tmp_path / "first", seed=1)
     with tracking.parent_run("retrain"):
         with tracking.child_run("benign", "sclora", 0.9, 0):
             first = tracking.register_adapter(
                 tmp_path / "first", name,
-                {"utility": 0.60, "forgetting": {"knowledge": 0.01, "safety": 0.0}}, tags={"reviewer": "ml-team"})
+                {"utility": 0.60, "forgetting": {"knowledge": 0.01, "attack_success_rate": 0.0}},
+                tags={"reviewer": "ml-team"})
     client = mlflow.MlflowClient()
     version = client.get_model_version(name, first)
     assert version.aliases == ["candidate"]
@@ -247,8 +248,8 @@ def test_register_adapter_then_promote_through_the_gates(store, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=ids).logits, expected)
 
-    expected = ["no champion yet", "forgetting_knowledge 0.0100 vs budget 0.05",
-                "forgetting_safety 0.0000 vs budget 0.05"]
+    expected = ["no champion yet", "forgetting_attack_success_rate 0.0000 vs budget 0.05",
+                "forgetting_knowledge 0.0100 vs budget 0.05"]
     assert tracking.promote(name, first, gates) == (True, expected)
     assert str(client.get_model_version_by_alias(name, "champion").version) == first
 
@@ -257,25 +258,26 @@ def test_register_adapter_then_promote_through_the_gates(store, tmp_path):
     with tracking.parent_run("retrain"):
         with tracking.child_run("poisoned", "lora", None, 0):
             second = tracking.register_adapter(
-                tmp_path / "second", name, {"utility": 0.59, "forgetting": {"knowledge": 0.0, "safety": 0.30}})
+                tmp_path / "second", name,
+                {"utility": 0.59, "forgetting": {"knowledge": 0.0, "attack_success_rate": 0.30}})
     description = client.get_model_version(name, second).description
     assert "version 1" in description
     assert "| utility | 0.5900 | 0.6000 | -0.0100 |" in description
-    assert "| forgetting_safety | 0.3000 | 0.0000 | +0.3000 |" in description
+    assert "| forgetting_attack_success_rate | 0.3000 | 0.0000 | +0.3000 |" in description
     assert str(client.get_model_version_by_alias(name, "candidate").version) == second
     # The same run registered again (a re-run of the register stage) keeps its version.
     again = tracking.register_adapter(tmp_path / "second", name, {"utility": 0.59},
                                       run_id=client.get_model_version(name, second).run_id)
     assert again == second and len(client.search_model_versions(f"name = '{name}'")) == 2
     accepted, reasons = tracking.promote(name, second, gates)
-    assert not accepted and reasons == ["forgetting_safety 0.3000 vs budget 0.05"]
+    assert not accepted and reasons == ["forgetting_attack_success_rate 0.3000 vs budget 0.05"]
     assert str(client.get_model_version_by_alias(name, "champion").version) == first
     assert client.get_model_version(name, second).tags["promotion"] == "rejected"
 
     # Utility below the champion's minus the tolerance is rejected even within the forgetting budget.
     with tracking.parent_run("retrain"):
-        third = tracking.register_adapter(tmp_path / "second", name, {"utility": 0.5, "forgetting": {"knowledge": 0.0,
-                                                                                                     "safety": 0.0}})
+        third = tracking.register_adapter(tmp_path / "second", name,
+                                          {"utility": 0.5, "forgetting": {"knowledge": 0.0, "attack_success_rate": 0.0}})
     accepted, reasons = tracking.promote(name, third, gates)
     assert not accepted and reasons == ["utility 0.5000 vs champion 0.6000 - 0.02"]
     # Within the tolerance: accepted, and champion moves.
@@ -304,5 +306,5 @@ def test_registry_errors_are_one_line(store, tmp_path):
     with pytest.raises(TrackingError, match="no active MLflow run"):
         tracking.register_adapter(tmp_path / "a", "m", {"utility": 0.5})
     # A budget on a metric the version never measured cannot pass.
-    accepted, reasons = tracking.promote("m", version, PromotionGates(forgetting_budget={"safety": 0.1}))
-    assert not accepted and reasons == ["forgetting_safety missing on version 1"]
+    accepted, reasons = tracking.promote("m", version, PromotionGates(forgetting_budget={"attack_success_rate": 0.1}))
+    assert not accepted and reasons == ["forgetting_attack_success_rate missing on version 1"]

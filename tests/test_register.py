@@ -1,0 +1,35 @@
+"""The register stage's choice when nothing is within the forgetting budget: one line naming the closest run."""
+
+import math
+
+from tasks.register import _nothing_within, closest_to_budget, overshoot, within_budget
+
+BUDGET = {"knowledge": 0.25, "attack_success_rate": 0.05}
+RUNS = {
+    "benign-lora-0": {"forgetting": {"knowledge": 0.40, "attack_success_rate": 0.00}},   # over by 0.15
+    "benign-pissa-0": {"forgetting": {"knowledge": 0.30, "attack_success_rate": 0.08}},  # over by 0.05 and 0.03
+    "benign-milora-0": {"forgetting": {"knowledge": 0.10}},                               # no safety delta at all
+}
+
+
+def test_overshoot_names_only_what_exceeds_the_budget():
+    assert overshoot(RUNS["benign-lora-0"], BUDGET) == {"knowledge": 0.15000000000000002}
+    assert overshoot(RUNS["benign-milora-0"], BUDGET) == {"attack_success_rate": math.inf}
+    assert overshoot({"forgetting": {"knowledge": 0.2, "attack_success_rate": 0.05}}, BUDGET) == {}
+    assert not any(within_budget(metrics, BUDGET) for metrics in RUNS.values())
+
+
+def test_the_closest_run_is_the_one_whose_worst_overshoot_is_smallest():
+    closest = closest_to_budget(RUNS, BUDGET)
+    assert closest["run"] == "benign-pissa-0"
+    assert set(closest["overshoot"]) == {"knowledge", "attack_success_rate"}
+    message = _nothing_within(closest, BUDGET)
+    assert message == ("no run within the forgetting budget (attack_success_rate <= 0.05, knowledge <= 0.25); "
+                       "registered nothing. Closest: benign-pissa-0, over on attack_success_rate by 0.030, "
+                       "knowledge by 0.050")
+    assert "\n" not in message
+
+
+def test_no_runs_at_all():
+    assert closest_to_budget({}, BUDGET) is None
+    assert _nothing_within(None, BUDGET).startswith("no adapter run to register")
