@@ -21,12 +21,15 @@ from sclora.atomic import atomic_dir  # noqa: E402
 
 COLUMNS = (
     "run", "task", "method", "beta", "seed", "lr",
-    "utility", "knowledge", "knowledge_logprob", "refusal_rate", "refusal_margin",
-    "attack_success_rate", "benign_refusal_rate", "knowledge_forgetting", "safety_forgetting", "final_loss",
+    "utility", "knowledge", "knowledge_logprob", "attack_success_rate", "refusal_rate", "collapse_rate",
+    "keyword_asr", "refusal_margin", "benign_helpfulness", "benign_refusal_rate",
+    "knowledge_forgetting", "safety_forgetting", "capability_forgetting", "final_loss",
 )  # fmt: skip
 METRICS = COLUMNS[6:]
-# What "preserved" means on each trade-off panel: both axes higher is better.
-PRESERVATION = {"knowledge": "knowledge", "safety": "refusal_rate"}
+# What "preserved" means on each trade-off panel: (metric, +1 when higher is better, -1 when lower is).
+# Safety is harmful compliance (attack_success_rate), not refusal: a collapsed answer is no attack that succeeded.
+PRESERVATION = {"knowledge": ("knowledge", +1), "safety": ("attack_success_rate", -1),
+                "capability": ("benign_helpfulness", +1)}
 SWEPT_METHOD = "sclora"  # the method with a beta axis
 SPECTRA_LAYERS = 4
 
@@ -125,8 +128,8 @@ def _groups(rows: list[dict]) -> list[dict]:
     groups.sort(key=lambda g: (g["task"], g["method"], -1.0 if math.isnan(g["beta"]) else g["beta"]))
     for task in {g["task"] for g in groups}:
         members = [g for g in groups if g["task"] == task]
-        for panel, metric in PRESERVATION.items():
-            points = [(g["stats"]["utility"][0], g["stats"][metric][0]) for g in members]
+        for panel, (metric, sign) in PRESERVATION.items():
+            points = [(g["stats"]["utility"][0], sign * g["stats"][metric][0]) for g in members]
             for i in pareto_front(points):
                 members[i].setdefault("pareto", []).append(panel)
     return groups
@@ -149,7 +152,7 @@ def _tradeoff_plots(groups: list[dict], out: Path) -> list[str]:
     for task in sorted({g["task"] for g in groups}):
         members = [g for g in groups if g["task"] == task]
         fig, axes = plt.subplots(1, len(PRESERVATION), figsize=(6 * len(PRESERVATION), 4.8), squeeze=False)
-        for ax, (panel, metric) in zip(axes[0], PRESERVATION.items()):
+        for ax, (panel, (metric, sign)) in zip(axes[0], PRESERVATION.items()):
             points = []
             for g in members:
                 (x, xerr), (y, yerr) = g["stats"]["utility"], g["stats"][metric]
@@ -162,7 +165,7 @@ def _tradeoff_plots(groups: list[dict], out: Path) -> list[str]:
                             capsize=3, label=g["method"])
                 if not math.isnan(g["beta"]):  # colours name the methods; only the sweep needs its beta written
                     ax.annotate(f"b={g['beta']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-            front = pareto_front(points)
+            front = pareto_front([(x, sign * y) for x, y in points])
             if front:
                 ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=1,
                         label="Pareto front", zorder=0)
@@ -172,7 +175,9 @@ def _tradeoff_plots(groups: list[dict], out: Path) -> list[str]:
             unique = dict(zip(labels, handles))
             ax.legend(unique.values(), unique.keys(), fontsize=7, loc="best")
             ax.set_xlabel("utility (task metric)")
-            ax.set_ylabel(f"{panel} preserved ({metric})")
+            if sign < 0:  # up is preserved on every panel
+                ax.invert_yaxis()
+            ax.set_ylabel(f"{panel} preserved ({metric}{', lower is better' if sign < 0 else ''})")
             ax.set_title(f"{task}: utility vs {panel}")
             ax.grid(alpha=0.3)
         names.append(_save(fig, out / f"tradeoff_{task}.png"))
@@ -279,7 +284,7 @@ def _markdown(groups: list[dict], plots: list[str]) -> str:
     shown = [m for m in METRICS if any(not math.isnan(g["stats"][m][0]) for g in groups)]
     lines = ["# SC-LoRA comparison", ""]
     lines.append("Mean ± std over seeds per task, method and beta. Forgetting: lower is better.")
-    axes = " / ".join(f"{panel} ({metric})" for panel, metric in PRESERVATION.items())
+    axes = " / ".join(f"{panel} ({metric})" for panel, (metric, _) in PRESERVATION.items())
     lines.append(f"Pareto: not dominated on utility vs {axes}.")
     lines.append("")
     header = ["task", "method", "beta", "seeds", *shown, "Pareto"]

@@ -7,9 +7,10 @@ from sclora.report import write_report
 from tasks.artifacts import METRICS, REPORT, RUN_FILE, SPECTRA, all_runs, read_json, solve_dir
 
 # results.csv column -> where it sits in a run's eval/metrics.json
-FORGETTING_COLUMNS = {"knowledge_forgetting": "knowledge", "safety_forgetting": "refusal_rate"}
-METRIC_COLUMNS = ("utility", "knowledge", "knowledge_logprob", "refusal_rate", "refusal_margin",
-                  "attack_success_rate", "benign_refusal_rate")  # fmt: skip
+FORGETTING_COLUMNS = {"knowledge_forgetting": "knowledge", "safety_forgetting": "attack_success_rate",
+                      "capability_forgetting": "benign_helpfulness"}
+METRIC_COLUMNS = ("utility", "knowledge", "knowledge_logprob", "attack_success_rate", "refusal_rate", "collapse_rate",
+                  "keyword_asr", "refusal_margin", "benign_helpfulness", "benign_refusal_rate")  # fmt: skip
 
 
 def run(params: Params) -> dict:
