@@ -307,7 +307,7 @@ adapter = Path("out/adapter"); adapter.mkdir(parents=True, exist_ok=True)
 (adapter / "adapter_config.json").write_text('{"init_lora_weights": true}')
 utility = float(Path("data/d.txt").read_text())  # the data version decides how good the candidate is
 version = tracking.register_adapter(adapter, "m", {"utility": utility, "forgetting": {"knowledge": 0.0,
-                                    "refusal_rate": 0.0}}, run_id=run.info.run_id)
+                                    "attack_success_rate": 0.0}}, run_id=run.info.run_id)
 Path("artifacts").mkdir(exist_ok=True)
 Path("artifacts/registry.json").write_text(json.dumps({"model": "m", "candidate": "t-lora-0",
                                                        "candidate_version": version}))
