@@ -42,6 +42,10 @@ def _write(tmp_path, tree) -> Path:
         ({"solve": {"normalize": "max"}}, "solve.normalize"),
         ({"capture": {"samples_pos": 0}}, "capture.samples_pos"),
         ({"testbed": {"seed": "x"}}, "testbed.seed"),
+        ({"tracking": {"gates": {"forgetting_budget": {"refusal": 0.1}}}},
+         "tracking.gates.forgetting_budget: refusal: not a preserved metric"),
+        ({"calibrate": {"builds": []}}, "calibrate.builds"),
+        ({"testbed": {"task": "sort"}}, "testbed.task"),
         ([1, 2], "expected a mapping"),
     ],
 )
