@@ -15,7 +15,8 @@ and, where asked, LoRA's dose-response over `calibrate.poison_rates` and full fi
 Builds run side by side in `calibrate.jobs` processes, one thread each.
 
 Output: artifacts/calibration/forgetting_calibration.json (every run, every build's checks, the
-spread across builds beside the spread across seeds) and a one-screen summary on stdout.
+spread across builds beside the spread across seeds), the same as tables in
+forgetting_calibration.md, and a one-screen summary on stdout.
 """
 
 from __future__ import annotations
@@ -29,7 +30,16 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from sclora.config import Params
+import torch
+
+from sclora.atomic import write_text
+from sclora.calibration import across_builds, check_build, dose_response, fine_tune, lr_sweep, measure, spread
+from sclora.config import Params, parse_params
+from sclora.data import read_records
+from sclora.models import load_model, load_tokenizer, lora_config
+from sclora.testbed.build import build_testbed
+from sclora.testbed.world import build_datasets, build_world
+from tasks.artifacts import write_json
 
 OUT_DIR = Path("artifacts/calibration")
 OUTPUT = OUT_DIR / "forgetting_calibration.json"
@@ -37,10 +47,6 @@ SETTINGS = ("base", "lora_benign", "lora_poisoned", "full")
 
 
 def run(params: Params, *, output: Path = OUTPUT, out_dir: Path = OUT_DIR) -> dict:
-    from sclora.atomic import write_text
-    from sclora.calibration import across_builds
-    from tasks.artifacts import write_json
-
     started = time.monotonic()
     knobs = params.calibrate
     tree = params.model_dump(mode="json")
@@ -121,15 +127,6 @@ def summary(result: dict) -> dict:
 
 def calibrate_build(tree: dict, build_seed: int, out_dir: str) -> dict:
     """Build (or reuse) the testbed of `tree` (Params as a dict) at `testbed.seed = build_seed` and measure it."""
-    import torch
-
-    from sclora.calibration import check_build, dose_response, fine_tune, lr_sweep, measure, spread
-    from sclora.config import parse_params
-    from sclora.data import read_records
-    from sclora.models import load_model, load_tokenizer, lora_config
-    from sclora.testbed.build import build_testbed
-    from sclora.testbed.world import build_datasets, build_world
-
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     params = parse_params(tree)
     testbed = params.testbed.model_copy(update={"seed": build_seed})
