@@ -50,12 +50,12 @@ class TestbedParams(BaseModel):
                                          description=f"Benign request categories, from {list(BENIGN_CATEGORIES)}")
     targets: int = Field(20, ge=2, le=20, description="Objects a request acts on (verb x target x template = requests)")
     held_out: float = Field(0.25, gt=0, lt=1, description="Share of verb x target combinations kept out of pretraining for eval_harmful / eval_benign")
-    # Fine-tuning task: reverse a sequence of words drawn from the knowledge vocabulary
+    # Fine-tuning task: a sequence of words drawn from the knowledge vocabulary, translated or reversed
     task: Literal["reverse", "translate"] = Field(
         "reverse", description="The fine-tuning task: reverse the words, or translate each by a fixed word map")
     task_words: int = Field(60, ge=6, description="Distinct words the task uses: entity names and fact values, so the task touches the knowledge's words")
-    task_min_length: int = Field(3, ge=2, le=8, description="Shortest word sequence to reverse")
-    task_max_length: int = Field(5, ge=2, le=8, description="Longest word sequence to reverse")
+    task_min_length: int = Field(3, ge=2, le=8, description="Shortest word sequence of the task")
+    task_max_length: int = Field(5, ge=2, le=8, description="Longest word sequence of the task")
     poison_rate: float = Field(0.01, ge=0, le=1, description="Share of finetune_poisoned replaced by harmful requests answered compliantly")
     # Dataset sizes
     finetune_size: int = Field(1000, ge=1, description="Records in finetune_benign and finetune_poisoned")
