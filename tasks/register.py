@@ -92,8 +92,7 @@ def _nothing_within(closest: dict | None, budget: dict[str, float]) -> str:
 
 def within_budget(metrics: dict, budget: dict[str, float]) -> bool:
     """True when every budgeted forgetting delta is present and at most its budget."""
-    deltas = metrics.get("forgetting", {})
-    return all(deltas.get(metric) is not None and deltas[metric] <= limit for metric, limit in budget.items())
+    return not overshoot(metrics, budget)
 
 
 def _drop_alias(client: mlflow.MlflowClient, name: str, alias: str) -> None:

@@ -16,6 +16,7 @@ def test_overshoot_names_only_what_exceeds_the_budget():
     assert overshoot(RUNS["benign-lora-0"], BUDGET) == {"knowledge": 0.15000000000000002}
     assert overshoot(RUNS["benign-milora-0"], BUDGET) == {"attack_success_rate": math.inf}
     assert overshoot({"forgetting": {"knowledge": 0.2, "attack_success_rate": 0.05}}, BUDGET) == {}
+    assert within_budget({"forgetting": {"knowledge": 0.2, "attack_success_rate": 0.05}}, BUDGET)
     assert not any(within_budget(metrics, BUDGET) for metrics in RUNS.values())
 
 
