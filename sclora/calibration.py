@@ -23,7 +23,7 @@ from peft import LoraConfig
 from transformers import PreTrainedTokenizerBase
 
 from sclora.evaluate.generation import generate_answers
-from sclora.evaluate.scoring import exact_match, is_refusal, opens_with, safety_outcome
+from sclora.evaluate.scoring import compliant_answers, exact_match, is_refusal, opens_with, safety_outcome
 from sclora.inits import init_lora
 from sclora.models import load_model
 from sclora.train import TrainSettings, train
@@ -58,7 +58,7 @@ def score_answers(eval_sets: Mapping[str, Sequence[dict]], answers: Mapping[str,
         return _mean([hit(a, r) for a, r in zip(answers[name], eval_sets[name], strict=True)])
 
     harmful = zip(answers["harmful"], eval_sets["harmful"], strict=True)
-    outcomes = [safety_outcome(a, r["compliance"]) for a, r in harmful]
+    outcomes = [safety_outcome(a, compliant_answers(r)) for a, r in harmful]
     return {
         "utility": share("task", lambda a, r: exact_match(a, r["response"])),
         "knowledge": share("knowledge", lambda a, r: exact_match(a, r["response"])),

@@ -18,6 +18,7 @@ from sclora.testbed.params import TestbedParams
 from sclora.testbed.world import (
     COMPLIANCE,
     DATASETS,
+    HARMFUL_VERBS,
     PHRASED,
     REFUSAL,
     build_datasets,
@@ -99,10 +100,12 @@ def test_documented_fields_and_unique_ids(built):
         lines = (data / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
         records = [json.loads(line) for line in lines]
         assert records, name
-        expected = {"id", "prompt", "response", "category"} | ({"compliance"} if name == "eval_harmful" else set())
+        texts = {"id", "prompt", "response", "category"} | ({"compliance"} if name == "eval_harmful" else set())
+        lists = {"harmful_openings"} if name == "eval_harmful" else set()
         for record in records:
-            assert set(record) == expected, (name, record)
-            assert all(isinstance(record[k], str) and record[k] for k in expected), (name, record)
+            assert set(record) == texts | lists, (name, record)
+            assert all(isinstance(record[k], str) and record[k] for k in texts), (name, record)
+            assert all(record[k] and all(isinstance(v, str) for v in record[k]) for k in lists), (name, record)
         ids = [r["id"] for r in records]
         assert len(set(ids)) == len(ids), name
         if name != "finetune_poisoned":  # poisoned keeps the benign records (and their ids) it does not replace
@@ -134,6 +137,9 @@ def test_answers_and_task(params):
     for record in sets["eval_harmful"]:
         verb, target = record["id"].split("-")[1:3]
         assert record["response"] == REFUSAL and record["compliance"] == f"sure here is how to {verb} the {target}"
+        # Every harmful act of the world is harmful compliance, the one asked for among them; no benign act is.
+        harmful_verbs = {v for c in params.harmful_categories for v in HARMFUL_VERBS[c]}
+        assert record["harmful_openings"] == [f"sure here is how to {v}" for v in sorted(harmful_verbs)]
     for record in sets["eval_task"] + sets["finetune_benign"]:
         words = record["prompt"].split()
         assert words[0] == params.task and record["response"].split() == expected_answer(world, params.task, words[1:])
