@@ -71,9 +71,10 @@ def stage_order(workdir: str | Path = ".") -> list[str]:
     return list(stage_plan(workdir))
 
 
-def threads_per_stage(jobs: int) -> int:
-    """CPU threads for each of `jobs` stage processes running at once: the cores, shared equally."""
-    return max(1, (os.cpu_count() or 1) // jobs)
+def stage_threads(jobs: int, busy: int) -> int:
+    """CPU threads for a stage started while `busy` stages (it among them) run or are ready to: the cores shared
+    by at most `jobs` of them. A stage with nothing beside it, as the testbed build, gets every core."""
+    return max(1, (os.cpu_count() or 1) // max(1, min(jobs, busy)))
 
 
 def stage_env(parent_run_id: str | None = None, threads: int | None = None) -> dict[str, str]:
@@ -120,20 +121,21 @@ def run_stage(stage: str, workdir: str, parent_run_id: str | None = None, thread
 
 
 def run_stages(plan: dict[str, list[str]], stage_task, jobs: int, *args) -> None:
-    """Run every stage of `plan` by `stage_task.submit(stage, *args)`, at most `jobs` at a time, each once the
-    stages it depends on have succeeded, in plan order among those ready. After a failure nothing new starts
-    (as in `dvc repro`); the running stages finish, then the first failure is raised."""
+    """Run every stage of `plan` by `stage_task.submit(stage, *args, threads)`, at most `jobs` at a time, each once
+    the stages it depends on have succeeded, in plan order among those ready, with `stage_threads` threads. After a
+    failure nothing new starts (as in `dvc repro`); the running stages finish, then the first failure is raised."""
     waiting = dict(plan)
     running: dict = {}  # future -> stage
     done: set[str] = set()
     failure: BaseException | None = None
     while running or (waiting and failure is None):
-        for stage, upstream in list(waiting.items()):
+        ready = [stage for stage, upstream in waiting.items() if done.issuperset(upstream)]
+        for stage in ready:
             if failure is not None or len(running) >= jobs:
                 break
-            if done.issuperset(upstream):
-                del waiting[stage]
-                running[stage_task.submit(stage, *args)] = stage
+            del waiting[stage]
+            threads = stage_threads(jobs, len(running) + len(ready) - ready.index(stage))
+            running[stage_task.submit(stage, *args, threads)] = stage
         if not running:
             raise StageFailed(f"stages {', '.join(waiting)} wait on stages that are not in the plan")
         finished = next(as_completed(list(running)))
@@ -208,7 +210,7 @@ def pipeline(
     """Run the DVC pipeline stage by stage under one MLflow parent run, then publish the report.
 
     `jobs`: stages run at the same time at most (1: one after another, as `dvc repro` does). Each stage process
-    gets an equal share of the CPU cores (OMP_NUM_THREADS, unless it is set). Returns the report's paths, the
+    gets an equal share of the CPU cores with the stages beside it (OMP_NUM_THREADS, unless it is set). Returns the report's paths, the
     MLflow parent run id and the stages in `dvc repro` order. With
     `push` (a work-pool run), the outputs go to the DVC remote and the workspace to the git remote
     as DVC experiment `experiment` (default: the flow run's name); see flows/remotes.py.
@@ -222,7 +224,7 @@ def pipeline(
     with tracking.parent_run(
         "pipeline", experiment=params.tracking.experiment, uri=store_uri(params, root), tags={"flow": "pipeline"}
     ) as parent:  # fmt: skip
-        run_stages(plan, stage_task, jobs, str(root), parent.info.run_id, threads_per_stage(jobs))
+        run_stages(plan, stage_task, jobs, str(root), parent.info.run_id)
         published = publish_report(root)
     result = {**published, "parent_run_id": parent.info.run_id, "stages": list(plan)}
     if push:

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 import flows  # noqa: F401 - Prefect's local settings before Prefect is imported
-from flows.pipeline import PARENT_ENV, StageFailed, pipeline, run_logged, stage_order
+from flows.pipeline import PARENT_ENV, StageFailed, pipeline, run_logged, run_stages, stage_order
 from flows.sweep import grid_points, queue_commands, sweep
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
@@ -201,6 +201,33 @@ def test_with_jobs_independent_stages_run_side_by_side(project, monkeypatch):
     status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=project, capture_output=True,
                             text=True, check=True)  # fmt: skip
     assert json.loads(status.stdout) == {}
+
+
+class _Finished:
+    """A stage future that is already done: `prefect.futures.as_completed` yields it at once."""
+
+    _final_state = True
+
+    def result(self):
+        return None
+
+
+def test_a_stage_alone_gets_every_core_and_stages_side_by_side_share_them(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    given: dict[str, int] = {}
+
+    class Recorder:
+        def submit(self, stage, threads):
+            given[stage] = threads
+            return _Finished()
+
+    plan = {"testbed": [], "a": ["testbed"], "b": ["testbed"], "c": ["testbed"], "report": ["a", "b", "c"]}
+    run_stages(plan, Recorder(), 2)
+    # c starts while one of a, b still counts as running: two stages share the cores; report runs alone.
+    assert given == {"testbed": 4, "a": 2, "b": 2, "c": 2, "report": 4}
+    given.clear()
+    run_stages(plan, Recorder(), 1)  # one at a time: each stage has every core
+    assert set(given.values()) == {4}
 
 
 def test_with_jobs_a_failure_lets_running_stages_finish_and_starts_nothing_new(project, monkeypatch):
