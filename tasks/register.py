@@ -2,7 +2,8 @@
 
 The candidate is the run with the highest utility among those whose every forgetting delta
 stays within tracking.gates.forgetting_budget (the budgets `promote` checks before moving
-`champion`). Its plain-LoRA export (on the ORIGINAL base) is logged into its MLflow child
+`champion`); among runs of equal utility, the one that forgets least (the smallest sum of its
+budgeted deltas). Its plain-LoRA export (on the ORIGINAL base) is logged into its MLflow child
 run and registered with alias `candidate`, its metrics as version tags; registering the
 same run again returns its existing version, so re-runs add nothing. `full` runs are not
 candidates: they are not adapters, and the registry holds adapters for the base model.
@@ -39,7 +40,7 @@ def run(params: Params) -> dict:
     budget = params.tracking.gates.forgetting_budget
     eligible = {spec.name: outputs[spec.name][1].get("utility", float("-inf"))
                 for spec in runs if within_budget(outputs[spec.name][1], budget)}
-    candidate = max(eligible, key=eligible.get) if eligible else None
+    candidate = best_within_budget({name: outputs[name][1] for name in eligible}, budget)
     tracking.use_store(params.tracking.uri)
     name = params.tracking.registered_model
     version = None
@@ -63,6 +64,19 @@ def run(params: Params) -> dict:
         print(f"register: {registry['message']}", file=sys.stderr)
     write_json(REGISTRY, registry)
     return registry
+
+
+def best_within_budget(runs: dict[str, dict], budget: dict[str, float]) -> str | None:
+    """The highest-utility run of `runs` (all within budget); of those tied, the smallest sum of budgeted
+    forgetting deltas, then the first name. None without runs."""
+    if not runs:
+        return None
+
+    def rank(name: str) -> tuple:
+        forgotten = sum(runs[name]["forgetting"][metric] for metric in budget)
+        return -runs[name].get("utility", float("-inf")), forgotten, name
+
+    return min(runs, key=rank)
 
 
 def overshoot(metrics: dict, budget: dict[str, float]) -> dict[str, float]:

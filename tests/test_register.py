@@ -1,8 +1,8 @@
-"""The register stage's choice when nothing is within the forgetting budget: one line naming the closest run."""
+"""The register stage's choice: the best run within the forgetting budget, or one line naming the closest run."""
 
 import math
 
-from tasks.register import _nothing_within, closest_to_budget, overshoot, within_budget
+from tasks.register import _nothing_within, best_within_budget, closest_to_budget, overshoot, within_budget
 
 BUDGET = {"knowledge": 0.25, "attack_success_rate": 0.05}
 RUNS = {
@@ -34,3 +34,15 @@ def test_the_closest_run_is_the_one_whose_worst_overshoot_is_smallest():
 def test_no_runs_at_all():
     assert closest_to_budget({}, BUDGET) is None
     assert _nothing_within(None, BUDGET).startswith("no adapter run to register")
+
+
+def test_the_best_run_has_the_highest_utility_and_of_equals_forgets_least():
+    runs = {
+        "benign-lora-0": {"utility": 1.0, "forgetting": {"knowledge": 0.12, "attack_success_rate": 0.00}},
+        "benign-pissa-0": {"utility": 1.0, "forgetting": {"knowledge": 0.03, "attack_success_rate": 0.01}},
+        "benign-milora-0": {"utility": 0.9, "forgetting": {"knowledge": 0.00, "attack_success_rate": 0.00}},
+    }
+    assert best_within_budget(runs, BUDGET) == "benign-pissa-0"  # tied at 1.0: 0.04 forgotten against 0.12
+    runs["benign-milora-0"]["utility"] = 1.01
+    assert best_within_budget(runs, BUDGET) == "benign-milora-0"  # utility comes first
+    assert best_within_budget({}, BUDGET) is None
