@@ -2,7 +2,9 @@
 
 One forward pass over the data serves every beta and rank: the solve only needs s_i = sum_t x_{i,t} per
 sample (and its token count T_i), because y_i = W s_i + T_i b. Modules that read the very same input
-tensor (q/k/v, gate/up) are captured once. Optional token-level covariances sum_t x x^T feed CorDA.
+tensor (q/k/v, gate/up) are captured once. Optional input covariances feed CorDA, computed as PEFT's CorDA
+hook computes them (`peft/tuners/lora/corda.py`, `calib_cov_distribution`): each sample's real tokens X_i
+divided by |max(X_i)|, then sum_i X_i^T X_i, later divided by the number of samples.
 
 Storage: one safetensors shard per (layer input, sample range) under `shards/`, and `manifest.parquet`
 with one row per shard. `capture(..., out_dir=...)` writes each shard as soon as its samples are done,
@@ -46,7 +48,8 @@ class CaptureStats:
 
     sums[key]: (N, d_in) float64 token-summed inputs; tokens: (N,) int64 real tokens per sample;
     sample_hashes: (N,) int64 hash of each sample's real token ids; covariances[key]: (d_in, d_in)
-    float64 sum over real tokens of x x^T (empty unless captured with covariance=True).
+    float64 sum over samples of X_i^T X_i / max(X_i)^2, X_i the sample's real-token inputs (PEFT's CorDA
+    weighting; empty unless captured with covariance=True).
     """
 
     sums: dict[str, torch.Tensor]
@@ -78,11 +81,12 @@ class CaptureStats:
         return self.sums[self._key(module_name)], self.tokens
 
     def covariance(self, module_name: str) -> tuple[torch.Tensor, int]:
-        """(sum over real tokens of x x^T (d_in, d_in) float64, number of real tokens)."""
+        """(sum over samples of X_i^T X_i / max(X_i)^2 (d_in, d_in) float64, number of samples): PEFT's CorDA
+        covariance is the first divided by the second."""
         key = self._key(module_name)
         if key not in self.covariances:
             raise KeyError(f"no covariance for {module_name!r}: capture with covariance=True")
-        return self.covariances[key], self.n_tokens
+        return self.covariances[key], self.n_samples
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write one shard per layer input plus the manifest (readable by `load`)."""
@@ -270,7 +274,7 @@ def capture(
     samples_per_shard: int = 1024,
 ) -> CaptureStats:
     """Run `model` over `batches` (dicts with input_ids, attention_mask [B, T]) and capture, per sample,
-    the sum over real tokens of each target layer's input (plus token-level covariances if asked).
+    the sum over real tokens of each target layer's input (plus, if asked, input covariances weighted as PEFT's CorDA weights them).
 
     With `out_dir`, statistics go to shards of `samples_per_shard` samples as they finish; a re-run
     skips complete shards (no forward pass over their batches) and ends with identical bytes.
@@ -301,10 +305,16 @@ def capture(
         if not torch.isfinite(sums).all():
             raise ValueError(f"layer {key!r} input has NaN or Inf on real tokens")
         state["sums"][key] = sums.cpu()
+        if covariance and state["segments"]:
+            # PEFT's hook divides each sample (one per forward there) by its largest entry, signed, then abs.
+            peak = torch.where(mask[..., None], x.detach(), -torch.inf).amax(dim=(1, 2)).abs().to(torch.float64)
+            if not (peak > 0).all():
+                raise ValueError(f"layer {key!r}: a sample's inputs have max 0: PEFT's CorDA scaling divides by it")
+            scaled = masked.to(torch.float64) / peak[:, None, None]
         for j, lo, hi in state["segments"] if covariance else ():
-            real = masked[lo:hi][mask[lo:hi]].to(torch.float64)
+            part = torch.einsum("btd,bte->de", scaled[lo:hi], scaled[lo:hi])
             shard = covs.setdefault(j, {})  # stays on the model's device until the shard is written
-            shard[key] = shard[key] + real.T @ real if key in shard else real.T @ real
+            shard[key] = shard[key] + part if key in shard else part
 
     def hook(name: str):
         def pre_hook(module, args, kwargs):

@@ -224,19 +224,18 @@ def corda_preprocess(model: nn.Module, lora_config: LoraConfig, stats: CaptureSt
 
     PEFT stores each target module's input covariance as `module.covariance_matrix` and then computes
     everything from it (`collect_eigens`, `crop_corda_eigens`); we set that attribute and call the same two
-    functions. Covariance = sum over real tokens of x x^T / tokens (padding excluded). PEFT's own hook
-    instead divides each calibration sequence by its max entry and averages over sequences: a per-sample
-    weighting and a global scale, which changes how S is split between A and B but not B A.
+    functions. The covariance is PEFT's own: each sample's real tokens divided by their max entry, X^T X
+    summed over samples, divided by the sample count (`sclora.capture`), so B A is PEFT's on the same samples.
     """
     if not getattr(stats, "covariances", None):
-        raise ValueError("CorDA needs token-level covariances: capture with covariance=True")
+        raise ValueError("CorDA needs input covariances: capture with covariance=True")
     modules = list(target_modules(model, lora_config))
     for name, module in modules:
         _require_stats(stats, name, "covariance")
-        cov_sum, n_tokens = stats.covariance(name)
-        if n_tokens <= 0:
-            raise ValueError(f"{name}: the captured covariance has no tokens")
-        module.covariance_matrix = (cov_sum / n_tokens).to(module.weight.device)
+        cov_sum, n_samples = stats.covariance(name)
+        if n_samples <= 0:
+            raise ValueError(f"{name}: the captured covariance has no samples")
+        module.covariance_matrix = (cov_sum / n_samples).to(module.weight.device)
         module.corda_method = lora_config.corda_config.corda_method
         module.rank = _rank(lora_config, name)
     try:

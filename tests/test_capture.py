@@ -49,7 +49,8 @@ def batched(seqs, size, side="right"):
 
 
 def direct(model, seqs, names):
-    """Reference: run each sample alone, unpadded, and sum/outer-product each layer's inputs by hand."""
+    """Reference: run each sample alone, unpadded, and sum each layer's inputs by hand; covariance as PEFT's CorDA
+    hook builds it (each sample divided by |max entry|, X^T X summed)."""
     modules = dict(model.named_modules())
     inputs, handles = {}, []
     for name in names:
@@ -62,7 +63,8 @@ def direct(model, seqs, names):
             for n in names:
                 x = inputs[n][0].double()
                 sums[n].append(x.sum(0))
-                covs[n] = covs[n] + x.T @ x
+                x_scaled = x / x.max().abs()
+                covs[n] = covs[n] + x_scaled.T @ x_scaled
     for h in handles:
         h.remove()
     return {n: torch.stack(v) for n, v in sums.items()}, covs
@@ -89,8 +91,8 @@ def test_padded_batches_match_unpadded_samples(llama, seqs, side):
         got, tokens = stats.inputs(name)
         assert got.dtype == torch.float64 and torch.equal(tokens, stats.tokens)
         torch.testing.assert_close(got, sums[name], rtol=1e-5, atol=1e-5)
-        cov, n_tokens = stats.covariance(name)
-        assert n_tokens == stats.n_tokens
+        cov, n_samples = stats.covariance(name)
+        assert n_samples == stats.n_samples
         torch.testing.assert_close(cov, covs[name], rtol=1e-5, atol=1e-4)
     # q/k/v and gate/up read one tensor: one entry each per layer, 4 distinct inputs per layer.
     assert len(stats.sums) == 4 * llama.config.num_hidden_layers

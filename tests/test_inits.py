@@ -181,19 +181,22 @@ def test_freeze_basis_keeps_b_through_an_optimizer_step():
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 @pytest.mark.parametrize("mode", ["ipm", "kpm"])
-def test_corda_from_captured_covariance_matches_peft(arch, mode):
-    """One calibration sequence: PEFT's pass and our capture then see the same tokens (PEFT's hook needs batch 1).
-
-    PEFT divides the sequence by its max entry, a global scale per layer: its covariance equals ours up to
-    that factor, B A and W_res match, and A, B match up to one positive factor per layer (the split of S
-    between them depends on the covariance's scale). PEFT inverts the damped covariance in float32, whose
-    condition number here reaches ~1e4, hence the 1e-2 relative tolerance on everything downstream of it.
-    """
+def test_corda_is_peft_preprocess_corda_on_the_same_samples(arch, mode):
+    """corda_ipm / corda_kpm are PEFT's CorDA: PEFT's `preprocess_corda` (one sample per forward, as its hook
+    needs) then `get_peft_model` give the same covariance, B A and W_res as our batched, padded capture."""
     model = tiny_model(arch)
-    sample = batches(7, n_batches=1, size=1, length=40)[0]
-    # Ours sees the sequence right-padded with 4 masked tokens, which capture must ignore.
-    padded = {k: torch.cat([v, torch.zeros(1, 4, dtype=torch.long)], 1) for k, v in sample.items()}
-    captured = capture(model, [padded], TARGETS[arch], covariance=True, progress=False)
+    gen = torch.Generator().manual_seed(7)
+    samples = [torch.randint(3, VOCAB, (int(n),), generator=gen) for n in torch.randint(20, 40, (48,), generator=gen)]
+    padded = []  # ours: batches of 4, right-padded (the padding must not count)
+    for lo in range(0, len(samples), 4):
+        group = samples[lo: lo + 4]
+        width = max(len(x) for x in group)
+        ids = torch.zeros(len(group), width, dtype=torch.long)
+        mask = torch.zeros(len(group), width, dtype=torch.long)
+        for i, x in enumerate(group):
+            ids[i, : len(x)], mask[i, : len(x)] = x, 1
+        padded.append({"input_ids": ids, "attention_mask": mask})
+    captured = capture(model, padded, TARGETS[arch], covariance=True, progress=False)
     data = {"pos": captured} if mode == "ipm" else {"neg": captured}
     ours = init_lora(copy.deepcopy(model), lora_config(arch), f"corda_{mode}", **data)
 
@@ -201,28 +204,36 @@ def test_corda_from_captured_covariance_matches_peft(arch, mode):
     # prune_temporary_fields=False keeps PEFT's covariance on the modules, to compare with ours.
     corda = CordaConfig(corda_method=mode, prune_temporary_fields=False)
     config = lora_config(arch, init_lora_weights="corda", corda_config=corda)
-    preprocess_corda(theirs_model, config, run_model=lambda: theirs_model(input_ids=sample["input_ids"]))
+
+    def run_model():
+        for x in samples:
+            theirs_model(input_ids=x[None])
+
+    preprocess_corda(theirs_model, config, run_model=run_model)
     theirs = get_peft_model(theirs_model, config)
 
-    for (name, lo), (_, lt) in zip(lora_layers(ours), lora_layers(theirs), strict=True):
-        cov_sum, n_tokens = captured.covariance(name)
-        cov_ours, cov_peft = cov_sum / n_tokens, lt.get_base_layer().covariance_matrix.double()
-        c = float(cov_ours.trace() / cov_peft.trace())
-        err = float((cov_ours - c * cov_peft).abs().max() / cov_ours.abs().max())
-        assert _record("corda covariance vs PEFT up to scale (relative)", err) < 1e-6, name
+    def relative(a: torch.Tensor, b: torch.Tensor) -> float:  # in the Frobenius norm
+        return float((a.double() - b.double()).norm() / b.double().norm())
 
+    for (name, lo), (_, lt) in zip(lora_layers(ours), lora_layers(theirs), strict=True):
+        cov_sum, n_samples = captured.covariance(name)
+        assert n_samples == len(samples)
+        err = relative(cov_sum / n_samples, lt.get_base_layer().covariance_matrix)
+        assert _record("corda covariance vs PEFT (relative)", err) < 1e-6, name
         s = lo.scaling["default"]
-        bo, ao = lo.lora_B["default"].weight.detach().double(), lo.lora_A["default"].weight.detach().double()
-        bt, at = lt.lora_B["default"].weight.detach().double(), lt.lora_A["default"].weight.detach().double()
-        prod = s * bt @ at
-        err = float((s * bo @ ao - prod).abs().max() / prod.abs().max())
-        assert _record(f"corda_{mode} B A vs PEFT (relative)", err) < 1e-2, name
-        wo, wt = lo.get_base_layer().weight.detach(), lt.get_base_layer().weight.detach()
-        err = float((wo - wt).abs().max() / wt.abs().max())
-        assert _record(f"corda_{mode} W_res vs PEFT (relative)", err) < 1e-2, name
-        k = float(bo.norm() / bt.norm())
-        err = max(float((bo - k * bt).abs().max() / bo.abs().max()), float((ao - at / k).abs().max() / ao.abs().max()))
-        assert _record(f"corda_{mode} A, B vs PEFT up to scale (relative)", err) < 1e-2, name
+        bo, ao = lo.lora_B["default"].weight.detach(), lo.lora_A["default"].weight.detach()
+        bt, at = lt.lora_B["default"].weight.detach(), lt.lora_A["default"].weight.detach()
+        # PEFT inverts the damped covariance in float32 (as we do, calling its code): a float32 rounding of the
+        # covariance moves B A and W_res by up to ~cond x eps. q/k/v here: cond 26, within 7e-6; o_proj: cond 569, 1e-4.
+        # A and B alone are not compared: KPM's smallest singular values can be near-equal (gpt2 mlp.c_proj), and
+        # a rotation inside their span changes A and B but not B A.
+        cov = lt.get_base_layer().covariance_matrix.double()
+        cond = float(torch.linalg.cond(cov + torch.eye(len(cov), dtype=cov.dtype) * cov.diag().mean() * 0.01))
+        tolerance = max(1e-5, 10 * cond * torch.finfo(torch.float32).eps)
+        err = relative(s * bo.double() @ ao.double(), s * bt.double() @ at.double())
+        assert _record(f"corda_{mode} B A vs PEFT (relative / tolerance)", err / tolerance) < 1, name
+        err = relative(lo.get_base_layer().weight.detach(), lt.get_base_layer().weight.detach())
+        assert _record(f"corda_{mode} W_res vs PEFT (relative / tolerance)", err / tolerance) < 1, name
 
 
 def test_errors():
