@@ -274,7 +274,7 @@ def capture(
     samples_per_shard: int = 1024,
 ) -> CaptureStats:
     """Run `model` over `batches` (dicts with input_ids, attention_mask [B, T]) and capture, per sample,
-    the sum over real tokens of each target layer's input (plus, if asked, input covariances weighted as PEFT's CorDA weights them).
+    the sum over real tokens of each target layer's input (plus, if asked, the input covariances CorDA reads).
 
     With `out_dir`, statistics go to shards of `samples_per_shard` samples as they finish; a re-run
     skips complete shards (no forward pass over their batches) and ends with identical bytes.

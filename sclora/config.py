@@ -156,7 +156,7 @@ class CaptureParams(Section):
     samples_neg: int = Field(256, ge=1, description="Samples of D- captured for the covariances")
     batch_size: int = Field(32, ge=1)
     samples_per_shard: int = Field(128, ge=1, description="Rows per safetensors shard (the unit of resumption)")
-    covariance: bool = Field(True, description="Also capture input covariances, weighted as PEFT's CorDA does (corda_ipm, corda_kpm need them)")
+    covariance: bool = Field(True, description="Also capture PEFT's CorDA input covariances (corda_ipm, corda_kpm)")
 
 
 class SolveParams(Section):
