@@ -79,7 +79,7 @@ def fine_tune(
     if method != "full":
         if lora is None:
             raise ValueError(f"method {method!r} needs a LoraConfig")
-        model = init_lora(model, lora, method)
+        model = init_lora(model, lora, method, seed=settings.seed)
     model.train()
     with tempfile.TemporaryDirectory(prefix="sclora-calibration-") as work:
         # No intermediate checkpoints: a calibration run is short and never resumed.

@@ -17,10 +17,12 @@ from sclora.evaluate.forgetting import PRESERVED
 from sclora.evaluate.suite import EvalSettings
 from sclora.testbed.params import TestbedParams
 
-METHODS = ("lora", "pissa", "milora", "corda_ipm", "corda_kpm", "full", "sclora")
-Method = Literal["lora", "pissa", "milora", "corda_ipm", "corda_kpm", "full", "sclora"]
+METHODS = ("lora", "pissa", "milora", "corda_ipm", "corda_kpm", "full", "random_subspace", "sclora")
+Method = Literal["lora", "pissa", "milora", "corda_ipm", "corda_kpm", "full", "random_subspace", "sclora"]
 # The baselines run once per task and seed; sclora runs once per task, seed and beta (`solve.betas`).
-Baseline = Literal["lora", "pissa", "milora", "corda_ipm", "corda_kpm", "full"]
+# random_subspace is a control (sclora.inits), run when train.methods names it.
+Baseline = Literal["lora", "pissa", "milora", "corda_ipm", "corda_kpm", "full", "random_subspace"]
+PAPER_BASELINES = ["lora", "pissa", "milora", "corda_ipm", "corda_kpm", "full"]
 
 
 class TrainSettings(BaseModel):
@@ -177,7 +179,7 @@ class SolveParams(Section):
 
 class TrainParams(TrainSettings):
     methods: list[Baseline] = Field(
-        list(METHODS[:-1]),
+        list(PAPER_BASELINES),
         min_length=1,
         description="Baselines to run beside sclora (which runs once per beta in solve.betas)",
     )

@@ -7,6 +7,9 @@ scaling (alpha / r, rslora, rank_pattern, alpha_pattern) and `fan_in_fan_out` ar
 that must run before the model is wrapped resolve ranks with PEFT's own `get_pattern_key`, as corda.py does.)
 
 Residual methods (all but `lora`) rewrite the base weights so that W_res + scaling * B A == W at init.
+`random_subspace` is a control, not a published method: SC-LoRA's construction on a seeded random
+orthonormal basis, the same kind and size of residual init with no data, so that SC-LoRA against it
+measures what choosing the subspace is worth.
 """
 
 from __future__ import annotations
@@ -34,12 +37,13 @@ from sclora.subspace import ROW_BLOCK, Subspace, solve_subspace
 if TYPE_CHECKING:
     from sclora.capture import CaptureStats
 
-METHODS = ("lora", "pissa", "milora", "corda_ipm", "corda_kpm", "sclora")
-RESIDUAL_METHODS = ("pissa", "milora", "corda_ipm", "corda_kpm", "sclora")
+METHODS = ("lora", "pissa", "milora", "corda_ipm", "corda_kpm", "random_subspace", "sclora")
+RESIDUAL_METHODS = ("pissa", "milora", "corda_ipm", "corda_kpm", "random_subspace", "sclora")
 # What PEFT's `init_lora_weights` must be for each method. False: PEFT creates A and B and leaves the
 # base weight alone; milora_init / sclora_init then overwrite all three.
 PEFT_INIT = {
-    "lora": True, "pissa": "pissa", "milora": False, "corda_ipm": "corda", "corda_kpm": "corda", "sclora": False
+    "lora": True, "pissa": "pissa", "milora": False, "corda_ipm": "corda", "corda_kpm": "corda",
+    "random_subspace": False, "sclora": False,
 }
 
 
@@ -54,6 +58,7 @@ def init_lora(
     subspaces: Mapping[str, Subspace | torch.Tensor] | None = None,
     normalize: str = "none",
     freeze_basis: bool = False,
+    seed: int = 0,
 ) -> PeftModel:
     """Wrap `model` (in place, as `get_peft_model` does) in a LoRA adapter "default" initialised by `method`.
 
@@ -62,6 +67,7 @@ def init_lora(
     `beta` (solved here with `normalize`), or `subspaces` from `sclora_subspaces` (module name -> Subspace
     or a (d_out, >= r) orthonormal basis; solved at a larger rank is fine, the top r columns are used).
     `freeze_basis` (sclora only) keeps B fixed so the adapter output stays in the subspace while training.
+    random_subspace: no data; `seed` draws its bases (`random_subspaces`).
     Residual methods: call `sclora.export.save_initial_adapter` right after this, before training.
     """
     if method not in METHODS:
@@ -106,8 +112,11 @@ def init_lora(
             raise ValueError(f"{method} needs `{which}` CaptureStats captured with covariance=True")
         corda_preprocess(model, config, stats)
 
+    elif method == "random_subspace":
+        subspaces = random_subspaces(model, config, seed)
+
     peft_model = get_peft_model(model, config)
-    if method in ("milora", "sclora"):
+    if method in ("milora", "sclora", "random_subspace"):
         for name, layer in lora_layers(peft_model):
             if method == "milora":
                 milora_init(layer, "default")
@@ -156,6 +165,18 @@ def sclora_subspaces(
                 raise ValueError(f"{name}: {e}") from None
         for w in caught:  # re-issue with the layer's name, which the solver does not know
             warnings.warn(f"{name}: {w.message}", w.category, stacklevel=2)
+    return out
+
+
+def random_subspaces(model: nn.Module, lora_config: LoraConfig, seed: int) -> dict[str, torch.Tensor]:
+    """Per target layer, a (d_out, r) orthonormal basis drawn uniformly (Haar) from one generator seeded `seed`,
+    layer after layer in model order: the same seed and model give the same bases."""
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, module in target_modules(model, lora_config):
+        gaussian = torch.randn(_shape(module)[0], _rank(lora_config, name), generator=generator, dtype=torch.float64)
+        q, r = torch.linalg.qr(gaussian)
+        out[name] = q * torch.sign(torch.diagonal(r))  # signs fixed by R's diagonal: Haar-distributed
     return out
 
 

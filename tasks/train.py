@@ -121,8 +121,8 @@ def _initialised(model: torch.nn.Module, params: Params, spec: RunSpec, initial_
         peft_model = init_lora(model, config, spec.method, pos=CaptureStats.load(pos_capture_dir(spec.task)))
     elif spec.method == "corda_kpm":
         peft_model = init_lora(model, config, spec.method, neg=CaptureStats.load(CAPTURE / NEG))
-    else:
-        peft_model = init_lora(model, config, spec.method)
+    else:  # data-free; random_subspace draws its bases from the run's seed
+        peft_model = init_lora(model, config, spec.method, seed=spec.seed)
     if spec.method in RESIDUAL_METHODS:
         if initial_dir.exists():
             shutil.rmtree(initial_dir)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from sclora.config import METHODS, load_params
+from sclora.config import METHODS, PAPER_BASELINES, load_params
 from sclora.evaluate.suite import ROLES, TASKS_DIR, _split, _task_manager
 from tasks.evaluate import eval_settings
 from tasks.prepare import _mapped, load_source
@@ -51,7 +51,7 @@ def test_config_has_the_papers_settings(path):
     assert params.train.warmup_ratio == pytest.approx(0.03)
     assert params.capture.samples_pos == params.capture.samples_neg == 256
     assert params.solve.betas == [0.0, 0.5, 0.8, 0.9]
-    assert set(params.train.methods) == set(METHODS) - {"sclora"}
+    assert params.train.methods == PAPER_BASELINES
     assert params.data.eval == {}  # the testbed's eval roles are not used
     assert params.model.dtype == "bfloat16"
 

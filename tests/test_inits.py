@@ -11,7 +11,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 from transformers.pytorch_utils import Conv1D
 
 from sclora.capture import capture
-from sclora.inits import METHODS, RESIDUAL_METHODS, init_lora, lora_layers, sclora_subspaces
+from sclora.inits import METHODS, RESIDUAL_METHODS, init_lora, lora_layers, random_subspaces, sclora_subspaces
 from sclora.subspace import solve_subspace
 
 VOCAB = 61
@@ -108,6 +108,27 @@ def test_init_keeps_the_logits(arch, method):
         assert moved > 1e-3 and adapter > 1e-3
     else:
         assert moved == 0 and adapter == 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_random_subspace_is_the_sclora_construction_on_a_seeded_orthonormal_basis(arch):
+    config = lora_config(arch, rank_pattern=RANK_PATTERN[arch])
+    drawn = random_subspaces(tiny_model(arch), config, seed=3)
+    assert drawn.keys() == random_subspaces(tiny_model(arch), config, seed=3).keys()
+    for name, basis in drawn.items():
+        assert torch.equal(basis, random_subspaces(tiny_model(arch), config, seed=3)[name])  # same seed, same basis
+        assert (basis.T @ basis - torch.eye(basis.shape[1], dtype=basis.dtype)).abs().max() < 1e-12
+    other = random_subspaces(tiny_model(arch), config, seed=4)
+    assert all((drawn[n] - other[n]).abs().max() > 1e-3 for n in drawn)
+    # init_lora's random_subspace is sclora_init on those bases: B is the basis, A = B^T W / scaling.
+    model = tiny_model(arch)
+    weights = {n: m.weight.detach().clone() for n, m in model.named_modules() if n in drawn}
+    peft_model = init_lora(model, config, "random_subspace", seed=3)
+    for name, layer in lora_layers(peft_model):
+        b, a = layer.lora_B["default"].weight.detach().double(), layer.lora_A["default"].weight.detach().double()
+        w = weights[name].double().T if arch == "gpt2" else weights[name].double()
+        assert (b - drawn[name]).abs().max() < 1e-6
+        assert (layer.scaling["default"] * a - drawn[name].T @ w).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
