@@ -17,10 +17,14 @@ from sclora.evaluate.forgetting import PRESERVED
 from sclora.evaluate.suite import EvalSettings
 from sclora.testbed.params import TestbedParams
 
-METHODS = ("lora", "pissa", "milora", "corda_ipm", "corda_kpm", "full", "random_subspace", "sclora")
-Method = Literal["lora", "pissa", "milora", "corda_ipm", "corda_kpm", "full", "random_subspace", "sclora"]
-# The baselines run once per task and seed; sclora runs once per task, seed and beta (`solve.betas`).
+METHODS = ("lora", "pissa", "milora", "corda_ipm", "corda_kpm", "full", "random_subspace", "sclora", "sclora_frozen")
+Method = Literal["lora", "pissa", "milora", "corda_ipm", "corda_kpm", "full", "random_subspace", "sclora",
+                 "sclora_frozen"]
+# The baselines run once per task and seed; sclora runs once per task, seed and beta (`solve.betas`), and so does
+# each of `train.sclora_variants`: sclora_frozen keeps B (the subspace) fixed through training.
 # random_subspace is a control (sclora.inits), run when train.methods names it.
+SCLORA_VARIANTS = {"sclora": False, "sclora_frozen": True}  # variant -> freeze_basis
+ScloraVariant = Literal["sclora", "sclora_frozen"]
 Baseline = Literal["lora", "pissa", "milora", "corda_ipm", "corda_kpm", "full", "random_subspace"]
 PAPER_BASELINES = ["lora", "pissa", "milora", "corda_ipm", "corda_kpm", "full"]
 
@@ -150,7 +154,6 @@ class AdapterParams(Section):
         min_length=1,
         description="Linear layers that get an adapter (PEFT target names)",
     )
-    freeze_basis: bool = Field(False, description="sclora: keep B fixed so the adapter output stays in the subspace")
 
 
 class CaptureParams(Section):
@@ -187,11 +190,17 @@ class TrainParams(TrainSettings):
         default_factory=dict, description="Learning rate per method; a method not named here uses `lr`"
     )
     seeds: list[int] = Field([0], min_length=1, description="Seeds; every method runs once per seed")
+    sclora_variants: list[ScloraVariant] = Field(
+        ["sclora"], min_length=1,
+        description="SC-LoRA entries run per beta: sclora (B trains), sclora_frozen (B, the subspace, kept fixed)",
+    )
 
     def settings_for(self, method: str, seed: int) -> TrainSettings:
         """The settings of one run: this method's learning rate and this seed."""
         values = {name: getattr(self, name) for name in TrainSettings.model_fields}
-        values.update(lr=self.learning_rates.get(method, self.lr), seed=seed)
+        # A frozen basis trains what sclora trains, less B: sclora's rate unless it has its own.
+        fallback = self.learning_rates.get("sclora", self.lr) if method == "sclora_frozen" else self.lr
+        values.update(lr=self.learning_rates.get(method, fallback), seed=seed)
         return TrainSettings(**values)
 
 

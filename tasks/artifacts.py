@@ -15,7 +15,7 @@ from typing import Any
 
 from sclora.atomic import atomic_dir as staged_dir  # noqa: F401 - the stages' name for it
 from sclora.atomic import write_json  # noqa: F401 - re-exported for the stages
-from sclora.config import Params
+from sclora.config import SCLORA_VARIANTS, Params
 
 ARTIFACTS = Path("artifacts")
 PREPARED = ARTIFACTS / "prepared"
@@ -46,8 +46,8 @@ class RunSpec:
 
     @property
     def name(self) -> str:
-        if self.method == "sclora":
-            return f"{self.task}-sclora-{beta_name(self.beta)}-{self.seed}"
+        if self.method in SCLORA_VARIANTS:
+            return f"{self.task}-{self.method}-{beta_name(self.beta)}-{self.seed}"
         return f"{self.task}-{self.method}-{self.seed}"
 
     @property
@@ -80,8 +80,9 @@ def all_runs(params: Params) -> list[RunSpec]:
         for seed in params.train.seeds
     ]
     runs += [
-        RunSpec(task, "sclora", seed, beta)
+        RunSpec(task, variant, seed, beta)
         for task in params.data.tasks
+        for variant in params.train.sclora_variants
         for beta in params.solve.betas
         for seed in params.train.seeds
     ]

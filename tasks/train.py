@@ -1,4 +1,4 @@
-"""Stages `train@<task>-<method>-<seed>` and `train_sclora@<task>-<beta>-<seed>`: one run each.
+"""Stages `train@<task>-<method>-<seed>` and `train_sclora@<task>-<variant>-<beta>-<seed>`: one run each.
 
 Initialise (sclora.init_lora from the captured statistics or the solved subspaces; `full`
 trains every weight), fine-tune (sclora.train, logging the loss into the run's MLflow
@@ -23,7 +23,7 @@ import torch
 
 from sclora import tracking
 from sclora.capture import CaptureStats
-from sclora.config import Params
+from sclora.config import SCLORA_VARIANTS, Params
 from sclora.export import export_lora, save_initial_adapter
 from sclora.inits import RESIDUAL_METHODS, init_lora
 from sclora.models import load_model, load_tokenizer, load_with_adapter, lora_config
@@ -82,7 +82,7 @@ def run(params: Params, item: str) -> dict:
                 # The trained model is the export (DVC's content-addressed cache stores the files once).
                 shutil.copytree(staging / MODEL, export)
             else:
-                export_lora(model, export, work / INITIAL_ADAPTER if spec.method in RESIDUAL_METHODS else None)
+                export_lora(model, export, work / INITIAL_ADAPTER if _residual(spec) else None)
             shutil.copy(work / LOSS_HISTORY, staging / LOSS_HISTORY)
             del model
             evaluated = _exported_model(params, spec, export)
@@ -114,20 +114,25 @@ def _initialised(model: torch.nn.Module, params: Params, spec: RunSpec, initial_
         return model.train()
     adapter = params.adapter
     config = lora_config(adapter.rank, adapter.alpha, adapter.dropout, adapter.target_modules)
-    if spec.method == "sclora":
+    if spec.method in SCLORA_VARIANTS:
         subspaces = load_subspaces(solve_dir(spec.beta) / f"{spec.task}.safetensors")
-        peft_model = init_lora(model, config, "sclora", subspaces=subspaces, freeze_basis=adapter.freeze_basis)
+        peft_model = init_lora(model, config, "sclora", subspaces=subspaces, freeze_basis=SCLORA_VARIANTS[spec.method])
     elif spec.method == "corda_ipm":
         peft_model = init_lora(model, config, spec.method, pos=CaptureStats.load(pos_capture_dir(spec.task)))
     elif spec.method == "corda_kpm":
         peft_model = init_lora(model, config, spec.method, neg=CaptureStats.load(CAPTURE / NEG))
     else:  # data-free; random_subspace draws its bases from the run's seed
         peft_model = init_lora(model, config, spec.method, seed=spec.seed)
-    if spec.method in RESIDUAL_METHODS:
+    if _residual(spec):
         if initial_dir.exists():
             shutil.rmtree(initial_dir)
         save_initial_adapter(peft_model, initial_dir)
     return peft_model.train()
+
+
+def _residual(spec: RunSpec) -> bool:
+    """Whether the run's init rewrote the base weights (sclora_frozen is sclora's init)."""
+    return spec.method in SCLORA_VARIANTS or spec.method in RESIDUAL_METHODS
 
 
 def _exported_model(params: Params, spec: RunSpec, export: Path) -> torch.nn.Module:
@@ -172,6 +177,6 @@ def _locked_stages(spec: RunSpec) -> list[str]:
         return []
     locked = tracking.locked_stages(lock)
     wanted = ["testbed", "prepare", "capture", "evaluate"]
-    if spec.method == "sclora":
+    if spec.method in SCLORA_VARIANTS:
         wanted.append(f"solve@{spec.beta}")
     return [stage for stage in wanted if stage in locked]

@@ -86,3 +86,20 @@ def test_learning_rate_per_method(tmp_path):
     assert train.settings_for("sclora", seed=3).lr == 5e-4
     assert train.settings_for("lora", seed=3).lr == 1e-3
     assert train.settings_for("lora", seed=3).seed == 3
+    assert train.settings_for("sclora_frozen", seed=3).lr == 5e-4  # sclora's rate unless named itself
+    path = _write(tmp_path, {"train": {"learning_rates": {"sclora": 5e-4, "sclora_frozen": 2e-4}}})
+    assert load_params(path).train.settings_for("sclora_frozen", seed=0).lr == 2e-4
+
+
+def test_sclora_variants_are_runs_per_beta(tmp_path):
+    from tasks.artifacts import all_runs, parse_run
+
+    train = {"methods": ["lora", "random_subspace"], "sclora_variants": ["sclora", "sclora_frozen"]}
+    path = _write(tmp_path, {"train": train, "solve": {"betas": [0.5]}})
+    params = load_params(path)
+    names = [run.name for run in all_runs(params) if run.task == "benign"]
+    assert names == ["benign-lora-0", "benign-random_subspace-0", "benign-sclora-0.5-0", "benign-sclora_frozen-0.5-0"]
+    frozen = parse_run(params, "benign-sclora_frozen-0.5-0")
+    assert (frozen.method, frozen.beta) == ("sclora_frozen", 0.5)
+    with pytest.raises(ParamsError, match="train.sclora_variants.0"):
+        load_params(_write(tmp_path, {"train": {"sclora_variants": ["sclora_thawed"]}}))

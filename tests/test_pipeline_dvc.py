@@ -90,7 +90,7 @@ def pipeline(tmp_path_factory) -> tuple[Path, dict, str]:
 def test_repro_runs_every_stage_and_writes_its_outputs(pipeline):
     work, _, output = pipeline
     stages = ["testbed", "prepare", "capture", "solve@0.8", "evaluate", "train@benign-lora-0",
-              "train@benign-pissa-0", "train_sclora@benign-0.8-0", "register", "report"]  # fmt: skip
+              "train@benign-pissa-0", "train_sclora@benign-sclora-0.8-0", "register", "report"]  # fmt: skip
     for stage in stages:
         assert f"Running stage '{stage}'" in output, stage
     art = work / "artifacts"
