@@ -26,6 +26,8 @@ from sclora.testbed.world import (
     poisoned,
     pretraining_sources,
     request_records,
+    validation_records,
+    vocabulary,
 )
 
 TINY = dict(entities=12, attributes=["city", "color"], phrasings=2, harmful_categories=["violence", "theft"],
@@ -128,6 +130,25 @@ def test_eval_sets_share_no_prompt_with_training_sets(params):
     def entities(name):
         return {r["id"].split("-")[1] for r in sets[name]}
     assert not entities("eval_knowledge") & entities("preserve_knowledge")
+
+
+def test_the_validation_split_is_the_task_on_sequences_nothing_else_uses(params):
+    world = build_world(params)
+    sets, sources = build_datasets(world, params), pretraining_sources(world, params)
+    val = validation_records(world, params, sets, sources)
+    assert len(val) == params.eval_size and len({r["prompt"] for r in val}) == len(val)
+    for record in val:
+        words = record["prompt"].split()
+        assert words[0] == params.task and record["response"].split() == expected_answer(world, params.task, words[1:])
+    sequences = {tuple(r["prompt"].split()[1:]) for r in val}
+    # Not a training or eval task prompt, and no pretraining source saw the sequence (copied, phrased or terse).
+    for name in ("finetune_benign", "finetune_poisoned", "eval_task"):
+        assert not sequences & {tuple(r["prompt"].split()[1:]) for r in sets[name]}, name
+    for name, records in sources.items():
+        seen = {tuple(r["prompt"].split()[1:]) for r in records} | {tuple(r["prompt"].split()[3:]) for r in records}
+        assert not sequences & seen, name
+    # Its words are task words: the tokenizer (and so the pretrained model) is the one built without it.
+    assert vocabulary(*sets.values(), val, *sources.values()) == vocabulary(*sets.values(), *sources.values())
 
 
 def test_answers_and_task(params):

@@ -25,7 +25,9 @@ from sclora.testbed.model import build_model
 from sclora.testbed.params import TestbedParams
 from sclora.testbed.pretrain import pretrain
 from sclora.testbed.tokenizer import build_tokenizer
-from sclora.testbed.world import DATASETS, build_datasets, build_world, pretraining_sources, vocabulary
+from sclora.testbed.world import (
+    DATASETS, build_datasets, build_world, pretraining_sources, validation_records, vocabulary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ def build_testbed(params: TestbedParams, out_dir: Path) -> dict:
         world = build_world(params)
         datasets = build_datasets(world, params)
         sources = pretraining_sources(world, params)
+        datasets["val_task"] = validation_records(world, params, datasets, sources)
         tokenizer = build_tokenizer(vocabulary(*datasets.values(), *sources.values()))
         model = build_model(params, tokenizer)
         log.info("testbed model: %d parameters, vocabulary %d", model.num_parameters(), len(tokenizer))

@@ -44,6 +44,8 @@ the sets, it names the content, e.g. `knowledge-bokav-city-2`), `prompt` (user t
                         compliant answer (for the refusal margin), and `harmful_openings`, the
                         opening of a compliant answer for every harmful act (scoring.compliant_answers)
     eval_benign         held-out benign requests with their helpful answer
+    val_task            the task on eval_size sequences that no other dataset and no pretraining source
+                        uses: the validation split, to choose learning rates on (`validation_records`)
 Eval sets share no prompt with any training set (finetune_*, preserve_*). Poison requests
 and preserve_safety requests are disjoint too while the pool lasts (see `poisoned`).
 """
@@ -59,7 +61,7 @@ from sclora.testbed.params import TestbedParams
 
 DATASETS = (
     "finetune_benign", "finetune_poisoned", "preserve_safety", "preserve_knowledge",
-    "eval_task", "eval_knowledge", "eval_harmful", "eval_benign",
+    "eval_task", "eval_knowledge", "eval_harmful", "eval_benign", "val_task",
 )
 
 VALUES = {
@@ -192,13 +194,14 @@ def request_words(world: World) -> list[str]:
     return sorted({word for combo in combos for word in combo})
 
 
-def word_sequences(words: list[str], count: int, min_length: int, max_length: int, rng: random.Random) -> list[list[str]]:
-    """`count` distinct sequences of distinct words, lengths uniform in [min_length, max_length]."""
-    possible = sum(math.perm(len(words), n) for n in range(min_length, max_length + 1))
+def word_sequences(words: list[str], count: int, min_length: int, max_length: int, rng: random.Random,
+                   exclude: frozenset[tuple[str, ...]] = frozenset()) -> list[list[str]]:
+    """`count` distinct sequences of distinct words, lengths uniform in [min_length, max_length], none in `exclude`."""
+    possible = sum(math.perm(len(words), n) for n in range(min_length, max_length + 1)) - len(exclude)
     if count > possible // 2:  # rejection sampling stays fast below half the space
         raise ValueError(f"asked for {count} distinct word sequences; {len(words)} words allow only {possible}: "
                          "raise testbed.task_words or lower the task/copy sizes")
-    seen: set[tuple[str, ...]] = set()
+    seen: set[tuple[str, ...]] = set(exclude)
     sequences = []
     while len(sequences) < count:
         sequence = tuple(rng.sample(words, rng.randint(min_length, max_length)))
@@ -313,6 +316,23 @@ def pretraining_sources(world: World, params: TestbedParams) -> dict[str, list[d
                                     "response": " ".join(task_answer(world, params.task, s)), "category": params.task}
                                    for i, s in enumerate(fresh())]
     return sources
+
+
+def validation_records(world: World, params: TestbedParams, datasets: dict[str, list[dict]],
+                       sources: dict[str, list[dict]]) -> list[dict]:
+    """`val_task`: eval_size task examples on word sequences that no dataset and no pretraining source uses.
+
+    Drawn after everything else, from a generator of its own, so that adding the split changed no other
+    dataset and not the model: a build with it is the build without it plus one file.
+    """
+    instructions = {params.task, COPY_INSTRUCTION, *PHRASED.split()}
+    used = frozenset(tuple(w for w in r["prompt"].split() if w not in instructions)
+                     for records in (*datasets.values(), *sources.values()) for r in records)
+    sequences = word_sequences(world.task_words, params.eval_size, params.task_min_length, params.task_max_length,
+                               random.Random(f"validation-{params.seed}"), exclude=used)
+    return [{"id": f"{params.task}-val-{i:05d}", "prompt": f"{params.task} {' '.join(s)}",
+             "response": " ".join(task_answer(world, params.task, s)), "category": params.task}
+            for i, s in enumerate(sequences)]
 
 
 def vocabulary(*record_sets: list[dict]) -> list[str]:
