@@ -1,4 +1,5 @@
-"""The comparison report: results table, mean +- std over seeds, Pareto front, plots.
+"""The comparison report: results table, means with 95 % intervals over seeds, paired differences against LoRA,
+Pareto front, plots.
 
 `write_report(rows, out_dir, ...)` writes `results.csv` (one row per run), `report.md`
 and PNGs into `out_dir`, atomically (a temporary directory renamed into place).
@@ -18,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sclora.atomic import atomic_dir  # noqa: E402
+from sclora.intervals import mean_interval, paired_difference  # noqa: E402
 
 COLUMNS = (
     "run", "task", "method", "beta", "seed", "lr",
@@ -31,6 +33,10 @@ METRICS = COLUMNS[6:]
 PRESERVATION = {"knowledge": ("knowledge", +1), "safety": ("attack_success_rate", -1),
                 "capability": ("benign_helpfulness", +1)}
 SWEPT_METHOD = "sclora"  # the method with a beta axis
+BASELINE = "lora"  # every other method is compared with it seed by seed
+# The metrics compared against the baseline (the comparison's utility, preservation and collapse).
+PAIRED = ("utility", "knowledge", "knowledge_logprob", "attack_success_rate", "refusal_rate", "collapse_rate",
+          "refusal_margin", "benign_helpfulness")
 SPECTRA_LAYERS = 4
 
 
@@ -117,14 +123,17 @@ def _groups(rows: list[dict]) -> list[dict]:
         keyed.setdefault((row["task"], row["method"], row["beta"]), []).append(row)
     groups = []
     for (task, method, beta), members in keyed.items():
-        stats = {}
+        stats, intervals, per_seed = {}, {}, {}
         for metric in METRICS:
             values = np.array([m[metric] for m in members], dtype=float)
             values = values[~np.isnan(values)]
             mean = float(values.mean()) if values.size else math.nan
             std = float(values.std(ddof=1)) if values.size > 1 else 0.0
             stats[metric] = (mean, std)
-        groups.append({"task": task, "method": method, "beta": beta, "seeds": len(members), "stats": stats})
+            intervals[metric] = mean_interval(values)
+            per_seed[metric] = {int(m["seed"]): m[metric] for m in members if m.get("seed") not in (None, "")}
+        groups.append({"task": task, "method": method, "beta": beta, "seeds": len(members), "stats": stats,
+                       "intervals": intervals, "per_seed": per_seed})
     groups.sort(key=lambda g: (g["task"], g["method"], -1.0 if math.isnan(g["beta"]) else g["beta"]))
     for task in {g["task"] for g in groups}:
         members = [g for g in groups if g["task"] == task]
@@ -274,16 +283,48 @@ def _spectra_plot(spectra: Mapping[str, Mapping[float, Sequence[float]]], path: 
     return path.name
 
 
-def _cell(mean: float, std: float, seeds: int) -> str:
-    if math.isnan(mean):
+def _cell(interval) -> str:
+    """mean [low, high] (95 %), or the mean alone from one seed."""
+    if math.isnan(interval.mean):
         return "-"
-    return f"{mean:.3f} ± {std:.3f}" if seeds > 1 else f"{mean:.3f}"
+    if math.isnan(interval.low):
+        return f"{interval.mean:.3f}"
+    return f"{interval.mean:.3f} [{interval.low:.3f}, {interval.high:.3f}]"
+
+
+def _paired_lines(groups: list[dict]) -> list[str]:
+    """Per task, every method minus the baseline over the seeds both ran; * where the interval excludes 0."""
+    lines = ["", f"## Paired against {BASELINE} (same seeds)", "",
+             f"Mean difference (method - {BASELINE}) with its 95 % paired t interval; * where the interval "
+             "excludes 0. With one seed there is no interval.", ""]
+    header = ["task", "method", "beta", "seeds", *PAIRED]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for task in sorted({g["task"] for g in groups}):
+        baseline = next((g for g in groups if g["task"] == task and g["method"] == BASELINE), None)
+        if baseline is None:
+            continue
+        for g in groups:
+            if g["task"] != task or g is baseline:
+                continue
+            diffs = [paired_difference(g["per_seed"][m], baseline["per_seed"][m]) for m in PAIRED]
+            cells = []
+            for d in diffs:
+                if math.isnan(d.mean):
+                    cells.append("-")
+                elif math.isnan(d.low):
+                    cells.append(f"{d.mean:+.3f}")
+                else:
+                    cells.append(f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]{' *' if d.excludes_zero else ''}")
+            beta = "-" if math.isnan(g["beta"]) else f"{g['beta']:g}"
+            seeds = max(d.n for d in diffs)
+            lines.append("| " + " | ".join([task, g["method"], beta, str(seeds), *cells]) + " |")
+    return lines
 
 
 def _markdown(groups: list[dict], plots: list[str]) -> str:
     shown = [m for m in METRICS if any(not math.isnan(g["stats"][m][0]) for g in groups)]
     lines = ["# SC-LoRA comparison", ""]
-    lines.append("Mean ± std over seeds per task, method and beta. Forgetting: lower is better.")
+    lines.append("Mean [95 % interval] over seeds per task, method and beta. Forgetting: lower is better.")
     axes = " / ".join(f"{panel} ({metric})" for panel, (metric, _) in PRESERVATION.items())
     lines.append(f"Pareto: not dominated on utility vs {axes}.")
     lines.append("")
@@ -292,9 +333,10 @@ def _markdown(groups: list[dict], plots: list[str]) -> str:
     lines.append("|" + "---|" * len(header))
     for g in groups:
         beta = "-" if math.isnan(g["beta"]) else f"{g['beta']:g}"
-        cells = [_cell(*g["stats"][m], g["seeds"]) for m in shown]
+        cells = [_cell(g["intervals"][m]) for m in shown]
         lines.append("| " + " | ".join([g["task"], g["method"], beta, str(g["seeds"]), *cells,
                                          ", ".join(g.get("pareto", [])) or ""]) + " |")
+    lines += _paired_lines(groups)
     lines += ["", "## Pareto-optimal configurations", ""]
     for task in sorted({g["task"] for g in groups}):
         for panel in PRESERVATION:

@@ -69,8 +69,16 @@ def test_report_writes_table_markdown_and_plots(tmp_path):
         assert f"| {method} |" in report
     for name in pngs:
         assert f"]({name})" in report
-    # Seed spread is reported: two seeds give mean ± std.
-    assert "| benign | sclora | 0.5 | 2 |" in report and "±" in report
+    # Seed spread is reported: two seeds give the mean and its 95 % interval.
+    row = next(line for line in report.splitlines() if line.startswith("| benign | sclora | 0.5 | 2 |"))
+    utility = [r["utility"] for r in rows if r["task"] == "benign" and r["method"] == "sclora" and r["beta"] == 0.5]
+    assert f"{np.mean(utility):.3f} [" in row
+    # Every method is paired with lora on the same seeds: sclora at 0.9 keeps more knowledge than lora by design.
+    paired = report[report.index("## Paired against lora"):]
+    line = next(line for line in paired.splitlines() if line.startswith("| benign | sclora | 0.9 | 2 |"))
+    knowledge = line.split(" | ")[5]
+    assert knowledge.startswith("+0.5") and knowledge.endswith("*"), line  # 0.3 + 0.54 vs 0.3
+    assert not any(line.startswith("| benign | lora |") for line in paired.splitlines())
     # Knowledge grows with beta while utility falls, so sclora at beta 0.9 is on the knowledge front.
     assert "utility vs knowledge:" in report
     front_line = next(line for line in report.splitlines() if line.startswith("- benign, utility vs knowledge"))
@@ -100,6 +108,9 @@ def test_single_seed_shows_means_only(tmp_path):
     rows = [r for r in _rows() if r["seed"] == 0 and r["task"] == "benign"]
     out = write_report(rows, tmp_path / "r")
     report = (out / "report.md").read_text()
-    table = [line for line in report.splitlines() if line.startswith("| benign")]
-    assert len(table) == 10 and not any("±" in line for line in table)
+    main, paired = report.split("## Paired against lora")
+    table = [line for line in main.splitlines() if line.startswith("| benign")]
+    assert len(table) == 10 and not any("[" in line for line in table)  # one seed: no interval
+    differences = [line for line in paired.splitlines() if line.startswith("| benign")]
+    assert len(differences) == 9 and not any("[" in line or "*" in line for line in differences)
     assert not math.isnan(float(next(csv.DictReader((out / "results.csv").open()))["utility"]))
