@@ -13,7 +13,7 @@ import sys
 
 from sclora.config import load_params
 
-STAGES = ("testbed", "prepare", "capture", "solve", "train", "evaluate", "register", "report", "calibrate")
+STAGES = ("testbed", "prepare", "capture", "solve", "plan", "train", "evaluate", "register", "report", "calibrate")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,7 @@ from tasks.artifacts import (
     read_json, solve_dir, staged_dir, write_json,
 )  # fmt: skip
 from tasks.evaluate import base_metrics_path, evaluate_run
+from tasks.plan import check_plan
 from tasks.solve import load_subspaces
 
 REQUEST = "request.json"  # what the checkpoints were made from; a different request starts over
@@ -43,6 +44,7 @@ PARENT_ENV = "SCLORA_PARENT_RUN_ID"  # set by a flow that opened the parent run 
 
 def run(params: Params, item: str) -> dict:
     spec = parse_run(params, item)
+    check_plan(params, spec)
     parent = pipeline_parent(params)  # an unreachable tracking store fails here, before anything is written
     settings = params.train.settings_for(spec.method, spec.seed)
     model_params = params.model

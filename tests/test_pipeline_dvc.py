@@ -89,7 +89,7 @@ def pipeline(tmp_path_factory) -> tuple[Path, dict, str]:
 
 def test_repro_runs_every_stage_and_writes_its_outputs(pipeline):
     work, _, output = pipeline
-    stages = ["testbed", "prepare", "capture", "solve@0.8", "evaluate", "train@benign-lora-0",
+    stages = ["testbed", "prepare", "capture", "solve@0.8", "plan", "evaluate", "train@benign-lora-0",
               "train@benign-pissa-0", "train_sclora@benign-sclora-0.8-0", "register", "report"]  # fmt: skip
     for stage in stages:
         assert f"Running stage '{stage}'" in output, stage
@@ -167,3 +167,17 @@ def test_second_repro_runs_nothing(pipeline):
     work, env, _ = pipeline
     output = run(["dvc", "repro"], work, env)
     assert "Running stage" not in output
+
+
+def test_adding_a_seed_or_changing_one_rate_reruns_only_what_it_changes(pipeline):
+    work, env, _ = pipeline
+    params = yaml.safe_load((work / "params.yaml").read_text(encoding="utf-8"))
+    params["train"]["seeds"] = [0, 1]
+    params["train"]["learning_rates"]["pissa"] = 3.0e-3
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    run(["dvc", "repro", "--single-item", "plan"], work, env)
+    status = json.loads(run(["dvc", "status", "--json"], work, env).strip().splitlines()[-1])
+    trained = {stage for stage in status if stage.startswith("train")}
+    # The seed-0 runs of lora and sclora are up to date; pissa's rate changed; every seed-1 run is new.
+    assert trained == {"train@benign-pissa-0", "train@benign-lora-1", "train@benign-pissa-1",
+                       "train_sclora@benign-sclora-0.8-1"}, status  # fmt: skip
