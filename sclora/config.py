@@ -107,7 +107,7 @@ def _testbed_source(name: str) -> Source:
 
 TESTBED_SOURCES = (
     "finetune_benign", "finetune_poisoned", "preserve_safety", "preserve_knowledge",
-    "eval_task", "eval_knowledge", "eval_harmful", "eval_benign",
+    "eval_task", "eval_knowledge", "eval_harmful", "eval_benign", "val_task",
 )
 
 
@@ -133,12 +133,16 @@ class DataParams(Section):
         },
         description="Evaluation sets: role -> source name",
     )
+    validation: str | None = Field(
+        "val_task", description="The task's validation split (source name): learning rates are chosen on it alone"
+    )
 
     @model_validator(mode="after")
     def _names_known(self) -> DataParams:
         named = [(f"tasks.{task}", source) for task, source in self.tasks.items()]
         named += [(f"preserve.{i}", source) for i, source in enumerate(self.preserve)]
         named += [(f"eval.{role}", source) for role, source in self.eval.items()]
+        named += [("validation", self.validation)] if self.validation is not None else []
         for key, source in named:
             if source not in self.sources:
                 raise ValueError(f"{key}: unknown source '{source}' (sources: {', '.join(sorted(self.sources))})")
@@ -190,6 +194,11 @@ class TrainParams(TrainSettings):
         default_factory=dict, description="Learning rate per method; a method not named here uses `lr`"
     )
     seeds: list[int] = Field([0], min_length=1, description="Seeds; every method runs once per seed")
+    lr_source: Literal["params.yaml", "artifacts/tune"] = Field(
+        "params.yaml",
+        description="Where each run's learning rate comes from: learning_rates here, or the tune stages' choice "
+        "(a path, because dvc.yaml's plan stage depends on it)",
+    )
     sclora_variants: list[ScloraVariant] = Field(
         ["sclora"], min_length=1,
         description="SC-LoRA entries run per beta: sclora (B trains), sclora_frozen (B, the subspace, kept fixed)",
@@ -202,6 +211,18 @@ class TrainParams(TrainSettings):
         fallback = self.learning_rates.get("sclora", self.lr) if method == "sclora_frozen" else self.lr
         values.update(lr=self.learning_rates.get(method, fallback), seed=seed)
         return TrainSettings(**values)
+
+
+class TuneParams(Section):
+    """Learning-rate tuning on the validation split (stages `tune@<method>`, `tune_sclora@<beta>`)."""
+
+    methods: list[Baseline] = Field([], description="Baselines to tune; [] (the quick run) tunes none")
+    betas: list[Annotated[float, Field(ge=0, le=1)]] = Field([], description="sclora betas to tune (of solve.betas)")
+    task: str = Field("benign", description="The task (of data.tasks) trained at each rate")
+    factors: list[Annotated[float, Field(gt=0)]] = Field(
+        [0.25, 0.5, 1.0, 2.0, 4.0], min_length=1, description="Rates tried: these times the method's params rate"
+    )
+    seed: int = Field(0, description="The one seed of every tuning run")
 
 
 class CalibrateParams(Section):
@@ -239,6 +260,23 @@ class Params(Section):
     eval: EvalSettings = Field(default_factory=EvalSettings)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
     calibrate: CalibrateParams = Field(default_factory=CalibrateParams)
+    tune: TuneParams = Field(default_factory=TuneParams)
+
+    @model_validator(mode="after")
+    def _tuning_covers_what_it_feeds(self) -> Params:
+        tune = self.tune
+        if (tune.methods or tune.betas) and tune.task not in self.data.tasks:
+            raise ValueError(f"tune.task: '{tune.task}' is not in data.tasks ({', '.join(self.data.tasks)})")
+        if (tune.methods or tune.betas) and self.data.validation is None:
+            raise ValueError("data.validation: tuning needs a validation source")
+        if not set(tune.betas) <= set(self.solve.betas):
+            raise ValueError(f"tune.betas: {sorted(set(tune.betas) - set(self.solve.betas))} not in solve.betas")
+        if self.train.lr_source == "artifacts/tune":
+            untuned = [m for m in self.train.methods if m not in tune.methods]
+            untuned += [f"sclora beta {b:g}" for b in self.solve.betas if b not in tune.betas]
+            if untuned:
+                raise ValueError(f"train.lr_source: artifacts/tune, but tune does not cover {', '.join(untuned)}")
+        return self
 
 
 def _one_line(error: ValidationError, source: str) -> str:

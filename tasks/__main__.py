@@ -13,7 +13,8 @@ import sys
 
 from sclora.config import load_params
 
-STAGES = ("testbed", "prepare", "capture", "solve", "plan", "train", "evaluate", "register", "report", "calibrate")
+STAGES = ("testbed", "prepare", "capture", "solve", "tune", "plan", "train", "evaluate", "register", "report",
+          "calibrate")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 
 from sclora.atomic import atomic_dir as staged_dir  # noqa: F401 - the stages' name for it
 from sclora.atomic import write_json  # noqa: F401 - re-exported for the stages
-from sclora.config import SCLORA_VARIANTS, Params
+from sclora.config import SCLORA_VARIANTS, Params, TrainSettings
 
 ARTIFACTS = Path("artifacts")
 PREPARED = ARTIFACTS / "prepared"
@@ -26,6 +26,7 @@ RUNS = ARTIFACTS / "runs"
 EVAL_BASE = ARTIFACTS / "eval" / "base"
 REGISTRY = ARTIFACTS / "registry.json"
 REPORT = ARTIFACTS / "report"
+TUNE = ARTIFACTS / "tune"
 # Training checkpoints live outside the stage's outputs (which DVC deletes before a run) so a killed run resumes.
 CHECKPOINTS = ARTIFACTS / "checkpoints"
 
@@ -87,6 +88,22 @@ def all_runs(params: Params) -> list[RunSpec]:
         for seed in params.train.seeds
     ]
     return runs
+
+
+def tune_path(item: str) -> Path:
+    """Where stage tune@<item> writes its chosen rate (items: a baseline, or sclora-<beta>)."""
+    return TUNE / f"{item}.json"
+
+
+def run_settings(params: Params, spec: RunSpec) -> TrainSettings:
+    """How run `spec` trains: its method's rate from train.learning_rates, or with `train.lr_source:
+    artifacts/tune` the rate its tune stage chose (sclora_frozen takes sclora's at the same beta)."""
+    settings = params.train.settings_for(spec.method, spec.seed)
+    if params.train.lr_source == "artifacts/tune":
+        item = spec.method if spec.beta is None else f"sclora-{beta_name(spec.beta)}"
+        chosen = read_json(tune_path(item), f"tuned learning rate of {item} (run stage tune first)")["chosen_lr"]
+        settings = settings.model_copy(update={"lr": float(chosen)})
+    return settings
 
 
 def parse_run(params: Params, name: str) -> RunSpec:

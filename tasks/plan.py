@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from sclora.capture import MANIFEST
 from sclora.config import Params
-from tasks.artifacts import ARTIFACTS, CAPTURE, NEG, RunSpec, all_runs, pos_capture_dir, write_json
+from tasks.artifacts import ARTIFACTS, CAPTURE, NEG, RunSpec, all_runs, pos_capture_dir, run_settings, write_json
 
 PLAN = ARTIFACTS / "plan"
 CAPTURE_READ = {"corda_ipm": lambda spec: pos_capture_dir(spec.task), "corda_kpm": lambda spec: CAPTURE / NEG}
@@ -46,7 +46,7 @@ def run_inputs(params: Params, spec: RunSpec) -> dict:
     sources = sorted({data.tasks[spec.task], *data.eval.values()})
     inputs = {
         "run": spec.name, "task": spec.task, "method": spec.method, "beta": spec.beta, "seed": spec.seed,
-        "train": params.train.settings_for(spec.method, spec.seed).model_dump(mode="json"),
+        "train": run_settings(params, spec).model_dump(mode="json"),
         "model": params.model.model_dump(mode="json"),
         "data": {"task_source": data.tasks[spec.task], "eval": dict(data.eval),
                  "sources": {name: data.sources[name].model_dump(mode="json") for name in sources}},

@@ -30,7 +30,7 @@ from sclora.models import load_model, load_tokenizer, load_with_adapter, lora_co
 from sclora.train import LOSS_HISTORY, MODEL, train
 from tasks.artifacts import (
     CAPTURE, CHECKPOINTS, FINGERPRINTS, NEG, RUN_FILE, RunSpec, parse_run, pos_capture_dir, prepared_path,
-    read_json, solve_dir, staged_dir, write_json,
+    read_json, run_settings, solve_dir, staged_dir, write_json,
 )  # fmt: skip
 from tasks.evaluate import base_metrics_path, evaluate_run
 from tasks.plan import check_plan
@@ -46,11 +46,11 @@ def run(params: Params, item: str) -> dict:
     spec = parse_run(params, item)
     check_plan(params, spec)
     parent = pipeline_parent(params)  # an unreachable tracking store fails here, before anything is written
-    settings = params.train.settings_for(spec.method, spec.seed)
+    settings = run_settings(params, spec)
     model_params = params.model
     tokenizer = load_tokenizer(model_params.path, trust_remote_code=model_params.trust_remote_code)
     source = params.data.tasks[spec.task]
-    records = _records(source)
+    records = task_records(source)
     fingerprints = read_json(FINGERPRINTS, "prepared data fingerprints")
 
     work = CHECKPOINTS / spec.name
@@ -63,7 +63,7 @@ def run(params: Params, item: str) -> dict:
 
     torch.manual_seed(spec.seed)  # the LoRA init of A is random; resume then restores the trained weights anyway
     model = load_model(model_params.path, dtype=model_params.dtype, trust_remote_code=model_params.trust_remote_code)
-    model = _initialised(model, params, spec, work / INITIAL_ADAPTER)  # bad rank or targets fail before any write
+    model = initialised_model(model, params, spec, work / INITIAL_ADAPTER)  # bad rank or targets fail before any write
     write_json(work / REQUEST, request)
 
     upstream = _locked_stages(spec)
@@ -103,14 +103,14 @@ def run(params: Params, item: str) -> dict:
     return summary
 
 
-def _records(source: str) -> list[dict]:
+def task_records(source: str) -> list[dict]:
     path = prepared_path(source)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: prepared source '{source}' not found; run the prepare stage")
     return pq.read_table(path, columns=["id", "prompt", "response"]).to_pylist()
 
 
-def _initialised(model: torch.nn.Module, params: Params, spec: RunSpec, initial_dir: Path) -> torch.nn.Module:
+def initialised_model(model: torch.nn.Module, params: Params, spec: RunSpec, initial_dir: Path) -> torch.nn.Module:
     """The model ready to train: `full` as loaded, else wrapped in a LoRA adapter initialised by the method."""
     if spec.method == "full":
         return model.train()

@@ -1,0 +1,84 @@
+"""Stages `tune@<method>` and `tune_sclora@<beta>`: a method's learning rate, chosen on the validation split.
+
+Trains the method once per rate of `tune.factors` x its `train.learning_rates` rate (one seed, on
+`tune.task`), then scores each trained model twice:
+- on `data.validation` with the suite's utility tasks: the rate with the best validation utility is
+  chosen (ties go to the smaller rate). Nothing else enters the choice, so every eval set stays held out;
+- on the eval sets, as every run is: these points are each method's learning-rate curve (utility
+  against preservation), reported beside the choice and never used for it.
+Output: artifacts/tune/<method>.json (sclora: sclora-<beta>.json), read by the plan stage when
+`train.lr_source` is artifacts/tune. The tuning runs are not registered and not in the comparison.
+"""
+
+from __future__ import annotations
+
+import shutil
+import torch
+
+from sclora.config import Params
+from sclora.evaluate.suite import ROLES, EvalError, EvalSettings, evaluate
+from sclora.models import load_model, load_tokenizer
+from sclora.train import train
+from tasks.artifacts import CHECKPOINTS, RunSpec, beta_name, tune_path, write_json
+from tasks.evaluate import eval_settings
+from tasks.train import initialised_model, task_records
+
+CURVE = ("utility", "knowledge", "attack_success_rate", "refusal_rate", "collapse_rate", "benign_helpfulness")
+
+
+def run(params: Params, item: str) -> dict:
+    spec = tuned_spec(params, item)
+    tune, model_params = params.tune, params.model
+    base = params.train.settings_for(spec.method, spec.seed)
+    tokenizer = load_tokenizer(model_params.path, trust_remote_code=model_params.trust_remote_code)
+    records = task_records(params.data.tasks[spec.task])
+    validation, held_out = validation_settings(params), eval_settings(params)
+    points = []
+    for factor in tune.factors:
+        settings = base.model_copy(update={"lr": base.lr * factor})
+        work = CHECKPOINTS / f"tune-{item}-{factor:g}"
+        shutil.rmtree(work, ignore_errors=True)  # a tuning run is short: a killed one starts over
+        torch.manual_seed(spec.seed)
+        model = load_model(model_params.path, dtype=model_params.dtype, trust_remote_code=model_params.trust_remote_code)
+        model = initialised_model(model, params, spec, work / "initial_adapter")
+        train(model, tokenizer, records, work, settings)
+        model.eval()
+        scored, _ = evaluate(model, tokenizer, validation)
+        curve, _ = evaluate(model, tokenizer, held_out)
+        shutil.rmtree(work)
+        points.append({"factor": factor, "lr": settings.lr, "validation_utility": scored["utility"],
+                       "eval": {metric: curve[metric] for metric in CURVE if metric in curve}})
+    chosen = choose(points)
+    result = {"item": item, "method": spec.method, "beta": spec.beta, "task": spec.task, "seed": spec.seed,
+              "params_lr": base.lr, "chosen_lr": chosen["lr"], "points": points}
+    write_json(tune_path(item), result)
+    return {"item": item, "chosen_lr": chosen["lr"], "validation_utility": chosen["validation_utility"]}
+
+
+def choose(points: list[dict]) -> dict:
+    """The point with the best validation utility; of equals, the smaller rate."""
+    return max(points, key=lambda point: (point["validation_utility"], -point["lr"]))
+
+
+def tuned_spec(params: Params, item: str) -> RunSpec:
+    """The tuning run an item names: a baseline of `tune.methods`, or `sclora-<beta>` of `tune.betas`."""
+    tune = params.tune
+    for method in tune.methods:
+        if item == method:
+            return RunSpec(tune.task, method, tune.seed)
+    for beta in tune.betas:
+        if item == f"sclora-{beta_name(beta)}":
+            return RunSpec(tune.task, "sclora", tune.seed, beta)
+    known = [*tune.methods, *(f"sclora-{beta_name(b)}" for b in tune.betas)]
+    raise ValueError(f"unknown tune item '{item}': params tune {', '.join(known) or 'nothing (tune.methods: [])'}")
+
+
+def validation_settings(params: Params) -> EvalSettings:
+    """The suite's utility tasks on `data.validation`, and no other role."""
+    settings = eval_settings(params)
+    source = params.data.sources[params.data.validation]
+    if source.path is None or not source.path.endswith(".jsonl"):
+        raise EvalError(f"data.validation: source '{params.data.validation}' must be a local JSONL file")
+    names = [spec.split(":")[0].strip() for spec in settings.utility]
+    empty = {role: [] for role in ROLES if role != "utility"}
+    return settings.model_copy(update={**empty, "data_files": {name: source.path for name in names}})
