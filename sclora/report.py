@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sclora.atomic import atomic_dir  # noqa: E402
+from sclora.claims import check_claims  # noqa: E402
 from sclora.intervals import mean_interval, paired_difference  # noqa: E402
 
 COLUMNS = (
@@ -82,7 +83,7 @@ def write_report(
             plots.append(_loss_plot(rows, loss_histories, staging / "loss.png"))
         if spectra:
             plots.append(_spectra_plot(spectra, staging / "spectra.png"))
-        (staging / "report.md").write_text(_markdown(groups, plots), encoding="utf-8")
+        (staging / "report.md").write_text(_markdown(groups, plots, check_claims(rows)), encoding="utf-8")
     return out_dir
 
 
@@ -321,7 +322,16 @@ def _paired_lines(groups: list[dict]) -> list[str]:
     return lines
 
 
-def _markdown(groups: list[dict], plots: list[str]) -> str:
+def _claim_lines(claims: list[dict]) -> list[str]:
+    lines = ["", "## The paper's claims", "",
+             "Paired by seed; a difference counts where its 95 % interval excludes 0 (sclora/claims.py).", ""]
+    for claim in claims:
+        lines.append(f"- **{claim['claim']}: {claim['verdict']}**")
+        lines += [f"  - {line}" for line in claim["evidence"]]
+    return lines if claims else []
+
+
+def _markdown(groups: list[dict], plots: list[str], claims: list[dict]) -> str:
     shown = [m for m in METRICS if any(not math.isnan(g["stats"][m][0]) for g in groups)]
     lines = ["# SC-LoRA comparison", ""]
     lines.append("Mean [95 % interval] over seeds per task, method and beta. Forgetting: lower is better.")
@@ -336,6 +346,7 @@ def _markdown(groups: list[dict], plots: list[str]) -> str:
         cells = [_cell(g["intervals"][m]) for m in shown]
         lines.append("| " + " | ".join([g["task"], g["method"], beta, str(g["seeds"]), *cells,
                                          ", ".join(g.get("pareto", [])) or ""]) + " |")
+    lines += _claim_lines(claims)
     lines += _paired_lines(groups)
     lines += ["", "## Pareto-optimal configurations", ""]
     for task in sorted({g["task"] for g in groups}):

@@ -39,7 +39,8 @@ def run(params: Params, item: str) -> dict:
         work = CHECKPOINTS / f"tune-{item}-{factor:g}"
         shutil.rmtree(work, ignore_errors=True)  # a tuning run is short: a killed one starts over
         torch.manual_seed(spec.seed)
-        model = load_model(model_params.path, dtype=model_params.dtype, trust_remote_code=model_params.trust_remote_code)
+        model = load_model(model_params.path, dtype=model_params.dtype,
+                           trust_remote_code=model_params.trust_remote_code)
         model = initialised_model(model, params, spec, work / "initial_adapter")
         train(model, tokenizer, records, work, settings)
         model.eval()

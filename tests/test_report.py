@@ -79,6 +79,8 @@ def test_report_writes_table_markdown_and_plots(tmp_path):
     knowledge = line.split(" | ")[5]
     assert knowledge.startswith("+0.5") and knowledge.endswith("*"), line  # 0.3 + 0.54 vs 0.3
     assert not any(line.startswith("| benign | lora |") for line in paired.splitlines())
+    # The paper's claims are checked on the same runs (sclora.claims; its own tests hold the rules).
+    assert "## The paper's claims" in report and "- **Preservation rises with beta" in report
     # Knowledge grows with beta while utility falls, so sclora at beta 0.9 is on the knowledge front.
     assert "utility vs knowledge:" in report
     front_line = next(line for line in report.splitlines() if line.startswith("- benign, utility vs knowledge"))
