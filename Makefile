@@ -9,7 +9,7 @@ export DO_NOT_TRACK := 1
 # cores (the testbed build, alone, gets all). Tests and calibration run one thread per process.
 JOBS ?= $(shell nproc)
 
-.PHONY: run test setup calibrate
+.PHONY: run test setup calibrate protocol
 
 setup: .venv/.installed
 
@@ -28,3 +28,12 @@ test: setup
 # The testbed's forgetting over builds and seeds (artifacts/calibration/), builds side by side.
 calibrate: setup
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m tasks calibrate -S calibrate.jobs=$(JOBS)
+
+# The comparison protocol on the testbed: every rate tuned on the validation split, then 5 seeds of every method,
+# both controls and sclora at each beta, on both tasks; the report checks the paper's claims. The overrides are
+# written into params.yaml, as `sclora run -S` does (`git checkout params.yaml` returns to the quick run).
+PROTOCOL_METHODS := [lora,pissa,milora,corda_ipm,corda_kpm,full,random_subspace]
+protocol: setup
+	.venv/bin/sclora run --jobs $(JOBS) -S 'train.methods=$(PROTOCOL_METHODS)' -S 'tune.methods=$(PROTOCOL_METHODS)' \
+		-S 'tune.betas=[0.5,0.9]' -S 'solve.betas=[0.5,0.9]' -S 'train.sclora_variants=[sclora,sclora_frozen]' \
+		-S 'train.seeds=[0,1,2,3,4]' -S 'train.lr_source=artifacts/tune'
