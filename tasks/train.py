@@ -63,7 +63,8 @@ def run(params: Params, item: str) -> dict:
 
     torch.manual_seed(spec.seed)  # the LoRA init of A is random; resume then restores the trained weights anyway
     model = load_model(model_params.path, dtype=model_params.dtype, trust_remote_code=model_params.trust_remote_code)
-    model = initialised_model(model, params, spec, work / INITIAL_ADAPTER)  # bad rank or targets fail before any write
+    # A bad rank or bad targets fail here, before anything is written.
+    model = initialised_model(model, params, spec, work / INITIAL_ADAPTER)
     write_json(work / REQUEST, request)
 
     upstream = _locked_stages(spec)
