@@ -82,26 +82,30 @@ def _combine(verdicts: list[str]) -> str:
 
 def _claim(key: str, text: str, results: list[tuple[str, list[str]]]) -> dict:
     verdicts = [verdict for verdict, lines in results if lines]
-    return {"id": key, "claim": text, "verdict": _combine(verdicts), "evidence": [line for _, lines in results for line in lines]}
+    evidence = [line for _, lines in results for line in lines]
+    return {"id": key, "claim": text, "verdict": _combine(verdicts), "evidence": evidence}
 
 
 def _preserves_more(rows) -> dict:
     results = [_versus(rows, task, ("sclora", beta), (baseline, None))
                for task in _tasks(rows) for beta in _betas(rows) if beta >= 0.5 for baseline in ("lora", "pissa")]
-    return _claim("preserves_more", "SC-LoRA (beta >= 0.5) preserves more than LoRA and PiSSA at equal or better utility", results)
+    return _claim("preserves_more",
+                  "SC-LoRA (beta >= 0.5) preserves more than LoRA and PiSSA at equal or better utility", results)
 
 
 def _subspace_matters(rows) -> dict:
     results = [_versus(rows, task, ("sclora", beta), ("random_subspace", None))
                for task in _tasks(rows) for beta in _betas(rows)]
-    return _claim("subspace_matters", "SC-LoRA preserves more than random_subspace at equal utility (the subspace, not the magnitude)",
+    return _claim("subspace_matters",
+                  "SC-LoRA preserves more than random_subspace at equal utility (the subspace, not the magnitude)",
                   results)
 
 
 def _frozen_preserves_more(rows) -> dict:
     results = [_versus(rows, task, ("sclora_frozen", beta), ("sclora", beta))
                for task in _tasks(rows) for beta in _betas(rows, "sclora_frozen")]
-    return _claim("frozen_preserves_more", "The frozen basis (sclora_frozen) preserves more than the trainable one", results)
+    return _claim("frozen_preserves_more",
+                  "The frozen basis (sclora_frozen) preserves more than the trainable one", results)
 
 
 def _monotone_in_beta(rows) -> dict:
