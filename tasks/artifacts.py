@@ -90,6 +90,11 @@ def all_runs(params: Params) -> list[RunSpec]:
     return runs
 
 
+def tune_item(method: str, beta: float | None) -> str:
+    """The tune item whose rate a run takes: the baseline itself, or sclora-<beta> (sclora_frozen: sclora's)."""
+    return method if beta is None else f"sclora-{beta_name(beta)}"
+
+
 def tune_path(item: str) -> Path:
     """Where stage tune@<item> writes its chosen rate (items: a baseline, or sclora-<beta>)."""
     return TUNE / f"{item}.json"
@@ -100,7 +105,7 @@ def run_settings(params: Params, spec: RunSpec) -> TrainSettings:
     artifacts/tune` the rate its tune stage chose (sclora_frozen takes sclora's at the same beta)."""
     settings = params.train.settings_for(spec.method, spec.seed)
     if params.train.lr_source == "artifacts/tune":
-        item = spec.method if spec.beta is None else f"sclora-{beta_name(spec.beta)}"
+        item = tune_item(spec.method, spec.beta)
         chosen = read_json(tune_path(item), f"tuned learning rate of {item} (run stage tune first)")["chosen_lr"]
         settings = settings.model_copy(update={"lr": float(chosen)})
     return settings

@@ -19,7 +19,7 @@ from sclora.config import Params
 from sclora.evaluate.suite import ROLES, EvalError, EvalSettings, evaluate
 from sclora.models import load_model, load_tokenizer
 from sclora.train import train
-from tasks.artifacts import CHECKPOINTS, RunSpec, beta_name, tune_path, write_json
+from tasks.artifacts import CHECKPOINTS, RunSpec, tune_item, tune_path, write_json
 from tasks.evaluate import eval_settings
 from tasks.train import initialised_model, task_records
 
@@ -68,9 +68,9 @@ def tuned_spec(params: Params, item: str) -> RunSpec:
         if item == method:
             return RunSpec(tune.task, method, tune.seed)
     for beta in tune.betas:
-        if item == f"sclora-{beta_name(beta)}":
+        if item == tune_item("sclora", beta):
             return RunSpec(tune.task, "sclora", tune.seed, beta)
-    known = [*tune.methods, *(f"sclora-{beta_name(b)}" for b in tune.betas)]
+    known = [*tune.methods, *(tune_item("sclora", b) for b in tune.betas)]
     raise ValueError(f"unknown tune item '{item}': params tune {', '.join(known) or 'nothing (tune.methods: [])'}")
 
 
