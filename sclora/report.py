@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 
 from sclora.atomic import atomic_dir  # noqa: E402
 from sclora.claims import check_claims  # noqa: E402
-from sclora.intervals import mean_interval, paired_difference  # noqa: E402
+from sclora.intervals import Interval, mean_interval, paired_difference  # noqa: E402
 
 COLUMNS = (
     "run", "task", "method", "beta", "seed", "lr",
@@ -118,28 +118,22 @@ def _write_csv(rows: list[dict], path: Path) -> None:
 
 
 def _groups(rows: list[dict]) -> list[dict]:
-    """Mean and std over seeds per (task, method, beta), in a stable order."""
+    """Mean and 95 % interval over seeds per (task, method, beta), in a stable order."""
     keyed: dict[tuple, list[dict]] = {}
     for row in rows:
         keyed.setdefault((row["task"], row["method"], row["beta"]), []).append(row)
     groups = []
     for (task, method, beta), members in keyed.items():
-        stats, intervals, per_seed = {}, {}, {}
+        intervals, per_seed = {}, {}
         for metric in METRICS:
-            values = np.array([m[metric] for m in members], dtype=float)
-            values = values[~np.isnan(values)]
-            mean = float(values.mean()) if values.size else math.nan
-            std = float(values.std(ddof=1)) if values.size > 1 else 0.0
-            stats[metric] = (mean, std)
-            intervals[metric] = mean_interval(values)
+            intervals[metric] = mean_interval(float(m[metric]) for m in members)
             per_seed[metric] = {int(m["seed"]): m[metric] for m in members if m.get("seed") not in (None, "")}
-        groups.append({"task": task, "method": method, "beta": beta, "seeds": len(members), "stats": stats,
-                       "intervals": intervals, "per_seed": per_seed})
+        groups.append({"task": task, "method": method, "beta": beta, "seeds": len(members), "intervals": intervals, "per_seed": per_seed})
     groups.sort(key=lambda g: (g["task"], g["method"], -1.0 if math.isnan(g["beta"]) else g["beta"]))
     for task in {g["task"] for g in groups}:
         members = [g for g in groups if g["task"] == task]
         for panel, (metric, sign) in PRESERVATION.items():
-            points = [(g["stats"]["utility"][0], sign * g["stats"][metric][0]) for g in members]
+            points = [(g["intervals"]["utility"].mean, sign * g["intervals"][metric].mean) for g in members]
             for i in pareto_front(points):
                 members[i].setdefault("pareto", []).append(panel)
     return groups
@@ -156,6 +150,13 @@ def _colors(groups: list[dict]) -> dict[str, tuple]:
     return {method: cmap(i % 10) for i, method in enumerate(methods)}
 
 
+def _error_bar(intervals: list[Interval]) -> list[list[float]]:
+    """Matplotlib's asymmetric error bars for 95 % intervals: [below, above]; none where a bound is NaN (1 seed)."""
+    below = [0.0 if math.isnan(i.low) else i.mean - i.low for i in intervals]
+    above = [0.0 if math.isnan(i.high) else i.high - i.mean for i in intervals]
+    return [below, above]
+
+
 def _tradeoff_plots(groups: list[dict], out: Path) -> list[str]:
     colors = _colors(groups)
     names = []
@@ -165,13 +166,14 @@ def _tradeoff_plots(groups: list[dict], out: Path) -> list[str]:
         for ax, (panel, (metric, sign)) in zip(axes[0], PRESERVATION.items()):
             points = []
             for g in members:
-                (x, xerr), (y, yerr) = g["stats"]["utility"], g["stats"][metric]
+                x, y = g["intervals"]["utility"].mean, g["intervals"][metric].mean
                 points.append((x, y))
                 if math.isnan(x) or math.isnan(y):
                     continue
                 # beta shades the swept method so that its sweep reads as a path
                 alpha = 1.0 if math.isnan(g["beta"]) else 0.35 + 0.65 * g["beta"]
-                ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", color=colors[g["method"]], alpha=alpha,
+                ax.errorbar(x, y, xerr=_error_bar([g["intervals"]["utility"]]),
+                            yerr=_error_bar([g["intervals"][metric]]), fmt="o", color=colors[g["method"]], alpha=alpha,
                             capsize=3, label=g["method"])
                 if not math.isnan(g["beta"]):  # colours name the methods; only the sweep needs its beta written
                     ax.annotate(f"b={g['beta']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
@@ -211,18 +213,17 @@ def _beta_plots(groups: list[dict], out: Path) -> list[str]:
                        key=lambda g: g["beta"])
         if not swept:
             continue
-        metrics = [m for m in METRICS if any(not math.isnan(g["stats"][m][0]) for g in members)]
+        metrics = [m for m in METRICS if any(not math.isnan(g["intervals"][m].mean) for g in members)]
         cols = 4
         rows_needed = math.ceil(len(metrics) / cols)
         fig, axes = plt.subplots(rows_needed, cols, figsize=(4 * cols, 3.2 * rows_needed), squeeze=False)
         for ax, metric in zip(axes.flat, metrics):
             betas = [g["beta"] for g in swept]
-            means = [g["stats"][metric][0] for g in swept]
-            stds = [g["stats"][metric][1] for g in swept]
-            ax.errorbar(betas, means, yerr=stds, fmt="o-", color=colors[SWEPT_METHOD], capsize=3, label=SWEPT_METHOD)
+            means = [g["intervals"][metric].mean for g in swept]
+            ax.errorbar(betas, means, yerr=_error_bar([g["intervals"][metric] for g in swept]), fmt="o-", color=colors[SWEPT_METHOD], capsize=3, label=SWEPT_METHOD)
             for g in members:
-                if g["method"] != SWEPT_METHOD and not math.isnan(g["stats"][metric][0]):
-                    ax.axhline(g["stats"][metric][0], color=colors[g["method"]], ls="--", lw=1, label=_label(g))
+                if g["method"] != SWEPT_METHOD and not math.isnan(g["intervals"][metric].mean):
+                    ax.axhline(g["intervals"][metric].mean, color=colors[g["method"]], ls="--", lw=1, label=_label(g))
             ax.set_title(metric, fontsize=9)
             ax.set_xlabel("beta")
             ax.grid(alpha=0.3)
@@ -332,7 +333,7 @@ def _claim_lines(claims: list[dict]) -> list[str]:
 
 
 def _markdown(groups: list[dict], plots: list[str], claims: list[dict]) -> str:
-    shown = [m for m in METRICS if any(not math.isnan(g["stats"][m][0]) for g in groups)]
+    shown = [m for m in METRICS if any(not math.isnan(g["intervals"][m].mean) for g in groups)]
     lines = ["# SC-LoRA comparison", ""]
     lines.append("Mean [95 % interval] over seeds per task, method and beta. Forgetting: lower is better.")
     axes = " / ".join(f"{panel} ({metric})" for panel, (metric, _) in PRESERVATION.items())
@@ -353,7 +354,7 @@ def _markdown(groups: list[dict], plots: list[str], claims: list[dict]) -> str:
         for panel in PRESERVATION:
             best = [_label(g) for g in groups if g["task"] == task and panel in g.get("pareto", [])]
             lines.append(f"- {task}, utility vs {panel}: {', '.join(best) if best else 'none (metric missing)'}")
-    lines += ["", "## Plots", ""]
+    lines += ["", "## Plots", "", "Error bars: the 95 % interval over seeds (none for a single seed).", ""]
     lines += [f"- [{name}]({name})\n\n  ![{name}]({name})" for name in plots]
     return "\n".join(lines) + "\n"
 
