@@ -173,6 +173,7 @@ class SolveParams(Section):
         [0.0, 0.5, 0.8, 0.9], min_length=1, description="sclora's beta values, each in [0, 1]; one run per beta"
     )
     normalize: Literal["none", "trace"] = Field("trace", description="Scale Cov+ and Cov- to unit trace first")
+    forecast_step: float = Field(0.05, gt=0, le=0.5, description="Beta grid step of the forecast stage (0 to 1)")
 
     @field_validator("betas", mode="before")
     @classmethod

@@ -15,9 +15,9 @@ measures what choosing the subspace is worth.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -130,6 +130,47 @@ def lora_layers(peft_model: PeftModel) -> list[tuple[str, LoraLayer]]:
     return [(n, m) for n, m in peft_model.base_model.model.named_modules() if isinstance(m, LoraLayer)]
 
 
+class LayerStatistics(NamedTuple):
+    """What M(beta) of one target layer is solved from: its weight (d_out, d_in), bias, and the captured
+    token-summed inputs (and token counts) of D+ and D-."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    pos: torch.Tensor
+    pos_tokens: torch.Tensor
+    neg: torch.Tensor
+    neg_tokens: torch.Tensor
+    rank: int
+
+
+def layer_statistics(
+    model: nn.Module, lora_config: LoraConfig, pos: CaptureStats, neg: CaptureStats, rank: int | None = None
+) -> Iterator[tuple[str, LayerStatistics]]:
+    """Per target layer of the ORIGINAL `model`, in model order: its name and LayerStatistics. The rank is the
+    layer's LoRA rank (lora_config.r or rank_pattern), or `rank` when given."""
+    for name, module in target_modules(model, lora_config):
+        _require_stats(pos, name, "pos")
+        _require_stats(neg, name, "neg")
+        weight = module.weight.T if isinstance(module, Conv1D) else module.weight  # solve in (d_out, d_in)
+        bias = None if module.bias is None else module.bias.detach()
+        yield name, LayerStatistics(weight.detach(), bias, *pos.inputs(name), *neg.inputs(name),
+                                    rank or _rank(lora_config, name))  # fmt: skip
+
+
+def solve_layer(name: str, layer: LayerStatistics, beta: float, normalize: str) -> Subspace:
+    """solve_subspace on one layer's statistics; its errors and warnings name the layer."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            subspace = solve_subspace(layer.weight, layer.pos, layer.neg, beta, layer.rank, normalize,
+                                      bias=layer.bias, pos_tokens=layer.pos_tokens, neg_tokens=layer.neg_tokens)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+    for w in caught:  # re-issue with the layer's name, which the solver does not know
+        warnings.warn(f"{name}: {w.message}", w.category, stacklevel=3)
+    return subspace
+
+
 def sclora_subspaces(
     model: nn.Module,
     lora_config: LoraConfig,
@@ -145,27 +186,8 @@ def sclora_subspaces(
     Each layer is solved at its LoRA rank (lora_config.r or rank_pattern), or at `rank` when given
     (one solve at r_max then serves every smaller rank). The eigenvalues are the per-layer diagnostics.
     """
-    out = {}
-    for name, module in target_modules(model, lora_config):
-        _require_stats(pos, name, "pos")
-        _require_stats(neg, name, "neg")
-        weight = module.weight.T if isinstance(module, Conv1D) else module.weight  # solve in (d_out, d_in)
-        r = rank or _rank(lora_config, name)
-        pos_sums, pos_tokens = pos.inputs(name)
-        neg_sums, neg_tokens = neg.inputs(name)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                out[name] = solve_subspace(
-                    weight.detach(), pos_sums, neg_sums, beta, r, normalize,
-                    bias=None if module.bias is None else module.bias.detach(),
-                    pos_tokens=pos_tokens, neg_tokens=neg_tokens,
-                )  # fmt: skip
-            except ValueError as e:
-                raise ValueError(f"{name}: {e}") from None
-        for w in caught:  # re-issue with the layer's name, which the solver does not know
-            warnings.warn(f"{name}: {w.message}", w.category, stacklevel=2)
-    return out
+    return {name: solve_layer(name, layer, beta, normalize)
+            for name, layer in layer_statistics(model, lora_config, pos, neg, rank)}  # fmt: skip
 
 
 def random_subspaces(model: nn.Module, lora_config: LoraConfig, seed: int) -> dict[str, torch.Tensor]:

@@ -52,7 +52,7 @@ def _matrix(name: str, value, ndim: int, dtype: torch.dtype | None = torch.float
     return t
 
 
-def _outputs(name: str, weight, inputs, bias, tokens) -> torch.Tensor:
+def layer_outputs(name: str, weight, inputs, bias=None, tokens=None) -> torch.Tensor:
     """Y (d_out, N): the token-summed layer outputs W s_i + T_i b of one dataset."""
     s = _matrix(name, inputs, 2)
     if s.shape[1] != weight.shape[1]:
@@ -118,8 +118,8 @@ def solve_subspace(
         b = _matrix("bias", bias, 1)
         if b.shape[0] != d_out:
             raise ValueError(f"bias has {b.shape[0]} entries but weight has d_out={d_out}")
-    y_pos = _outputs("pos", w, pos, b, pos_tokens)
-    y_neg = _outputs("neg", w, neg, b, neg_tokens)
+    y_pos = layer_outputs("pos", w, pos, b, pos_tokens)
+    y_neg = layer_outputs("neg", w, neg, b, neg_tokens)
     if y_pos.shape[1] + y_neg.shape[1] == 0:
         raise ValueError("pos and neg are both empty: no statistics to solve from")
     y_pos = _scale("pos", y_pos, 1.0 - beta, normalize)

@@ -13,7 +13,7 @@ import sys
 
 from sclora.config import load_params
 
-STAGES = ("testbed", "prepare", "capture", "solve", "tune", "plan", "train", "evaluate", "register", "report",
+STAGES = ("testbed", "prepare", "capture", "solve", "forecast", "tune", "plan", "train", "evaluate", "register", "report",
           "calibrate")
 
 

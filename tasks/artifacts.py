@@ -27,6 +27,7 @@ EVAL_BASE = ARTIFACTS / "eval" / "base"
 REGISTRY = ARTIFACTS / "registry.json"
 REPORT = ARTIFACTS / "report"
 TUNE = ARTIFACTS / "tune"
+FORECAST = ARTIFACTS / "forecast"
 # Training checkpoints live outside the stage's outputs (which DVC deletes before a run) so a killed run resumes.
 CHECKPOINTS = ARTIFACTS / "checkpoints"
 

@@ -1,0 +1,69 @@
+"""The trade-off forecast from the capture alone: how much of each dataset's output energy SC-LoRA's subspace holds.
+
+For a layer with token-summed outputs Y+ (D+) and Y- (D-) and the rank-r basis U solved at beta, the share of
+D+'s output energy in the subspace is tr(U^T Cov+ U) / tr(Cov+) = ||U^T Y+||^2 / ||Y+||^2 (any scale of Cov+
+cancels), and the same for D-. A high D+ share is room to learn the task; a high D- share is the preserved
+knowledge the adapter can reach. Solving is cheap, so this runs for a fine grid of beta with no training. Over
+layers the shares are averaged (each layer's covariances have unit trace under `solve.normalize: trace`).
+No library computes this; it is the paper's objective read back per dataset.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from sclora.inits import layer_statistics, solve_layer
+from sclora.subspace import DegenerateSubspaceWarning, layer_outputs
+
+
+def energy_share(basis: torch.Tensor, outputs: torch.Tensor) -> float:
+    """The share of the energy of `outputs` (d_out, N) in span(`basis`) (d_out, r, orthonormal columns)."""
+    total = float(outputs.square().sum())
+    if total == 0.0:
+        raise ValueError("outputs are all zero: no energy to share")
+    return float((basis.T.to(outputs.dtype) @ outputs).square().sum()) / total
+
+
+def forecast_grid(step: float) -> list[float]:
+    """0, step, 2 step, ..., 1 (rounded to 6 decimals, so that 0.15 is 0.15)."""
+    count = round(1.0 / step)
+    if abs(count * step - 1.0) > 1e-9:
+        raise ValueError(f"forecast step {step:g} does not divide [0, 1] evenly")
+    return [round(i / count, 6) for i in range(count + 1)]
+
+
+def energy_forecast(model, lora_config, pos, neg, betas: Sequence[float], *, rank: int | None = None,
+                    normalize: str = "none") -> dict:
+    """Per beta: D+ and D- energy shares of each target layer and their mean over layers.
+
+    Returns {"betas", "pos_share", "neg_share" (means over layers), "degenerate_layers" (per beta: layers whose
+    top-r eigenspace is not unique, where any basis of it would do and the shares are one choice of many),
+    "layers": {name: {"pos_share", "neg_share"}}}.
+    """
+    layers, degenerate = {}, [0] * len(betas)
+    for name, layer in layer_statistics(model, lora_config, pos, neg, rank):
+        y_pos = layer_outputs("pos", layer.weight, layer.pos, layer.bias, layer.pos_tokens)
+        y_neg = layer_outputs("neg", layer.weight, layer.neg, layer.bias, layer.neg_tokens)
+        shares = {"pos_share": [], "neg_share": []}
+        for i, beta in enumerate(betas):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", DegenerateSubspaceWarning)
+                basis = solve_layer(name, layer, beta, normalize).basis
+            degenerate[i] += any(issubclass(w.category, DegenerateSubspaceWarning) for w in caught)
+            shares["pos_share"].append(energy_share(basis, y_pos))
+            shares["neg_share"].append(energy_share(basis, y_neg))
+        layers[name] = shares
+    if not layers:
+        raise ValueError("no target layer to forecast")
+    mean = {key: [sum(s[key][i] for s in layers.values()) / len(layers) for i in range(len(betas))]
+            for key in ("pos_share", "neg_share")}  # fmt: skip
+    return {"betas": list(betas), **mean, "degenerate_layers": degenerate, "layers": layers}
+
+
+def share_at(forecast: dict, key: str, beta: float) -> float:
+    """A forecast share at any beta in [0, 1]: linear between the grid's betas (exact on them)."""
+    return float(np.interp(beta, forecast["betas"], forecast[key]))

@@ -1,0 +1,44 @@
+"""Stage `forecast`: SC-LoRA's trade-off forecast per task from the capture alone -> artifacts/forecast/.
+
+On the grid 0, solve.forecast_step, ..., 1: the share of D+'s and of D-'s output energy that each beta's rank-r
+subspace holds (sclora.forecast), per layer and averaged over layers. No training. Writes forecast.json (every
+number) and forecast.csv (the averaged table); the report draws it, and `select_beta` starts from it.
+"""
+
+from __future__ import annotations
+
+import csv
+
+from sclora.capture import CaptureStats
+from sclora.config import Params
+from sclora.forecast import energy_forecast, forecast_grid
+from sclora.models import load_model, lora_config
+from tasks.artifacts import CAPTURE, FORECAST, NEG, pos_capture_dir, read_json, staged_dir, write_json
+
+FORECAST_JSON = "forecast.json"
+
+
+def run(params: Params) -> dict:
+    model = load_model(params.model.path, dtype=params.model.dtype, trust_remote_code=params.model.trust_remote_code)
+    adapter = params.adapter
+    config = lora_config(adapter.rank, adapter.alpha, adapter.dropout, adapter.target_modules)
+    neg = CaptureStats.load(CAPTURE / NEG)
+    betas = forecast_grid(params.solve.forecast_step)
+    tasks = {task: energy_forecast(model, config, CaptureStats.load(pos_capture_dir(task)), neg, betas,
+                                   rank=adapter.rank, normalize=params.solve.normalize)
+             for task in params.data.tasks}  # fmt: skip
+    with staged_dir(FORECAST) as staging:
+        write_json(staging / FORECAST_JSON, {"rank": adapter.rank, "normalize": params.solve.normalize, "tasks": tasks})
+        with (staging / "forecast.csv").open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["task", "beta", "pos_share", "neg_share", "degenerate_layers"])
+            for task, forecast in tasks.items():
+                for i, beta in enumerate(forecast["betas"]):
+                    writer.writerow([task, beta, f"{forecast['pos_share'][i]:.6f}", f"{forecast['neg_share'][i]:.6f}",
+                                     forecast["degenerate_layers"][i]])  # fmt: skip
+    return {task: {"betas": len(f["betas"]), "layers": len(f["layers"])} for task, f in tasks.items()}
+
+
+def load_forecast() -> dict:
+    """artifacts/forecast/forecast.json, as the stage wrote it."""
+    return read_json(FORECAST / FORECAST_JSON, "SC-LoRA forecast (stage forecast)")
