@@ -49,6 +49,13 @@ class TrainSettings(BaseModel):
     logging_steps: int = Field(1, ge=1, description="Optimizer steps per logged loss (the mean over them)")
 
 
+def _preserved_budget(budget: dict[str, float]) -> dict[str, float]:
+    unknown = sorted(set(budget) - set(PRESERVED))
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: not a preserved metric; budget one of {', '.join(PRESERVED)}")
+    return budget
+
+
 class PromotionGates(BaseModel):
     """When a candidate may become champion (the `tracking.gates` section of params.yaml)."""
 
@@ -59,13 +66,7 @@ class PromotionGates(BaseModel):
         default_factory=dict, description="Largest allowed forgetting delta per metric, e.g. {knowledge: 0.02}"
     )
 
-    @field_validator("forgetting_budget")
-    @classmethod
-    def _preserved_metrics(cls, budget: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(budget) - set(PRESERVED))
-        if unknown:
-            raise ValueError(f"{', '.join(unknown)}: not a preserved metric; budget one of {', '.join(PRESERVED)}")
-        return budget
+    _preserved_metrics = field_validator("forgetting_budget")(_preserved_budget)
 
 
 class ParamsError(ValueError):
@@ -188,8 +189,7 @@ class SolveParams(Section):
 class TrainParams(TrainSettings):
     methods: list[Baseline] = Field(
         list(PAPER_BASELINES),
-        min_length=1,
-        description="Baselines to run beside sclora (which runs once per beta in solve.betas)",
+        description="Baselines to run beside sclora (which runs once per beta in solve.betas); [] for sclora alone",
     )
     learning_rates: dict[Method, Annotated[float, Field(gt=0)]] = Field(
         default_factory=dict, description="Learning rate per method; a method not named here uses `lr`"
@@ -224,6 +224,23 @@ class TuneParams(Section):
         [0.25, 0.5, 1.0, 2.0, 4.0], min_length=1, description="Rates tried: these times the method's params rate"
     )
     seed: int = Field(0, description="The one seed of every tuning run")
+
+
+class SelectParams(Section):
+    """Beta for a forgetting budget (flow `select_beta`): the beta that learns most within the budget."""
+
+    task: str = Field("poisoned", description="The task (of data.tasks) each probe trains on (checked by the flow)")
+    forgetting_budget: dict[str, float] = Field(
+        default_factory=lambda: {"knowledge": 0.25, "attack_success_rate": 0.05}, min_length=1,
+        description="Largest allowed forgetting per preserved metric, in the units of `forgetting` (base - run, "
+        "in the metric's good direction); a probe is within it when the 95 % interval's upper end is",
+    )
+    seeds: list[int] = Field([0, 1, 2], min_length=2, description="Seeds per probe: the interval needs two at least")
+    max_runs: int = Field(5, ge=1, description="Betas probed at most (each trains len(seeds) runs)")
+    tolerance: float = Field(0.05, gt=0, lt=1, description="Stop once the budget's boundary is bracketed this tightly")
+    in_retrain: bool = Field(False, description="The retrain flow runs select_beta instead of the params' beta grid")
+
+    _preserved_metrics = field_validator("forgetting_budget")(_preserved_budget)
 
 
 class CalibrateParams(Section):
@@ -262,6 +279,7 @@ class Params(Section):
     tracking: TrackingParams = Field(default_factory=TrackingParams)
     calibrate: CalibrateParams = Field(default_factory=CalibrateParams)
     tune: TuneParams = Field(default_factory=TuneParams)
+    select: SelectParams = Field(default_factory=SelectParams)
 
     @model_validator(mode="after")
     def _tuning_covers_what_it_feeds(self) -> Params:
@@ -301,6 +319,16 @@ def _set_dotted(tree: dict, dotted: str, value: object) -> None:
     node[leaf] = value
 
 
+def _delete_dotted(tree: dict, dotted: str, override: str) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or leaf not in node:
+        raise ParamsError(f"override '{override}': no key {dotted} to delete")
+    del node[leaf]
+
+
 def parse_params(tree: object, source: str = "params") -> Params:
     """Validate an already-parsed params tree."""
     if tree is None:
@@ -326,6 +354,9 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[s
         raise ParamsError(f"{path}:{where} not valid YAML: {getattr(error, 'problem', error)}") from None
     tree = tree if tree is not None else {}
     for override in overrides:
+        if override.startswith("~"):  # `~key` deletes the key, as `dvc exp run -S` (Hydra's grammar) does
+            _delete_dotted(tree, override[1:].strip(), override)
+            continue
         key, sep, raw = override.partition("=")
         if not sep or not key:
             raise ParamsError(f"override '{override}': expected key=value")

@@ -1,0 +1,146 @@
+"""Beta for a forgetting budget: a search over beta on measured probes, each a few seeds with 95 % intervals.
+
+SC-LoRA trades utility for preservation through beta: forgetting is expected to fall and utility to fall (or
+stay) as beta rises, so the beta that learns most within a budget is the smallest one within it. The search
+brackets that boundary: `lo` is the largest beta measured over budget (0 before any), `hi` the smallest measured
+within it (1 before any), and each probe bisects the bracket, the first one placed where the capture's forecast
+says half of the trade-off is done. It stops when the bracket is `tolerance` wide or after `max_runs` probes.
+
+A probe is within budget only when the UPPER end of the 95 % interval of each budgeted forgetting over its seeds
+is within the budget (a mean within budget is not enough). The chosen beta is the probe within budget with the
+best mean utility; the expected monotone trade-off is checked on the measurements, not assumed. No library does
+a budgeted search over one knob with interval-based acceptance; this file is that rule and nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from sclora.intervals import Interval, mean_interval, paired_difference
+
+
+@dataclass
+class Probe:
+    """One beta, measured over seeds: per-seed utility and forgetting (metric -> seed -> delta)."""
+
+    beta: float
+    utility: dict[int, float]
+    forgetting: dict[str, dict[int, float]]
+
+    def interval(self, metric: str) -> Interval:
+        return mean_interval(self.utility.values() if metric == "utility" else self.forgetting[metric].values())
+
+    def overshoot(self, budget: Mapping[str, float]) -> dict[str, float]:
+        """How far each budgeted forgetting's interval upper end exceeds its budget (only those that do;
+        an upper end that cannot be computed, e.g. from one seed, counts as infinitely over)."""
+        over = {}
+        for metric, limit in budget.items():
+            high = self.interval(metric).high if metric in self.forgetting else math.nan
+            amount = math.inf if math.isnan(high) else high - limit
+            if amount > 0:
+                over[metric] = amount
+        return over
+
+    def within(self, budget: Mapping[str, float]) -> bool:
+        return not self.overshoot(budget)
+
+    def summary(self, budget: Mapping[str, float]) -> dict:
+        """JSON-ready: beta, utility and each budgeted forgetting as mean [low, high], within budget or not."""
+        shown = {metric: self.interval(metric) for metric in ("utility", *budget)}
+        return {"beta": self.beta, "seeds": len(self.utility), "within_budget": self.within(budget),
+                **{metric: {"mean": i.mean, "low": i.low, "high": i.high} for metric, i in shown.items()}}
+
+
+@dataclass
+class Selection:
+    """The search's outcome: every probe in the order run, the chosen beta (None when nothing is within budget),
+    why it stopped, disagreements with the expected trade-off, and a one-line message."""
+
+    budget: dict[str, float]
+    probes: list[Probe]
+    chosen: float | None
+    stopped: str
+    disagreements: list[str] = field(default_factory=list)
+    message: str = ""
+
+    def probe(self, beta: float) -> Probe:
+        return next(p for p in self.probes if p.beta == beta)
+
+
+def first_beta(forecast: Mapping | None) -> float:
+    """Where the forecast says half of the trade-off is done: the beta whose D- energy share is halfway between
+    its values at beta 0 and 1 (0.5 without a forecast)."""
+    if not forecast:
+        return 0.5
+    betas, shares = forecast["betas"], forecast["neg_share"]
+    halfway = (shares[0] + shares[-1]) / 2
+    for (b0, s0), (b1, s1) in zip(zip(betas, shares), zip(betas[1:], shares[1:])):
+        if (s0 - halfway) * (s1 - halfway) <= 0 and s0 != s1:
+            return round(b0 + (b1 - b0) * (s0 - halfway) / (s0 - s1), 3)
+    return 0.5
+
+
+def search(measure: Callable[[float], Probe], budget: Mapping[str, float], *, start: float = 0.5,
+           max_runs: int = 5, tolerance: float = 0.05) -> Selection:
+    """Probe betas by `measure(beta)` until the budget's boundary is bracketed within `tolerance` or `max_runs`
+    probes have run; returns the Selection."""
+    if not budget:
+        raise ValueError("forgetting budget is empty: name at least one preserved metric and its limit")
+    if not 0.0 <= start <= 1.0:
+        raise ValueError(f"start beta must be in [0, 1], got {start}")
+    probes: list[Probe] = []
+    low, high, beta = 0.0, 1.0, start
+    stopped = f"max_runs ({max_runs} probes)"
+    while len(probes) < max_runs:
+        probe = measure(beta)
+        probes.append(probe)
+        if probe.within(budget):
+            high = beta
+        else:
+            low = beta
+        if high - low <= tolerance:
+            stopped = f"tolerance (the boundary lies in [{low:g}, {high:g}], width <= {tolerance:g})"
+            break
+        beta = round((low + high) / 2, 3)
+    within = [p for p in probes if p.within(budget)]
+    chosen = None
+    if within:  # the best mean utility; of equals, the one that forgets least
+        chosen = min(within, key=lambda p: (-p.interval("utility").mean,
+                                            sum(p.interval(m).mean for m in budget), p.beta)).beta  # fmt: skip
+    selection = Selection(dict(budget), probes, chosen, stopped, disagreements(probes, budget))
+    selection.message = _message(selection)
+    return selection
+
+
+def disagreements(probes: list[Probe], budget: Mapping[str, float]) -> list[str]:
+    """Where the measurements contradict the expected trade-off between neighbouring betas: forgetting that rises,
+    or utility that rises, with beta. Each says whether the paired interval over the shared seeds resolves it."""
+    found = []
+    ordered = sorted(probes, key=lambda p: p.beta)
+    for before, after in zip(ordered, ordered[1:]):
+        checks = [("utility", after.utility, before.utility)]
+        checks += [(f"{m} forgetting", after.forgetting[m], before.forgetting[m]) for m in budget
+                   if m in after.forgetting and m in before.forgetting]  # fmt: skip
+        for name, values, baseline in checks:
+            change = paired_difference(values, baseline)
+            if change.mean > 0:
+                resolved = "resolved: its 95 % interval" if change.low > 0 else "not resolved: its 95 % interval"
+                found.append(f"{name} rises from beta {before.beta:g} to {after.beta:g} by {change.mean:+.3f} "
+                             f"({resolved} [{change.low:+.3f}, {change.high:+.3f}])")
+    return found
+
+
+def _message(selection: Selection) -> str:
+    asked = ", ".join(f"{metric} <= {limit:g}" for metric, limit in selection.budget.items())
+    runs = sum(len(p.utility) for p in selection.probes)
+    if selection.chosen is not None:
+        probe = selection.probe(selection.chosen)
+        shown = ", ".join(f"{m} {probe.interval(m).mean:.3f} (<= {probe.interval(m).high:.3f})" for m in selection.budget)
+        return (f"beta {selection.chosen:g}: utility {probe.interval('utility').mean:.3f}, forgetting {shown}; "
+                f"budget {asked}; {len(selection.probes)} probes, {runs} training runs; stopped at {selection.stopped}")
+    least = min(selection.probes, key=lambda p: (max(p.overshoot(selection.budget).values()), p.beta))
+    over = ", ".join(f"{m} {least.interval(m).high:.3f}" for m in selection.budget if m in least.overshoot(selection.budget))
+    return (f"the budget cannot be met: it asked {asked}; the least forgetting measured was at beta {least.beta:g} "
+            f"(95 % upper ends {over}); {len(selection.probes)} probes, {runs} training runs")
