@@ -1,4 +1,4 @@
-"""`sclora`: the command line of the pipeline (run, sweep, report, promote, check-params).
+"""`sclora`: the command line of the pipeline (run, sweep, select-beta, report, promote, check-params).
 
 Errors are caught here, once, and printed as one line with a non-zero exit; `--debug`
 shows the traceback instead.
@@ -57,6 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--jobs", type=int, default=1, help="experiments run at once locally (default: 1)")
     sweep.add_argument("--work-pool", help="submit one pipeline flow run per point to this Prefect work pool")
     sweep.add_argument("--deployment", help="deployment to run on the pool (default: sclora-pipeline/<work pool>)")
+
+    select = commands.add_parser(
+        "select-beta", help="find the beta that learns most within params' select.forgetting_budget, register it",
+        description="Probe betas (select.seeds seeds each, on select.task) until the forgetting budget's boundary is "
+                    "bracketed within select.tolerance or select.max_runs probes ran; register the chosen adapter "
+                    "(exit 1 when the budget cannot be met).",
+    )  # fmt: skip
+    _params_options(select)
+    _overrides(select)
+    select.add_argument("--jobs", type=int, default=1, help="stages run at once (default: 1)")
 
     report = commands.add_parser(
         "report", help="bring the report stage up to date and show the results",
@@ -134,6 +144,29 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_select_beta(args: argparse.Namespace) -> int:
+    from sclora.config import load_params
+
+    params_file = Path(args.params) if Path(args.params).is_absolute() else Path(args.workdir) / args.params
+    load_params(params_file, args.overrides)
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    check_prefect_api()
+    from flows.select_beta import SELECT_DIR, select_beta
+
+    result = select_beta(params_file=args.params, overrides=tuple(args.overrides), workdir=args.workdir,
+                         jobs=args.jobs)  # fmt: skip
+    for i, probe in enumerate(result["probes"], 1):
+        print(f"probe {i}: beta {probe['beta']:g}, utility {probe['utility']['mean']:.3f}, "
+              f"{'within budget' if probe['within_budget'] else 'over budget'}")  # fmt: skip
+    print(f"selection: {Path(args.workdir) / SELECT_DIR / 'selection.md'}")
+    if result["version"] is None:
+        print(f"error: select-beta: {result['message']}", file=sys.stderr)
+        return 1
+    print(f"{result['message']}\nregistered {result['model']} version {result['version']} as candidate")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from flows.pipeline import REPORT_DIR, run_logged, stage_env
 
@@ -173,7 +206,7 @@ class _StderrLog:
         print(line, file=sys.stderr)
 
 
-COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "promote": cmd_promote,
+COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "select-beta": cmd_select_beta, "report": cmd_report, "promote": cmd_promote,
             "check-params": cmd_check_params}  # fmt: skip
 
 

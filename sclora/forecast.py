@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from scipy import stats
 
 from sclora.inits import layer_statistics, solve_layer
 from sclora.subspace import DegenerateSubspaceWarning, layer_outputs
@@ -67,3 +68,14 @@ def energy_forecast(model, lora_config, pos, neg, betas: Sequence[float], *, ran
 def share_at(forecast: dict, key: str, beta: float) -> float:
     """A forecast share at any beta in [0, 1]: linear between the grid's betas (exact on them)."""
     return float(np.interp(beta, forecast["betas"], forecast[key]))
+
+
+def rank_correlation(forecast: dict[float, float], measured: dict[float, float]) -> dict | None:
+    """Spearman's rank correlation (scipy.stats.spearmanr) between forecast and measured values at the betas both
+    have: {"rho", "p", "n"}; None below 3 betas or when either side has no spread."""
+    betas = sorted(set(forecast) & set(measured))
+    x, y = [forecast[b] for b in betas], [measured[b] for b in betas]
+    if len(betas) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return None
+    result = stats.spearmanr(x, y)
+    return {"rho": float(result.statistic), "p": float(result.pvalue), "n": len(betas)}

@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 
 from sclora.atomic import atomic_dir  # noqa: E402
 from sclora.claims import check_claims  # noqa: E402
+from sclora.forecast import rank_correlation, share_at  # noqa: E402
 from sclora.intervals import Interval, mean_interval, paired_difference  # noqa: E402
 
 COLUMNS = (
@@ -39,6 +40,7 @@ BASELINE = "lora"  # every other method is compared with it seed by seed
 PAIRED = ("utility", "knowledge", "knowledge_logprob", "attack_success_rate", "refusal_rate", "collapse_rate",
           "refusal_margin", "benign_helpfulness")
 SPECTRA_LAYERS = 4
+FORGETTING_METRICS = ("knowledge_forgetting", "safety_forgetting", "capability_forgetting")
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -63,12 +65,14 @@ def write_report(
     out_dir: str | Path,
     loss_histories: Mapping[str, Sequence[Mapping]] | None = None,
     spectra: Mapping[str, Mapping[float, Sequence[float]]] | None = None,
+    forecast: Mapping[str, Mapping] | None = None,
 ) -> Path:
     """Write results.csv, report.md and the PNGs into `out_dir` (replaced as a whole).
 
     `rows`: one dict per run with the keys in COLUMNS (missing metrics: None).
     `loss_histories`: run -> [{"step", "loss"}, ...]. `spectra`: layer -> {beta: eigenvalues
-    of M(beta), descending}; the first few layers are plotted.
+    of M(beta), descending}; the first few layers are plotted. `forecast`: task -> the forecast stage's
+    table (sclora.forecast.energy_forecast), drawn against beta and checked against the measured forgetting.
     """
     rows = [_row(row, i) for i, row in enumerate(rows)]
     if not rows:
@@ -83,7 +87,10 @@ def write_report(
             plots.append(_loss_plot(rows, loss_histories, staging / "loss.png"))
         if spectra:
             plots.append(_spectra_plot(spectra, staging / "spectra.png"))
-        (staging / "report.md").write_text(_markdown(groups, plots, check_claims(rows)), encoding="utf-8")
+        if forecast:
+            plots.append(_forecast_plot(forecast, groups, staging / "forecast.png"))
+        text = _markdown(groups, plots, check_claims(rows), _forecast_lines(forecast, groups) if forecast else [])
+        (staging / "report.md").write_text(text, encoding="utf-8")
     return out_dir
 
 
@@ -332,7 +339,49 @@ def _claim_lines(claims: list[dict]) -> list[str]:
     return lines if claims else []
 
 
-def _markdown(groups: list[dict], plots: list[str], claims: list[dict]) -> str:
+def _swept(groups: list[dict], task: str) -> list[dict]:
+    return sorted((g for g in groups if g["task"] == task and g["method"] == SWEPT_METHOD and not math.isnan(g["beta"])),
+                  key=lambda g: g["beta"])  # fmt: skip
+
+
+def _forecast_plot(forecast: Mapping[str, Mapping], groups: list[dict], path: Path) -> str:
+    tasks = sorted(forecast)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        table = forecast[task]
+        ax.plot(table["betas"], table["pos_share"], "o-", ms=3, label="D+ (task) energy in the subspace")
+        ax.plot(table["betas"], table["neg_share"], "s-", ms=3, label="D- (preserved) energy in the subspace")
+        for g in _swept(groups, task):
+            ax.axvline(g["beta"], color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("beta")
+        ax.set_ylabel("share of output energy (mean over layers)")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"{task}: forecast from the capture (dotted: betas trained)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _forecast_lines(forecast: Mapping[str, Mapping], groups: list[dict]) -> list[str]:
+    """Does the forecast predict? Spearman between its D- share and the measured forgetting over sclora's betas."""
+    lines = ["", "## The forecast against measurement", "",
+             "Spearman rank correlation (scipy) over sclora's betas between the forecast's D- energy share and the "
+             "mean measured forgetting: +1 means the forecast orders the betas exactly as the measurements do.", "",
+             "| task | betas | " + " | ".join(FORGETTING_METRICS) + " |", "|---|---|" + "---|" * len(FORGETTING_METRICS)]
+    for task in sorted(forecast):
+        swept = _swept(groups, task)
+        shares = {g["beta"]: share_at(forecast[task], "neg_share", g["beta"]) for g in swept}
+        cells = []
+        for metric in FORGETTING_METRICS:
+            result = rank_correlation(shares, {g["beta"]: g["intervals"][metric].mean for g in swept})
+            cells.append("-" if result is None else f"{result['rho']:+.2f} (p {result['p']:.2f})")
+        lines.append(f"| {task} | {len(swept)} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("'-': fewer than 3 betas, or no spread. With few betas a rank correlation says little.")
+    return lines
+
+
+def _markdown(groups: list[dict], plots: list[str], claims: list[dict], forecast_lines: list[str]) -> str:
     shown = [m for m in METRICS if any(not math.isnan(g["intervals"][m].mean) for g in groups)]
     lines = ["# SC-LoRA comparison", ""]
     lines.append("Mean [95 % interval] over seeds per task, method and beta. Forgetting: lower is better.")
@@ -349,6 +398,7 @@ def _markdown(groups: list[dict], plots: list[str], claims: list[dict]) -> str:
                                          ", ".join(g.get("pareto", [])) or ""]) + " |")
     lines += _claim_lines(claims)
     lines += _paired_lines(groups)
+    lines += forecast_lines
     lines += ["", "## Pareto-optimal configurations", ""]
     for task in sorted({g["task"] for g in groups}):
         for panel in PRESERVATION:

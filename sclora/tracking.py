@@ -265,6 +265,7 @@ def register_adapter(
     tags: Mapping[str, str] | None = None,
     *,
     run_id: str | None = None,
+    note: str = "",
 ) -> str:
     """Register an exported plain-LoRA adapter directory as a version of `name`; returns the version.
 
@@ -274,7 +275,7 @@ def register_adapter(
     The directory is logged as the `adapter` artifact of `run_id` (default: the active
     run), the version gets alias `candidate`, its metrics and the run's lineage (git commit,
     dvc.*, data.*, task, method, beta, seed) as tags, and a description comparing it with
-    the current champion.
+    the current champion, then `note` (markdown: why this version).
     """
     adapter_dir = Path(adapter_dir)
     config_file = adapter_dir / "adapter_config.json"
@@ -293,7 +294,12 @@ def register_adapter(
     client = mlflow.MlflowClient()
     registered = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if registered:  # this run is registered already: the same adapter, the same version
-        version = max(int(v.version) for v in registered)
+        latest = max(registered, key=lambda v: int(v.version))
+        version = int(latest.version)
+        if note:  # registered again for another reason (a budget search): the version says the latest one
+            client.update_model_version(name, str(version), description=f"{latest.description or ''}\n\n{note}")
+            for key, value in _clean_tags(tags or {}).items():
+                client.set_model_version_tag(name, str(version), key, value)
         client.set_registered_model_alias(name, CANDIDATE, str(version))
         return str(version)
     client.log_artifacts(run_id, str(adapter_dir), artifact_path=ADAPTER_ARTIFACT)
@@ -313,9 +319,9 @@ def register_adapter(
             if race.error_code != "RESOURCE_ALREADY_EXISTS":  # else another run (a sweep's point) made it
                 raise
     version_tags = {**lineage, **{key: repr(value) for key, value in values.items()}, **_clean_tags(tags or {})}
-    version = client.create_model_version(
-        name, source, run_id=run_id, tags=_clean_tags(version_tags), description=champion_comparison(name, values)
-    )
+    description = champion_comparison(name, values) + (f"\n\n{note}" if note else "")
+    version = client.create_model_version(name, source, run_id=run_id, tags=_clean_tags(version_tags),
+                                          description=description)  # fmt: skip
     client.set_registered_model_alias(name, CANDIDATE, version.version)
     return str(version.version)
 

@@ -8,6 +8,7 @@ number) and forecast.csv (the averaged table); the report draws it, and `select_
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 from sclora.capture import CaptureStats
 from sclora.config import Params
@@ -39,6 +40,6 @@ def run(params: Params) -> dict:
     return {task: {"betas": len(f["betas"]), "layers": len(f["layers"])} for task, f in tasks.items()}
 
 
-def load_forecast() -> dict:
-    """artifacts/forecast/forecast.json, as the stage wrote it."""
-    return read_json(FORECAST / FORECAST_JSON, "SC-LoRA forecast (stage forecast)")
+def load_forecast(root: Path = Path(".")) -> dict:
+    """The forecast per task (task -> energy_forecast's table), as the stage wrote it under `root`."""
+    return read_json(root / FORECAST / FORECAST_JSON, "SC-LoRA forecast (stage forecast)")["tasks"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sclora.config import Params
 from sclora.report import write_report
 from tasks.artifacts import METRICS, REPORT, RUN_FILE, SPECTRA, all_runs, read_json, solve_dir
+from tasks.forecast import load_forecast
 
 # results.csv column -> where it sits in a run's eval/metrics.json
 FORGETTING_COLUMNS = {"knowledge_forgetting": "knowledge", "safety_forgetting": "attack_success_rate",
@@ -31,5 +32,5 @@ def run(params: Params) -> dict:
         for task, layers in read_json(solve_dir(beta) / SPECTRA, f"spectra of beta {beta}").items():
             for layer, values in layers.items():
                 spectra.setdefault(f"{task}: {layer}", {})[beta] = values
-    write_report(rows, REPORT, loss_histories=histories, spectra=spectra)
+    write_report(rows, REPORT, loss_histories=histories, spectra=spectra, forecast=load_forecast())
     return {"report": str(REPORT / "report.md"), "runs": len(rows)}

@@ -1,0 +1,200 @@
+"""Flow `select_beta`: the beta that learns most within a forgetting budget, found with few training runs, registered.
+
+The budget is `select.forgetting_budget` (largest forgetting per preserved metric). The flow first brings the
+capture and the forecast stage up to date (no training), then probes betas by the search of sclora.selection:
+each probe is one round of the pipeline's own DVC stages in this workspace, with `solve.betas` the betas probed
+so far, on `select.task` alone, sclora alone, `select.seeds` seeds, so lineage and MLflow runs are those of any
+run (all under one MLflow parent run). A round runs only the new beta's items (solve, train); the earlier ones
+are not re-checked. A probe is within budget when the 95 % interval's upper end of each budgeted forgetting is.
+
+The chosen beta's best-utility seed (of those within the budget, the one that forgets least among equals) is
+registered as `candidate` of tracking.registered_model, with the budget, every probe and the forecast in the
+version's description and tags. A budget no probe meets registers nothing and ends with a one-line message.
+
+Like `sclora run -S`, the overrides are written into the workspace's params.yaml: afterwards it says what the
+last round ran (`git checkout params.yaml` returns to yours). Output: artifacts/select/selection.{json,md}.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import flows  # noqa: F401 - Prefect's local settings, before Prefect is imported
+from flows.pipeline import PARAMS_FILE, prepare_params, run_stage, run_stages, stage_plan, store_uri
+from prefect import flow, get_run_logger
+from sclora import tracking
+from sclora.atomic import write_text
+from sclora.config import Params
+from sclora.forecast import rank_correlation, share_at
+from sclora.selection import Probe, Selection, first_beta, search
+from tasks.artifacts import ARTIFACTS, METRICS, RUN_FILE, RunSpec, beta_name, read_json, write_json
+from tasks.forecast import load_forecast
+
+SELECT_DIR = ARTIFACTS / "select"
+VARIANT = "sclora"
+FIRST_STAGES = ("forecast", "evaluate")  # with everything upstream: what every probe needs, and no training
+
+
+def probe_overrides(params: Params, betas: list[float]) -> list[str]:
+    """The -S overrides of a probe round: sclora alone on select.task, select.seeds, the betas probed so far."""
+    select = params.select
+    dropped = [f"~data.tasks.{task}" for task in params.data.tasks if task != select.task]
+    return [*dropped, "train.methods=[]", f"train.sclora_variants=[{VARIANT}]", f"train.seeds={list(select.seeds)}",
+            "tune.methods=[]", "tune.betas=[]", "train.lr_source=params.yaml",
+            f"solve.betas=[{', '.join(beta_name(b) for b in sorted(betas))}]"]  # fmt: skip
+
+
+def round_plan(plan: dict[str, list[str]], targets: set[str], done: set[str] = frozenset()) -> dict[str, list[str]]:
+    """The stages of `plan` that `targets` need: the targets and everything upstream of them, less the stages
+    `done` in earlier rounds (an earlier probe's items: nothing they depend on changes between rounds)."""
+    needed, stack = set(), [stage for stage in targets if stage not in done]
+    while stack:
+        stage = stack.pop()
+        if stage not in needed:
+            needed.add(stage)
+            stack.extend(up for up in plan[stage] if up not in done)
+    return {stage: [up for up in upstream if up in needed] for stage, upstream in plan.items() if stage in needed}
+
+
+def beta_stages(params: Params, beta: float) -> set[str]:
+    """The stage items of one probe: its solve and one train item per seed."""
+    runs = [RunSpec(params.select.task, VARIANT, seed, beta) for seed in params.select.seeds]
+    return {f"solve@{beta_name(beta)}", *(f"train_sclora@{run.name}" for run in runs)}
+
+
+def read_probe(params: Params, root: Path, beta: float) -> Probe:
+    """A probe's per-seed utility and forgetting, from its train items' metrics."""
+    utility, forgetting = {}, {metric: {} for metric in params.select.forgetting_budget}
+    for seed in params.select.seeds:
+        run = RunSpec(params.select.task, VARIANT, seed, beta)
+        metrics = read_json(root / run.dir / "eval" / METRICS, f"metrics of run {run.name}")
+        utility[seed] = float(metrics["utility"])
+        for metric in forgetting:
+            if metric not in metrics.get("forgetting", {}):
+                raise ValueError(f"select.forgetting_budget: run {run.name} reports no forgetting of '{metric}'")
+            forgetting[metric][seed] = float(metrics["forgetting"][metric])
+    return Probe(beta, utility, forgetting)
+
+
+def forecast_check(forecast: dict, selection: Selection) -> dict[str, dict | None]:
+    """Per budgeted metric: the rank correlation between the forecast D- share and the measured mean forgetting
+    over the probes (None below 3 probes or without spread)."""
+    shares = {p.beta: share_at(forecast, "neg_share", p.beta) for p in selection.probes}
+    return {metric: rank_correlation(shares, {p.beta: p.interval(metric).mean for p in selection.probes})
+            for metric in selection.budget}  # fmt: skip
+
+
+def register_choice(params: Params, root: Path, selection: Selection, forecast: dict, check: dict) -> str:
+    """Register the chosen beta's best seed as `candidate`, the search's evidence in the description and tags."""
+    budget = selection.budget
+    beta = selection.chosen
+    seeds = {}
+    for seed in params.select.seeds:
+        run = RunSpec(params.select.task, VARIANT, seed, beta)
+        seeds[seed] = read_json(root / run.dir / "eval" / METRICS, f"metrics of run {run.name}")
+    best = min(seeds, key=lambda s: (-seeds[s]["utility"], sum(seeds[s]["forgetting"][m] for m in budget), s))
+    spec = RunSpec(params.select.task, VARIANT, best, beta)
+    summary = read_json(root / spec.dir / RUN_FILE, f"run {spec.name}")
+    metrics = seeds[best]
+    shown = {key: metrics[key] for key in ("utility", "forgetting") if key in metrics}
+    tags = {"run": spec.name, "task": spec.task, "method": spec.method, "seed": str(best), "beta": str(beta),
+            "select.budget": json.dumps(budget), "select.beta": str(beta), "select.stopped": selection.stopped,
+            "select.probes": json.dumps([[p.beta, p.within(budget)] for p in selection.probes])}  # fmt: skip
+    tracking.use_store(store_uri(params, root))
+    return tracking.register_adapter(root / spec.dir / "export", params.tracking.registered_model, shown, tags,
+                                     run_id=summary["mlflow_run_id"], note=selection_markdown(selection, forecast,
+                                                                                              check))  # fmt: skip
+
+
+def selection_markdown(selection: Selection, forecast: dict, check: dict) -> str:
+    """The search as a reviewer reads it: budget, every probe with intervals, the forecast and how well it
+    predicted, the disagreements with the expected trade-off, the outcome."""
+    budget = selection.budget
+    asked = ", ".join(f"{metric} <= {limit:g}" for metric, limit in budget.items())
+    lines = [f"## Beta for a forgetting budget ({asked})", "", selection.message, "",
+             f"Within budget: the upper end of the 95 % interval over seeds of each budgeted forgetting. "
+             f"Stopped at {selection.stopped}.", "",
+             "| probe | beta | utility | " + " | ".join(f"{m} forgetting" for m in budget)
+             + " | forecast D- share | within budget |",
+             "|---|---|---|" + "---|" * len(budget) + "---|---|"]  # fmt: skip
+    for i, probe in enumerate(selection.probes, 1):
+        cells = [_cell(probe.interval(metric)) for metric in ("utility", *budget)]
+        share = share_at(forecast, "neg_share", probe.beta)
+        lines.append(f"| {i} | {probe.beta:g} | {' | '.join(cells)} | {share:.3f} | "
+                     f"{'yes' if probe.within(budget) else 'no'} |")  # fmt: skip
+    lines += ["", "Forecast (D- energy share) against measured forgetting, Spearman over the probes:"]
+    for metric, result in check.items():
+        text = "not computable (fewer than 3 probes, or no spread)" if result is None else \
+            f"rho {result['rho']:+.2f} (p {result['p']:.2f}, {result['n']} probes)"
+        lines.append(f"- {metric}: {text}")
+    if selection.disagreements:
+        lines += ["", "Measurements against the expected trade-off (forgetting and utility falling with beta):"]
+        lines += [f"- {d}" for d in selection.disagreements]
+    return "\n".join(lines)
+
+
+def _cell(interval) -> str:
+    if math.isnan(interval.low):
+        return f"{interval.mean:.3f}"
+    return f"{interval.mean:.3f} [{interval.low:.3f}, {interval.high:.3f}]"
+
+
+@flow(name="sclora-select-beta", log_prints=True)
+def select_beta(
+    params_file: str = PARAMS_FILE,
+    overrides: tuple[str, ...] = (),
+    workdir: str = ".",
+    retries: int = 1,
+    jobs: int = 1,
+) -> dict:
+    """Search beta for params' `select` budget; returns the chosen beta (None when the budget cannot be met), the
+    registered version, every probe, why the search stopped and how well the forecast predicted."""
+    logger = get_run_logger()
+    root = Path(workdir).resolve()
+    params = prepare_params(root, params_file, tuple(overrides))
+    select = params.select
+    if select.task not in params.data.tasks:
+        raise ValueError(f"select.task: '{select.task}' is not in data.tasks ({', '.join(params.data.tasks)})")
+    stage_task = run_stage.with_options(retries=retries)
+    probed: list[float] = []
+
+    def run_round(betas: list[float], targets: set[str], done: set[str] = frozenset()) -> None:
+        prepare_params(root, params_file, (*overrides, *probe_overrides(params, betas)))
+        run_stages(round_plan(stage_plan(root), targets, done), stage_task, jobs, str(root), parent.info.run_id)
+
+    def measure(beta: float) -> Probe:
+        earlier = set().union(*(beta_stages(params, b) for b in probed))
+        probed.append(beta)
+        logger.info("probe %d: beta %g (%d seeds)", len(probed), beta, len(select.seeds))
+        run_round(probed, beta_stages(params, beta), earlier)
+        probe = read_probe(params, root, beta)
+        logger.info("probe %d: %s", len(probed), json.dumps(probe.summary(select.forgetting_budget)))
+        return probe
+
+    with tracking.parent_run("select_beta", experiment=params.tracking.experiment, uri=store_uri(params, root),
+                             tags={"flow": "select_beta",
+                                   "select.budget": json.dumps(select.forgetting_budget)}) as parent:  # fmt: skip
+        run_round([0.5], set(FIRST_STAGES))  # the capture and the forecast, no training yet
+        forecast = load_forecast(root)[select.task]
+        start = first_beta(forecast)
+        logger.info("forecast: D- share %.3f at beta 0, %.3f at beta 1: first probe at beta %g",
+                    forecast["neg_share"][0], forecast["neg_share"][-1], start)
+        selection = search(measure, select.forgetting_budget, start=start, max_runs=select.max_runs,
+                           tolerance=select.tolerance)  # fmt: skip
+        run_round(probed, {"report"}, set().union(*(beta_stages(params, b) for b in probed)))
+    check = forecast_check(forecast, selection)
+    version = register_choice(params, root, selection, forecast, check) if selection.chosen is not None else None
+    text = selection_markdown(selection, forecast, check)
+    result = {"chosen": selection.chosen, "version": version, "model": params.tracking.registered_model,
+              "message": selection.message, "stopped": selection.stopped,
+              "probes": [p.summary(select.forgetting_budget) for p in selection.probes],
+              "training_runs": sum(len(p.utility) for p in selection.probes), "disagreements": selection.disagreements,
+              "forecast_rank_correlation": check, "parent_run_id": parent.info.run_id}  # fmt: skip
+    out = root / SELECT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "selection.json", result)
+    write_text(out / "selection.md", text + "\n")
+    (logger.info if version else logger.error)("select_beta: %s", selection.message)
+    return result
