@@ -206,7 +206,8 @@ class _StderrLog:
         print(line, file=sys.stderr)
 
 
-COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "select-beta": cmd_select_beta, "report": cmd_report, "promote": cmd_promote,
+COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "select-beta": cmd_select_beta, "report": cmd_report,
+            "promote": cmd_promote,
             "check-params": cmd_check_params}  # fmt: skip
 
 

@@ -6,6 +6,8 @@ workspace's data came from with `dvc import <registry> <path> -o <file>`. Retrai
 `.dvc` files and reruns exactly the stages that read it; then the pipeline, whose
 `register` stage names a `candidate`; then `promote` moves `champion` to it only when
 params' `tracking.gates` pass. Point `data.sources` at the imported files to use them.
+With `select.in_retrain`, the `select_beta` flow takes the pipeline's place: the candidate is the beta that
+learns most within `select.forgetting_budget` (flows/select_beta.py), not the best of a fixed beta grid.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import flows  # noqa: F401 - Prefect's local settings, before Prefect is imported
 from flows.pipeline import PARAMS_FILE, pipeline, run_logged, stage_env, store_uri
+from flows.select_beta import select_beta
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from sclora import tracking
@@ -60,19 +63,29 @@ def retrain(
     for dvc_file in imports:
         update = update_import.with_options(retry_delay_seconds=retry_delay_seconds)
         update(dvc_file, data_version, str(root))
-    result = pipeline(
-        params_file=params_file, workdir=str(root), retries=retries, retry_delay_seconds=retry_delay_seconds,
-        push=push,
-    )
-    registry = json.loads((root / REGISTRY).read_text(encoding="utf-8"))
-    decision = {"data_version": data_version, "imports": imports, "parent_run_id": result["parent_run_id"],
-                "model": registry["model"], "candidate": registry["candidate"],
-                "version": registry["candidate_version"]}  # fmt: skip
-    if registry["candidate_version"] is None:
-        return {**decision, "promoted": False, "reasons": ["no run within the forgetting budget: no candidate"]}
+    params = load_params(root / params_file if not Path(params_file).is_absolute() else params_file)
+    if params.select.in_retrain:
+        if push:
+            raise ValueError("select.in_retrain: a select_beta retrain runs locally; push is not supported with it")
+        selected = select_beta(params_file=params_file, workdir=str(root), retries=retries)
+        decision = {"data_version": data_version, "imports": imports, "parent_run_id": selected["parent_run_id"],
+                    "model": selected["model"], "candidate": selected["candidate"], "version": selected["version"]}
+        missing = f"no beta within the forgetting budget: {selected['message']}"
+    else:
+        result = pipeline(
+            params_file=params_file, workdir=str(root), retries=retries, retry_delay_seconds=retry_delay_seconds,
+            push=push,
+        )
+        registry = json.loads((root / REGISTRY).read_text(encoding="utf-8"))
+        decision = {"data_version": data_version, "imports": imports, "parent_run_id": result["parent_run_id"],
+                    "model": registry["model"], "candidate": registry["candidate"],
+                    "version": registry["candidate_version"]}  # fmt: skip
+        missing = "no run within the forgetting budget: no candidate"
+    if decision["version"] is None:
+        return {**decision, "promoted": False, "reasons": [missing]}
     params = load_params(root / PARAMS_FILE)
     tracking.use_store(store_uri(params, root))
-    promoted, reasons = tracking.promote(registry["model"], registry["candidate_version"], params.tracking.gates)
-    get_run_logger().info("%s version %s: %s (%s)", registry["model"], registry["candidate_version"],
+    promoted, reasons = tracking.promote(decision["model"], decision["version"], params.tracking.gates)
+    get_run_logger().info("%s version %s: %s (%s)", decision["model"], decision["version"],
                           "champion" if promoted else "not promoted", "; ".join(reasons))  # fmt: skip
     return {**decision, "promoted": promoted, "reasons": reasons}

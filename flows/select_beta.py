@@ -12,13 +12,15 @@ registered as `candidate` of tracking.registered_model, with the budget, every p
 version's description and tags. A budget no probe meets registers nothing and ends with a one-line message.
 
 Like `sclora run -S`, the overrides are written into the workspace's params.yaml: afterwards it says what the
-last round ran (`git checkout params.yaml` returns to yours). Output: artifacts/select/selection.{json,md}.
+last round ran (`git checkout params.yaml` returns to yours; artifacts/select/base-params.yaml keeps what the
+search started from). Output: artifacts/select/selection.{json,md}.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import flows  # noqa: F401 - Prefect's local settings, before Prefect is imported
@@ -86,8 +88,9 @@ def forecast_check(forecast: dict, selection: Selection) -> dict[str, dict | Non
             for metric in selection.budget}  # fmt: skip
 
 
-def register_choice(params: Params, root: Path, selection: Selection, forecast: dict, check: dict) -> str:
-    """Register the chosen beta's best seed as `candidate`, the search's evidence in the description and tags."""
+def register_choice(params: Params, root: Path, selection: Selection, forecast: dict, check: dict) -> tuple[str, str]:
+    """Register the chosen beta's best seed as `candidate`, the search's evidence in the description and tags;
+    returns the version and the run registered."""
     budget = selection.budget
     beta = selection.chosen
     seeds = {}
@@ -103,9 +106,10 @@ def register_choice(params: Params, root: Path, selection: Selection, forecast: 
             "select.budget": json.dumps(budget), "select.beta": str(beta), "select.stopped": selection.stopped,
             "select.probes": json.dumps([[p.beta, p.within(budget)] for p in selection.probes])}  # fmt: skip
     tracking.use_store(store_uri(params, root))
-    return tracking.register_adapter(root / spec.dir / "export", params.tracking.registered_model, shown, tags,
-                                     run_id=summary["mlflow_run_id"], note=selection_markdown(selection, forecast,
-                                                                                              check))  # fmt: skip
+    note = selection_markdown(selection, forecast, check)
+    version = tracking.register_adapter(root / spec.dir / "export", params.tracking.registered_model, shown, tags,
+                                        run_id=summary["mlflow_run_id"], note=note)  # fmt: skip
+    return version, spec.name
 
 
 def selection_markdown(selection: Selection, forecast: dict, check: dict) -> str:
@@ -159,9 +163,13 @@ def select_beta(
         raise ValueError(f"select.task: '{select.task}' is not in data.tasks ({', '.join(params.data.tasks)})")
     stage_task = run_stage.with_options(retries=retries)
     probed: list[float] = []
+    # Every round starts from the params as given (file and overrides), not from the last round's params.yaml.
+    base = root / SELECT_DIR / "base-params.yaml"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(root / PARAMS_FILE, base)
 
     def run_round(betas: list[float], targets: set[str], done: set[str] = frozenset()) -> None:
-        prepare_params(root, params_file, (*overrides, *probe_overrides(params, betas)))
+        prepare_params(root, base, tuple(probe_overrides(params, betas)))
         run_stages(round_plan(stage_plan(root), targets, done), stage_task, jobs, str(root), parent.info.run_id)
 
     def measure(beta: float) -> Probe:
@@ -176,7 +184,8 @@ def select_beta(
     with tracking.parent_run("select_beta", experiment=params.tracking.experiment, uri=store_uri(params, root),
                              tags={"flow": "select_beta",
                                    "select.budget": json.dumps(select.forgetting_budget)}) as parent:  # fmt: skip
-        run_round([0.5], set(FIRST_STAGES))  # the capture and the forecast, no training yet
+        # The capture and the forecast, no training yet (solve.betas must name a beta; nothing of it runs).
+        run_round([0.5], set(FIRST_STAGES))
         forecast = load_forecast(root)[select.task]
         start = first_beta(forecast)
         logger.info("forecast: D- share %.3f at beta 0, %.3f at beta 1: first probe at beta %g",
@@ -185,10 +194,15 @@ def select_beta(
                            tolerance=select.tolerance)  # fmt: skip
         run_round(probed, {"report"}, set().union(*(beta_stages(params, b) for b in probed)))
     check = forecast_check(forecast, selection)
-    version = register_choice(params, root, selection, forecast, check) if selection.chosen is not None else None
+    version, candidate = None, None
+    if selection.chosen is not None:
+        version, candidate = register_choice(params, root, selection, forecast, check)
+    else:  # as the register stage does: no version stays `candidate` when nothing meets the budget
+        tracking.use_store(store_uri(params, root))
+        tracking.drop_alias(params.tracking.registered_model, tracking.CANDIDATE)
     text = selection_markdown(selection, forecast, check)
-    result = {"chosen": selection.chosen, "version": version, "model": params.tracking.registered_model,
-              "message": selection.message, "stopped": selection.stopped,
+    result = {"chosen": selection.chosen, "candidate": candidate, "version": version,
+              "model": params.tracking.registered_model, "message": selection.message, "stopped": selection.stopped,
               "probes": [p.summary(select.forgetting_budget) for p in selection.probes],
               "training_runs": sum(len(p.utility) for p in selection.probes), "disagreements": selection.disagreements,
               "forecast_rank_correlation": check, "parent_run_id": parent.info.run_id}  # fmt: skip

@@ -237,7 +237,8 @@ class SelectParams(Section):
     )
     seeds: list[int] = Field([0, 1, 2], min_length=2, description="Seeds per probe: the interval needs two at least")
     max_runs: int = Field(5, ge=1, description="Betas probed at most (each trains len(seeds) runs)")
-    tolerance: float = Field(0.05, ge=0.001, lt=1, description="Stop once the budget's boundary is bracketed this tightly")
+    tolerance: float = Field(0.05, ge=0.001, lt=1,
+                             description="Stop once the budget's boundary is bracketed this tightly")
     in_retrain: bool = Field(False, description="The retrain flow runs select_beta instead of the params' beta grid")
 
     _preserved_metrics = field_validator("forgetting_budget")(_preserved_budget)

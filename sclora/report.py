@@ -340,8 +340,8 @@ def _claim_lines(claims: list[dict]) -> list[str]:
 
 
 def _swept(groups: list[dict], task: str) -> list[dict]:
-    return sorted((g for g in groups if g["task"] == task and g["method"] == SWEPT_METHOD and not math.isnan(g["beta"])),
-                  key=lambda g: g["beta"])  # fmt: skip
+    swept = [g for g in groups if g["task"] == task and g["method"] == SWEPT_METHOD and not math.isnan(g["beta"])]
+    return sorted(swept, key=lambda g: g["beta"])
 
 
 def _forecast_plot(forecast: Mapping[str, Mapping], groups: list[dict], path: Path) -> str:
@@ -367,7 +367,8 @@ def _forecast_lines(forecast: Mapping[str, Mapping], groups: list[dict]) -> list
     lines = ["", "## The forecast against measurement", "",
              "Spearman rank correlation (scipy) over sclora's betas between the forecast's D- energy share and the "
              "mean measured forgetting: +1 means the forecast orders the betas exactly as the measurements do.", "",
-             "| task | betas | " + " | ".join(FORGETTING_METRICS) + " |", "|---|---|" + "---|" * len(FORGETTING_METRICS)]
+             "| task | betas | " + " | ".join(FORGETTING_METRICS) + " |",
+             "|---|---|" + "---|" * len(FORGETTING_METRICS)]
     for task in sorted(forecast):
         swept = _swept(groups, task)
         shares = {g["beta"]: share_at(forecast[task], "neg_share", g["beta"]) for g in swept}

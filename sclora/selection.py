@@ -137,10 +137,12 @@ def _message(selection: Selection) -> str:
     runs = sum(len(p.utility) for p in selection.probes)
     if selection.chosen is not None:
         probe = selection.probe(selection.chosen)
-        shown = ", ".join(f"{m} {probe.interval(m).mean:.3f} (<= {probe.interval(m).high:.3f})" for m in selection.budget)
+        shown = ", ".join(f"{m} {probe.interval(m).mean:.3f} (<= {probe.interval(m).high:.3f})"
+                          for m in selection.budget)  # fmt: skip
         return (f"beta {selection.chosen:g}: utility {probe.interval('utility').mean:.3f}, forgetting {shown}; "
                 f"budget {asked}; {len(selection.probes)} probes, {runs} training runs; stopped at {selection.stopped}")
     least = min(selection.probes, key=lambda p: (max(p.overshoot(selection.budget).values()), p.beta))
-    over = ", ".join(f"{m} {least.interval(m).high:.3f}" for m in selection.budget if m in least.overshoot(selection.budget))
+    missed = least.overshoot(selection.budget)
+    over = ", ".join(f"{m} {least.interval(m).high:.3f}" for m in selection.budget if m in missed)
     return (f"the budget cannot be met: it asked {asked}; the least forgetting measured was at beta {least.beta:g} "
             f"(95 % upper ends {over}); {len(selection.probes)} probes, {runs} training runs")

@@ -326,6 +326,15 @@ def register_adapter(
     return str(version.version)
 
 
+def drop_alias(name: str, alias: str) -> None:
+    """Remove `alias` from registered model `name` (nothing to do when neither exists)."""
+    try:
+        mlflow.MlflowClient().delete_registered_model_alias(name, alias)
+    except MlflowException as error:
+        if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+
+
 def champion_comparison(name: str, metrics: Mapping[str, float]) -> str:
     """A short markdown table of `metrics` (utility and forgetting deltas) beside the current champion's."""
     champion = _alias_version(name, CHAMPION)

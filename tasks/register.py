@@ -18,9 +18,6 @@ from __future__ import annotations
 import math
 import sys
 
-import mlflow
-from mlflow.exceptions import MlflowException
-
 from sclora import tracking
 from sclora.config import Params
 from tasks.artifacts import METRICS, REGISTRY, RUN_FILE, all_runs, read_json, write_json
@@ -53,7 +50,7 @@ def run(params: Params) -> dict:
         # The same trained run registered again (a re-run of this stage) keeps its version.
         version = tracking.register_adapter(spec.dir / "export", name, shown, tags, run_id=summary["mlflow_run_id"])
     else:
-        _drop_alias(mlflow.MlflowClient(), name, tracking.CANDIDATE)
+        tracking.drop_alias(name, tracking.CANDIDATE)
     registry = {
         "model": name, "candidate": candidate, "candidate_version": version, "within_budget": sorted(eligible),
         "utility": dict(sorted(eligible.items(), key=lambda item: -item[1])),
@@ -108,10 +105,3 @@ def within_budget(metrics: dict, budget: dict[str, float]) -> bool:
     """True when every budgeted forgetting delta is present and at most its budget."""
     return not overshoot(metrics, budget)
 
-
-def _drop_alias(client: mlflow.MlflowClient, name: str, alias: str) -> None:
-    try:
-        client.delete_registered_model_alias(name, alias)
-    except MlflowException as error:
-        if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            raise

@@ -285,15 +285,15 @@ def test_sweep_runs_each_point_as_a_dvc_experiment_and_reports_failures(project,
     assert listed == [succeeded]  # the experiment DVC kept, for `dvc exp show` / `dvc exp apply`
 
 
-@pytest.mark.skipif(os.environ.get("SCLORA_FAST_TESTS") == "1", reason="the real tiny pipeline takes ~2 minutes")
-def test_pipeline_flow_on_the_real_dvc_yaml_with_tiny_params(tmp_path, monkeypatch):
-    from test_pipeline_dvc import copy_repo, tiny_params
+def real_repo(tmp_path: Path, monkeypatch, params: dict) -> tuple[Path, dict]:
+    """A git + DVC copy of this repository (its dvc.yaml and stages) with `params` in tmp_path/tiny.yaml;
+    the workspace and its environment."""
+    from test_pipeline_dvc import copy_repo
 
     work = tmp_path / "repo"
     work.mkdir()
     copy_repo(work)
-    tiny = tmp_path / "tiny.yaml"
-    tiny.write_text(yaml.safe_dump(tiny_params(tmp_path), sort_keys=False), encoding="utf-8")
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     env = clean_env(tmp_path)
     for key in [k for k in os.environ if k.startswith(("MLFLOW_", "SCLORA_"))]:
         monkeypatch.delenv(key)
@@ -301,6 +301,15 @@ def test_pipeline_flow_on_the_real_dvc_yaml_with_tiny_params(tmp_path, monkeypat
         monkeypatch.setenv(name, value)
     sh(["git", "init", "-q"], work, env)
     sh([sys.executable, "-m", "dvc", "init", "-q"], work, env)
+    return work, env
+
+
+@pytest.mark.skipif(os.environ.get("SCLORA_FAST_TESTS") == "1", reason="the real tiny pipeline takes ~2 minutes")
+def test_pipeline_flow_on_the_real_dvc_yaml_with_tiny_params(tmp_path, monkeypatch):
+    from test_pipeline_dvc import tiny_params
+
+    work, env = real_repo(tmp_path, monkeypatch, tiny_params(tmp_path))
+    tiny = tmp_path / "tiny.yaml"
 
     # Two stages at a time: concurrent stage processes share DVC's lock, the MLflow store and the HF caches.
     result = pipeline(params_file=str(tiny), overrides=("train.max_steps=2",), workdir=str(work), jobs=2)
@@ -389,6 +398,27 @@ def test_retrain_moves_champion_only_when_the_gates_pass(retrain_project):
     assert str(client.get_model_version_by_alias("m", "champion").version) == first["version"] != worse["version"]
 
 
+def test_retrain_with_select_in_retrain_promotes_what_select_beta_registered(retrain_project, monkeypatch):
+    import flows.retrain
+
+    params = yaml.safe_load((retrain_project / "params.yaml").read_text())
+    params["select"]["in_retrain"] = True
+    (retrain_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    calls = []
+
+    def select_beta(params_file, workdir, retries):  # the pipeline's register stage stands in for the search
+        calls.append(workdir)
+        result = pipeline(params_file=params_file, workdir=workdir, retry_delay_seconds=0)
+        registry = json.loads((Path(workdir) / "artifacts/registry.json").read_text())
+        return {"parent_run_id": result["parent_run_id"], "model": registry["model"], "candidate": "t-sclora-0.4-0",
+                "version": registry["candidate_version"], "message": "beta 0.4"}  # fmt: skip
+
+    monkeypatch.setattr(flows.retrain, "select_beta", select_beta)
+    decision = flows.retrain.retrain("v1", workdir=str(retrain_project), retry_delay_seconds=0)
+    assert calls == [str(retrain_project)]
+    assert decision["candidate"] == "t-sclora-0.4-0" and decision["promoted"]
+
+
 def test_sclora_run_then_report_on_the_command_line(project, capsys):
     from flows.cli import main
 
@@ -401,3 +431,51 @@ def test_sclora_run_then_report_on_the_command_line(project, capsys):
     out = capsys.readouterr().out
     assert out.startswith("run,utility\nbenign-lora-0,0.5\n")
     assert len((project / "order.log").read_text().splitlines()) == 4  # `report` was up to date: nothing reran
+
+
+@pytest.mark.skipif(os.environ.get("SCLORA_FAST_TESTS") == "1", reason="the real tiny pipeline takes ~2 minutes")
+def test_select_beta_on_the_real_dvc_yaml_probes_registers_and_says_when_a_budget_is_unmet(tmp_path, monkeypatch):
+    from flows.cli import main
+    from flows.select_beta import select_beta
+    from sclora.selection import first_beta
+    from tasks.forecast import load_forecast
+    from test_pipeline_dvc import tiny_params
+
+    params = tiny_params(tmp_path)
+    params["train"]["max_steps"] = 2
+    params["data"]["tasks"]["poisoned"] = "finetune_poisoned"  # dropped by every round: probes train select.task
+    params["select"].update(task="benign", seeds=[0, 1], max_runs=2, forgetting_budget={"knowledge": 1.0})
+    work, _ = real_repo(tmp_path, monkeypatch, params)
+
+    result = select_beta(params_file=str(tmp_path / "tiny.yaml"), workdir=str(work), jobs=2)
+    probed = [probe["beta"] for probe in result["probes"]]
+    # knowledge can drop by 1.0 at most: every probe is within the budget, so the search bisects downwards
+    assert probed[0] == first_beta(load_forecast(work)["benign"]) and probed[1] == round(probed[0] / 2, 3)
+    assert result["chosen"] in probed and result["version"] == "1" and result["training_runs"] == 4
+    assert result["stopped"] == "max_runs (2 probes)"
+    trained = sorted(path.name for path in (work / "artifacts" / "runs").iterdir())
+    assert trained == sorted(f"benign-sclora-{b}-{s}" for b in probed for s in (0, 1))  # sclora alone, probes only
+    assert yaml.safe_load((work / "params.yaml").read_text())["solve"]["betas"] == sorted(probed)
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                                 registry_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")  # fmt: skip
+    version = client.get_model_version_by_alias("sclora-adapter", "candidate")
+    assert version.version == "1" and version.tags["select.beta"] == str(result["chosen"])
+    assert json.loads(version.tags["select.budget"]) == {"knowledge": 1.0}
+    assert "Beta for a forgetting budget (knowledge <= 1)" in version.description
+    assert f"| 1 | {probed[0]:g} |" in version.description  # every probe, in the registry
+    run = client.get_run(json.loads((work / f"artifacts/runs/{result['candidate']}/run.json").read_text())
+                         ["mlflow_run_id"])  # fmt: skip
+    assert run.data.tags["mlflow.parentRunId"] == result["parent_run_id"]
+    assert "forecast.png" in (work / "artifacts/report/report.md").read_text()
+
+    # A budget no beta meets (knowledge must rise by a whole point): nothing registered, one line, exit 1.
+    code = main(["select-beta", "--workdir", str(work), "-S", "select.forgetting_budget={knowledge: -1.0}",
+                 "-S", "select.max_runs=1"])  # fmt: skip
+    assert code == 1
+    selection = json.loads((work / "artifacts/select/selection.json").read_text())
+    assert selection["version"] is None and selection["training_runs"] == 2
+    assert selection["message"].startswith("the budget cannot be met: it asked knowledge <= -1")
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias("sclora-adapter", "candidate")

@@ -57,7 +57,8 @@ def test_model_forecast_is_the_layer_mean_and_trades_d_plus_for_d_minus():
                                  neg_tokens.double(), beta, 4)
         layer = forecast["layers"][name]
         assert [layer["pos_share"][i], layer["neg_share"][i]] == pytest.approx(expected, rel=1e-7)
-        assert forecast["neg_share"][i] == pytest.approx(np.mean([s["neg_share"][i] for s in forecast["layers"].values()]))
+        layer_mean = np.mean([s["neg_share"][i] for s in forecast["layers"].values()])
+        assert forecast["neg_share"][i] == pytest.approx(layer_mean)
     # beta trades D+ energy for D- energy: both shares fall as beta rises (the solve's objective, read back)
     assert forecast["neg_share"][0] > forecast["neg_share"][1] > forecast["neg_share"][2]
     assert forecast["pos_share"][0] > forecast["pos_share"][2]
