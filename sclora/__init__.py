@@ -23,7 +23,7 @@ _EXPORTS = {
     "export_merged": "sclora.export",
     "save_initial_adapter": "sclora.export",
     "init_lora": "sclora.inits",
-    "sclora_subspaces": "sclora.inits",
+    "sclora_subspaces": "sclora.subspace",
     "DegenerateSubspaceWarning": "sclora.subspace",
     "Subspace": "sclora.subspace",
     "solve_subspace": "sclora.subspace",

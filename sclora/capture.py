@@ -263,6 +263,76 @@ def _completed_shards(out: Path, targets: set[str], model_fp: str, size: int, co
     return done
 
 
+class LayerInputHooks:
+    """The forward pre-hooks of one capture and the state they share (as PEFT's EVA keeps its SVDHook's).
+
+    Per batch, each target layer's input summed over real tokens (float64) and, with `covariance`, PEFT's CorDA
+    covariance per shard. On the first forward pass it also finds layers that share one input tensor (q/k/v,
+    gate/up) and records them in `module_keys` (module -> the module whose input it shares), so that later
+    passes capture each input once and stop at the last one (`_StopForward`).
+    """
+
+    def __init__(self, module_keys: dict[str, str], covariance: bool) -> None:
+        self.module_keys = module_keys
+        self.covariance = covariance
+        self.first = True
+        self.seen: list[tuple[torch.Tensor, str]] = []  # first pass: (input tensor, module) by identity
+        self.called: set[str] = set()
+        self.stop: str | None = None  # the last input of a forward pass, once known
+        self.mask: torch.Tensor | None = None  # this batch's real tokens [B, T]
+        self.segments: list[tuple[int, int, int]] = []  # this batch's (shard, first row, end row) to capture
+        self.sums: dict[str, torch.Tensor] = {}  # this batch: key -> [B, d_in]
+        self.covs: dict[int, dict[str, torch.Tensor]] = {}  # shard -> key -> summed covariance
+
+    def start_batch(self, mask: torch.Tensor, segments: list[tuple[int, int, int]]) -> None:
+        self.mask, self.segments, self.sums = mask, segments, {}
+
+    def end_first_pass(self) -> None:
+        self.first, self.stop, self.seen = False, self.seen[-1][1], []
+
+    def hook(self, name: str):
+        def pre_hook(module, args, kwargs):
+            x = args[0] if args else next(iter(kwargs.values()))
+            if self.first:
+                if name in self.called:
+                    raise ValueError(f"layer {name!r} runs more than once per forward pass: cannot capture it")
+                self.called.add(name)
+                # Shared inputs are found by tensor identity (q/k/v, gate/up), not by name.
+                shared = [key for t, key in self.seen if t is x]
+                if shared:
+                    self.module_keys[name] = shared[0]
+                    return
+                self.module_keys[name] = name
+                self.seen.append((x, name))
+            self.accumulate(name, x)
+            if name == self.stop:
+                raise _StopForward
+
+        return pre_hook
+
+    def accumulate(self, key: str, x: torch.Tensor) -> None:
+        mask = self.mask
+        if x.ndim != 3 or x.shape[:2] != mask.shape:
+            raise ValueError(f"layer {key!r} input has shape {tuple(x.shape)}, expected [B, T, d_in] as the batch")
+        # where(), not a product: padded positions may hold NaN (fully masked attention rows). The sum is float64,
+        # element by element, without a float64 copy of x (the same bits as summing such a copy).
+        masked = torch.where(mask[..., None], x.detach(), 0.0)
+        sums = masked.sum(1, dtype=torch.float64)
+        if not torch.isfinite(sums).all():
+            raise ValueError(f"layer {key!r} input has NaN or Inf on real tokens")
+        self.sums[key] = sums.cpu()
+        if self.covariance and self.segments:
+            # PEFT's hook divides each sample (one per forward there) by its largest entry, signed, then abs.
+            peak = torch.where(mask[..., None], x.detach(), -torch.inf).amax(dim=(1, 2)).abs().to(torch.float64)
+            if not (peak > 0).all():
+                raise ValueError(f"layer {key!r}: a sample's inputs have max 0: PEFT's CorDA scaling divides by it")
+            scaled = masked.to(torch.float64) / peak[:, None, None]
+        for j, lo, hi in self.segments if self.covariance else ():
+            part = torch.einsum("btd,bte->de", scaled[lo:hi], scaled[lo:hi])
+            shard = self.covs.setdefault(j, {})  # stays on the model's device until the shard is written
+            shard[key] = shard[key] + part if key in shard else part
+
+
 def capture(
     model: torch.nn.Module,
     batches: Iterable[Mapping],
@@ -289,52 +359,9 @@ def capture(
     rows = [r for j in sorted(done) for r in done[j]]
     module_keys: dict[str, str] = {m: r["key"] for r in rows for m in r["modules"].split(",")}
     keys_on_disk = dict(module_keys)
-    state = dict(first=True, seen=[], called=set(), mask=None, segments=[], sums={}, stop=None)
-    covs: dict[int, dict[str, torch.Tensor]] = {}
+    hooks = LayerInputHooks(module_keys, covariance)
     open_shards: dict[int, dict] = {}
     result: list[CaptureStats] = []
-
-    def accumulate(key: str, x: torch.Tensor) -> None:
-        mask = state["mask"]
-        if x.ndim != 3 or x.shape[:2] != mask.shape:
-            raise ValueError(f"layer {key!r} input has shape {tuple(x.shape)}, expected [B, T, d_in] as the batch")
-        # where(), not a product: padded positions may hold NaN (fully masked attention rows). The sum is float64,
-        # element by element, without a float64 copy of x (the same bits as summing such a copy).
-        masked = torch.where(mask[..., None], x.detach(), 0.0)
-        sums = masked.sum(1, dtype=torch.float64)
-        if not torch.isfinite(sums).all():
-            raise ValueError(f"layer {key!r} input has NaN or Inf on real tokens")
-        state["sums"][key] = sums.cpu()
-        if covariance and state["segments"]:
-            # PEFT's hook divides each sample (one per forward there) by its largest entry, signed, then abs.
-            peak = torch.where(mask[..., None], x.detach(), -torch.inf).amax(dim=(1, 2)).abs().to(torch.float64)
-            if not (peak > 0).all():
-                raise ValueError(f"layer {key!r}: a sample's inputs have max 0: PEFT's CorDA scaling divides by it")
-            scaled = masked.to(torch.float64) / peak[:, None, None]
-        for j, lo, hi in state["segments"] if covariance else ():
-            part = torch.einsum("btd,bte->de", scaled[lo:hi], scaled[lo:hi])
-            shard = covs.setdefault(j, {})  # stays on the model's device until the shard is written
-            shard[key] = shard[key] + part if key in shard else part
-
-    def hook(name: str):
-        def pre_hook(module, args, kwargs):
-            x = args[0] if args else next(iter(kwargs.values()))
-            if state["first"]:
-                if name in state["called"]:
-                    raise ValueError(f"layer {name!r} runs more than once per forward pass: cannot capture it")
-                state["called"].add(name)
-                # Shared inputs are found by tensor identity (q/k/v, gate/up), not by name.
-                shared = [key for t, key in state["seen"] if t is x]
-                if shared:
-                    module_keys[name] = shared[0]
-                    return
-                module_keys[name] = name
-                state["seen"].append((x, name))
-            accumulate(name, x)
-            if name == state["stop"]:
-                raise _StopForward
-
-        return pre_hook
 
     def finalize(j: int) -> None:
         buf = open_shards.pop(j)
@@ -344,7 +371,7 @@ def capture(
                 raise ValueError(f"{out}: shard {j} holds other samples than this data; use a fresh out_dir")
             return
         sums = {k: torch.cat(v) for k, v in buf["sums"].items()}
-        shard = covs.pop(j, {})
+        shard = hooks.covs.pop(j, {})
         shard_covs = {}
         for k, s in sums.items() if covariance else ():  # d_in x d_in each: built only when asked for
             shard_covs[k] = shard[k].cpu() if k in shard else torch.zeros(s.shape[1], s.shape[1], dtype=torch.float64)
@@ -356,7 +383,7 @@ def capture(
             rows.append(_write_shard(out, key, members, j, j * size, s, tokens, hashes, shard_covs.get(key), model_fp))
         _write_manifest(out, rows)
 
-    handles = {n: m.register_forward_pre_hook(hook(n), with_kwargs=True) for n, m in modules.items()}
+    handles = {n: m.register_forward_pre_hook(hooks.hook(n), with_kwargs=True) for n, m in modules.items()}
     device = next(model.parameters()).device
     # Positions from the mask, as generate() does: left-padded samples then see the same positions as unpadded.
     pass_positions = "position_ids" in inspect.signature(model.forward).parameters
@@ -372,7 +399,7 @@ def capture(
             segments = [(j, shard_of.index(j), n - shard_of[::-1].index(j)) for j in sorted(set(shard_of))]
             todo = [s for s in segments if s[0] not in done]
             if todo:
-                state.update(mask=mask.to(device).bool(), segments=todo, sums={})
+                hooks.start_batch(mask.to(device).bool(), todo)
                 inputs = dict(input_ids=ids.to(device), attention_mask=mask.to(device))
                 if pass_positions:
                     inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
@@ -381,8 +408,8 @@ def capture(
                         model(**inputs)
                 except _StopForward:
                     pass
-                if state["first"]:
-                    missing = [m for m in modules if m not in state["called"]]
+                if hooks.first:
+                    missing = [m for m in modules if m not in hooks.called]
                     if missing:
                         raise ValueError(f"target layer {missing[0]!r} was never reached by the data")
                     if keys_on_disk and keys_on_disk != module_keys:
@@ -390,8 +417,8 @@ def capture(
                     for name, handle in handles.items():
                         if module_keys[name] != name:
                             handle.remove()
-                    state.update(first=False, stop=state["seen"][-1][1], seen=[])
-                missing = set(module_keys.values()) - set(state["sums"])
+                    hooks.end_first_pass()
+                missing = set(module_keys.values()) - set(hooks.sums)
                 if missing:
                     raise ValueError(f"target layer {sorted(missing)[0]!r} was never reached by batch at {offset}")
             hashes, tokens = _sample_hashes(ids, mask), mask.sum(1)
@@ -399,7 +426,7 @@ def capture(
                 buf = open_shards.setdefault(j, dict(sums={}, tokens=[], hashes=[]))
                 buf["tokens"].append(tokens[lo:hi])
                 buf["hashes"].append(hashes[lo:hi])
-                for key, s in state["sums"].items() if j not in done else ():
+                for key, s in hooks.sums.items() if j not in done else ():
                     buf["sums"].setdefault(key, []).append(s[lo:hi])
             offset += n
             for j in [j for j in sorted(open_shards) if size and offset >= (j + 1) * size]:

@@ -17,8 +17,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from sclora.inits import layer_statistics, solve_layer
-from sclora.subspace import DegenerateSubspaceWarning, layer_outputs
+from sclora.subspace import DegenerateSubspaceWarning, layer_outputs, layer_statistics, solve_layer
 
 
 def energy_share(basis: torch.Tensor, outputs: torch.Tensor) -> float:

@@ -15,24 +15,24 @@ measures what choosing the subspace is worth.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import Linear as LoraLinear
 from peft.tuners.lora import LoraLayer
 from peft.tuners.lora.config import CordaConfig
-from peft.tuners.lora.corda import collect_eigens, crop_corda_eigens, target_modules
+from peft.tuners.lora.corda import target_modules
 from peft.tuners.lora.model import LoraModel
 from peft.utils import transpose
-from peft.utils.other import get_pattern_key
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from sclora.corda import corda_preprocess
 from sclora.export import check_convertible
-from sclora.subspace import ROW_BLOCK, Subspace, solve_subspace
+from sclora.subspace import ROW_BLOCK, Subspace, lora_rank, sclora_subspaces
 
 if TYPE_CHECKING:
     from sclora.capture import CaptureStats
@@ -88,8 +88,9 @@ def init_lora(
     modules = _targets(model, config, linear_only=method in RESIDUAL_METHODS)
     if method in RESIDUAL_METHODS:
         for name, module in modules.items():
-            if _rank(config, name) > min(_shape(module)):
-                raise ValueError(f"{name}: rank {_rank(config, name)} exceeds min(d_out, d_in) = {min(_shape(module))}")
+            rank, shape = lora_rank(config, name), _shape(module)
+            if rank > min(shape):
+                raise ValueError(f"{name}: rank {rank} exceeds min(d_out, d_in) = {min(shape)}")
 
     if method == "sclora":
         if subspaces is not None and (pos is not None or neg is not None or beta is not None):
@@ -103,7 +104,7 @@ def init_lora(
         for name, module in modules.items():
             if name not in subspaces:
                 raise ValueError(f"no subspace for target module {name}")
-            shape, (d_out, _), r = tuple(_basis(subspaces[name]).shape), _shape(module), _rank(config, name)
+            shape, (d_out, _), r = tuple(_basis(subspaces[name]).shape), _shape(module), lora_rank(config, name)
             if len(shape) != 2 or shape[0] != d_out or shape[1] < r:
                 raise ValueError(f"{name}: subspace basis {shape} does not fit d_out={d_out}, rank {r}")
     elif method in ("corda_ipm", "corda_kpm"):
@@ -130,73 +131,14 @@ def lora_layers(peft_model: PeftModel) -> list[tuple[str, LoraLayer]]:
     return [(n, m) for n, m in peft_model.base_model.model.named_modules() if isinstance(m, LoraLayer)]
 
 
-class LayerStatistics(NamedTuple):
-    """What M(beta) of one target layer is solved from: its weight (d_out, d_in), bias, and the captured
-    token-summed inputs (and token counts) of D+ and D-."""
-
-    weight: torch.Tensor
-    bias: torch.Tensor | None
-    pos: torch.Tensor
-    pos_tokens: torch.Tensor
-    neg: torch.Tensor
-    neg_tokens: torch.Tensor
-    rank: int
-
-
-def layer_statistics(
-    model: nn.Module, lora_config: LoraConfig, pos: CaptureStats, neg: CaptureStats, rank: int | None = None
-) -> Iterator[tuple[str, LayerStatistics]]:
-    """Per target layer of the ORIGINAL `model`, in model order: its name and LayerStatistics. The rank is the
-    layer's LoRA rank (lora_config.r or rank_pattern), or `rank` when given."""
-    for name, module in target_modules(model, lora_config):
-        _require_stats(pos, name, "pos")
-        _require_stats(neg, name, "neg")
-        weight = module.weight.T if isinstance(module, Conv1D) else module.weight  # solve in (d_out, d_in)
-        bias = None if module.bias is None else module.bias.detach()
-        yield name, LayerStatistics(weight.detach(), bias, *pos.inputs(name), *neg.inputs(name),
-                                    rank or _rank(lora_config, name))  # fmt: skip
-
-
-def solve_layer(name: str, layer: LayerStatistics, beta: float, normalize: str) -> Subspace:
-    """solve_subspace on one layer's statistics; its errors and warnings name the layer."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            subspace = solve_subspace(layer.weight, layer.pos, layer.neg, beta, layer.rank, normalize,
-                                      bias=layer.bias, pos_tokens=layer.pos_tokens, neg_tokens=layer.neg_tokens)
-        except ValueError as e:
-            raise ValueError(f"{name}: {e}") from None
-    for w in caught:  # re-issue with the layer's name, which the solver does not know
-        warnings.warn(f"{name}: {w.message}", w.category, stacklevel=3)
-    return subspace
-
-
-def sclora_subspaces(
-    model: nn.Module,
-    lora_config: LoraConfig,
-    pos: CaptureStats,
-    neg: CaptureStats,
-    beta: float,
-    *,
-    rank: int | None = None,
-    normalize: str = "none",
-) -> dict[str, Subspace]:
-    """Solve M(beta) for every target layer of the ORIGINAL `model` (before init_lora changes its weights).
-
-    Each layer is solved at its LoRA rank (lora_config.r or rank_pattern), or at `rank` when given
-    (one solve at r_max then serves every smaller rank). The eigenvalues are the per-layer diagnostics.
-    """
-    return {name: solve_layer(name, layer, beta, normalize)
-            for name, layer in layer_statistics(model, lora_config, pos, neg, rank)}  # fmt: skip
-
-
 def random_subspaces(model: nn.Module, lora_config: LoraConfig, seed: int) -> dict[str, torch.Tensor]:
     """Per target layer, a (d_out, r) orthonormal basis drawn uniformly (Haar) from one generator seeded `seed`,
     layer after layer in model order: the same seed and model give the same bases."""
     generator = torch.Generator().manual_seed(seed)
     out = {}
     for name, module in target_modules(model, lora_config):
-        gaussian = torch.randn(_shape(module)[0], _rank(lora_config, name), generator=generator, dtype=torch.float64)
+        d_out, rank = _shape(module)[0], lora_rank(lora_config, name)
+        gaussian = torch.randn(d_out, rank, generator=generator, dtype=torch.float64)
         q, r = torch.linalg.qr(gaussian)
         out[name] = q * torch.sign(torch.diagonal(r))  # signs fixed by R's diagonal: Haar-distributed
     return out
@@ -261,36 +203,6 @@ def _row_blocks(weight: torch.Tensor) -> list[slice]:
     return [slice(lo, lo + ROW_BLOCK) for lo in range(0, weight.shape[0], ROW_BLOCK)]
 
 
-@torch.no_grad()
-def corda_preprocess(model: nn.Module, lora_config: LoraConfig, stats: CaptureStats) -> None:
-    """PEFT's `preprocess_corda` fed with our captured covariances instead of its own pass over the data.
-
-    PEFT stores each target module's input covariance as `module.covariance_matrix` and then computes
-    everything from it (`collect_eigens`, `crop_corda_eigens`); we set that attribute and call the same two
-    functions. The covariance is PEFT's own: each sample's real tokens divided by their max entry, X^T X
-    summed over samples, divided by the sample count (`sclora.capture`), so B A is PEFT's on the same samples.
-    """
-    if not getattr(stats, "covariances", None):
-        raise ValueError("CorDA needs input covariances: capture with covariance=True")
-    modules = list(target_modules(model, lora_config))
-    for name, module in modules:
-        _require_stats(stats, name, "covariance")
-        cov_sum, n_samples = stats.covariance(name)
-        if n_samples <= 0:
-            raise ValueError(f"{name}: the captured covariance has no samples")
-        module.covariance_matrix = (cov_sum / n_samples).to(module.weight.device)
-        module.corda_method = lora_config.corda_config.corda_method
-        module.rank = _rank(lora_config, name)
-    try:
-        collect_eigens(model, lora_config, verbose=False)
-        crop_corda_eigens(model, lora_config)
-    finally:  # leave only `eigens`, which PEFT's corda_init consumes and deletes
-        for _, module in modules:
-            for attr in ("covariance_matrix", "corda_method", "rank"):
-                if hasattr(module, attr):
-                    delattr(module, attr)
-
-
 def _targets(model: nn.Module, config: LoraConfig, linear_only: bool) -> dict[str, nn.Module]:
     """The Linear/Conv1D layers the config targets; with `linear_only`, other targeted types are refused."""
     found = dict(target_modules(model, config))
@@ -302,11 +214,6 @@ def _targets(model: nn.Module, config: LoraConfig, linear_only: bool) -> dict[st
     return found
 
 
-def _rank(config: LoraConfig, name: str) -> int:
-    """The module's LoRA rank, as PEFT resolves it (rank_pattern, else r)."""
-    return config.rank_pattern.get(get_pattern_key(config.rank_pattern.keys(), name), config.r)
-
-
 def _shape(module: nn.Module) -> tuple[int, int]:
     """(d_out, d_in); Conv1D stores its weight transposed."""
     d0, d1 = module.weight.shape
@@ -315,8 +222,3 @@ def _shape(module: nn.Module) -> tuple[int, int]:
 
 def _basis(subspace: Subspace | torch.Tensor) -> torch.Tensor:
     return subspace.basis if isinstance(subspace, Subspace) else subspace
-
-
-def _require_stats(stats: CaptureStats, name: str, which: str) -> None:
-    if name not in stats.module_keys:
-        raise ValueError(f"target module {name} is missing from the {which} CaptureStats")

@@ -5,15 +5,30 @@ sample i's token-summed input and T_i its token count (DESIGN.md section 1). M h
 so with Y = [Y+, Y-] scaled by the square roots of the weights, M = Y D Y^T (D = signs) and a thin QR
 Y = Q R reduces the problem to eigh(R D R^T), which is small: no d_out x d_out matrix is ever built when
 N+ + N- < d_out. Everything is float64.
+
+`solve_subspace` solves one layer; `sclora_subspaces` every target layer of a model from its capture;
+`save_subspaces` / `load_subspaces` keep them on disk between the solve and train stages.
 """
 
 from __future__ import annotations
 
 import numbers
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
+from peft import LoraConfig
+from peft.tuners.lora.corda import target_modules
+from peft.utils.other import get_pattern_key
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+if TYPE_CHECKING:
+    from sclora.capture import CaptureStats
 
 NORMALIZE = ("none", "trace")
 ROW_BLOCK = 1024  # rows of a wide W made float64 at a time (here and in sclora.inits), never the whole of it
@@ -156,3 +171,97 @@ def solve_subspace(
     if not inside.all():
         basis[:, ~inside] = _complement(q, int((~inside).sum()))
     return Subspace(basis, top[:rank].clone())
+
+
+# The whole model: one solve per target layer, from the capture.
+
+
+class LayerStatistics(NamedTuple):
+    """What M(beta) of one target layer is solved from: its weight (d_out, d_in), bias, and the captured
+    token-summed inputs (and token counts) of D+ and D-."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    pos: torch.Tensor
+    pos_tokens: torch.Tensor
+    neg: torch.Tensor
+    neg_tokens: torch.Tensor
+    rank: int
+
+
+def layer_statistics(
+    model: nn.Module, lora_config: LoraConfig, pos: CaptureStats, neg: CaptureStats, rank: int | None = None
+) -> Iterator[tuple[str, LayerStatistics]]:
+    """Per target layer of the ORIGINAL `model`, in model order: its name and LayerStatistics. The rank is the
+    layer's LoRA rank (lora_config.r or rank_pattern), or `rank` when given."""
+    for name, module in target_modules(model, lora_config):
+        require_stats(pos, name, "pos")
+        require_stats(neg, name, "neg")
+        weight = module.weight.T if isinstance(module, Conv1D) else module.weight  # solve in (d_out, d_in)
+        bias = None if module.bias is None else module.bias.detach()
+        yield name, LayerStatistics(weight.detach(), bias, *pos.inputs(name), *neg.inputs(name),
+                                    rank or lora_rank(lora_config, name))  # fmt: skip
+
+
+def solve_layer(name: str, layer: LayerStatistics, beta: float, normalize: str) -> Subspace:
+    """solve_subspace on one layer's statistics; its errors and warnings name the layer."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            subspace = solve_subspace(layer.weight, layer.pos, layer.neg, beta, layer.rank, normalize,
+                                      bias=layer.bias, pos_tokens=layer.pos_tokens, neg_tokens=layer.neg_tokens)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+    for w in caught:  # re-issue with the layer's name, which the solver does not know
+        warnings.warn(f"{name}: {w.message}", w.category, stacklevel=3)
+    return subspace
+
+
+def sclora_subspaces(
+    model: nn.Module,
+    lora_config: LoraConfig,
+    pos: CaptureStats,
+    neg: CaptureStats,
+    beta: float,
+    *,
+    rank: int | None = None,
+    normalize: str = "none",
+) -> dict[str, Subspace]:
+    """Solve M(beta) for every target layer of the ORIGINAL `model` (before init_lora changes its weights).
+
+    Each layer is solved at its LoRA rank (lora_config.r or rank_pattern), or at `rank` when given
+    (one solve at r_max then serves every smaller rank). The eigenvalues are the per-layer diagnostics.
+    """
+    return {name: solve_layer(name, layer, beta, normalize)
+            for name, layer in layer_statistics(model, lora_config, pos, neg, rank)}  # fmt: skip
+
+
+def lora_rank(config: LoraConfig, name: str) -> int:
+    """The module's LoRA rank, as PEFT resolves it (rank_pattern, else r)."""
+    return config.rank_pattern.get(get_pattern_key(config.rank_pattern.keys(), name), config.r)
+
+
+def require_stats(stats: CaptureStats, name: str, which: str) -> None:
+    if name not in stats.module_keys:
+        raise ValueError(f"target module {name} is missing from the {which} CaptureStats")
+
+
+# Subspaces on disk (the solve stage writes them, the train stage reads them).
+
+
+def save_subspaces(subspaces: dict[str, Subspace], path: Path) -> None:
+    """One safetensors file: `<module>.basis` (d_out, r) and `<module>.eigenvalues` (r,) per target module."""
+    tensors = {}
+    for name, subspace in subspaces.items():
+        tensors[f"{name}.basis"] = subspace.basis.contiguous()
+        tensors[f"{name}.eigenvalues"] = subspace.eigenvalues.contiguous()
+    save_file(tensors, str(path))
+
+
+def load_subspaces(path: Path) -> dict[str, Subspace]:
+    """The subspaces `save_subspaces` wrote, by target module name."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: solved subspaces not found; run the solve stage")
+    tensors = load_file(str(path))
+    names = sorted({key.rsplit(".", 1)[0] for key in tensors})
+    return {name: Subspace(tensors[f"{name}.basis"], tensors[f"{name}.eigenvalues"]) for name in names}

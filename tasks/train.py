@@ -27,6 +27,7 @@ from sclora.config import SCLORA_VARIANTS, Params
 from sclora.export import export_lora, save_initial_adapter
 from sclora.inits import RESIDUAL_METHODS, init_lora
 from sclora.models import load_model, load_tokenizer, load_with_adapter, lora_config
+from sclora.subspace import load_subspaces
 from sclora.train import LOSS_HISTORY, MODEL, train
 from tasks.artifacts import (
     CAPTURE, CHECKPOINTS, FINGERPRINTS, NEG, RUN_FILE, RunSpec, parse_run, pos_capture_dir, prepared_path,
@@ -34,7 +35,6 @@ from tasks.artifacts import (
 )  # fmt: skip
 from tasks.evaluate import base_metrics_path, evaluate_run
 from tasks.plan import check_plan
-from tasks.solve import load_subspaces
 
 REQUEST = "request.json"  # what the checkpoints were made from; a different request starts over
 INITIAL_ADAPTER = "initial_adapter"

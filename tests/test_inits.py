@@ -11,8 +11,8 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 from transformers.pytorch_utils import Conv1D
 
 from sclora.capture import capture
-from sclora.inits import METHODS, RESIDUAL_METHODS, init_lora, lora_layers, random_subspaces, sclora_subspaces
-from sclora.subspace import solve_subspace
+from sclora.inits import METHODS, RESIDUAL_METHODS, init_lora, lora_layers, random_subspaces
+from sclora.subspace import sclora_subspaces, solve_subspace
 
 VOCAB = 61
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from stage_project import built_testbed, empty_store, project, project_params, stage, write_params  # noqa: F401
-from tasks.solve import load_subspaces
+from sclora.subspace import load_subspaces
 
 
 def trained_b(run: str) -> dict[str, torch.Tensor]:
