@@ -17,7 +17,7 @@ from sclora.evaluate.suite import EvalError, EvalSettings, evaluate, write_resul
 from sclora.models import load_model, load_tokenizer
 from tasks.artifacts import EVAL_BASE, METRICS, staged_dir
 
-# data.eval role -> the lm-eval tasks (sclora/evaluate/tasks/) that read that file.
+# data.eval role -> the lm-eval tasks (sclora/evaluate/lm_eval_tasks/) that read that file.
 ROLE_TASKS = {
     "task": ("sclora_task",),
     "knowledge": ("sclora_knowledge", "sclora_knowledge_logprob"),

@@ -9,7 +9,7 @@ import pytest
 
 from flows.cli import main
 from sclora.config import METHODS, PAPER_BASELINES, load_params
-from sclora.evaluate.suite import ROLES, TASKS_DIR, _split, _task_manager
+from sclora.evaluate.suite import ROLES, LM_EVAL_TASKS_DIR, _split, _task_manager
 from tasks.evaluate import eval_settings
 from tasks.prepare import _mapped, load_source
 
@@ -77,7 +77,7 @@ def test_eval_tasks_exist_and_local_files_are_wired(path):
     settings = eval_settings(params)  # what the evaluate stage and every train item build
     names = {_split(spec)[0] for role in ROLES for spec in getattr(settings, role)}
     assert names and all(name in _task_manager(sorted(names)).task_index for name in names)
-    local = {name for name in names if (TASKS_DIR / f"{name}.yaml").is_file()}
+    local = {name for name in names if (LM_EVAL_TASKS_DIR / f"{name}.yaml").is_file()}
     assert set(settings.data_files) == local  # every project task reads the file the user provides
     assert all(file.startswith("data/") for file in settings.data_files.values())
 

@@ -1,6 +1,6 @@
 """The evaluation suite: lm-eval tasks run in-process on a model in memory, read into the project's metrics.
 
-Tasks are lm-eval YAMLs found by name: the project's own in `sclora/evaluate/tasks/` (testbed
+Tasks are lm-eval YAMLs found by name: the project's own in `sclora/evaluate/lm_eval_tasks/` (testbed
 sets, Samsum ROUGE-1, HEx-PHI) and lm-eval's built-in ones (gsm8k, nq_open, triviaqa, webqs).
 Each metric of the suite is a role filled by a list of tasks; a role with no task is not reported.
 
@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sclora.atomic import write_text
 from sclora.evaluate.judge import JudgeSettings, harmfulness, judge_scores
 
-TASKS_DIR = Path(__file__).parent / "tasks"
+LM_EVAL_TASKS_DIR = Path(__file__).parent / "lm_eval_tasks"
 
 # The testbed's evaluation files (in its data directory), by the task that reads each.
 TESTBED_FILES = {
@@ -110,7 +110,7 @@ def _task_manager(names: list[str]):
     """lm-eval's index of our task YAMLs plus what of its own the names need (ours win on a clash)."""
     import lm_eval.tasks
 
-    ours = _indexed((str(TASKS_DIR),), False)
+    ours = _indexed((str(LM_EVAL_TASKS_DIR),), False)
     missing = [name for name in names if name not in ours.task_index]
     if not missing:
         return ours
@@ -118,10 +118,10 @@ def _task_manager(names: list[str]):
     # the folder of its name (gsm8k/, nq_open/, triviaqa/, webqs/), so try those folders first.
     builtin = Path(lm_eval.tasks.__file__).parent
     folders = [str(builtin / name) for name in missing if (builtin / name).is_dir()]
-    manager = _indexed((*folders, str(TASKS_DIR)), False)
+    manager = _indexed((*folders, str(LM_EVAL_TASKS_DIR)), False)
     if all(name in manager.task_index for name in missing):
         return manager
-    return _indexed((str(TASKS_DIR),), True)
+    return _indexed((str(LM_EVAL_TASKS_DIR),), True)
 
 
 @functools.cache
@@ -138,7 +138,7 @@ def _task_spec(manager, name: str, data_file: str | None) -> str | dict:
 
     entry = manager.task_index.get(name)
     if entry is None:
-        raise EvalError(f"eval task '{name}': not in {TASKS_DIR} nor among lm-eval's tasks")
+        raise EvalError(f"eval task '{name}': not in {LM_EVAL_TASKS_DIR} nor among lm-eval's tasks")
     local = data_file is not None or (entry.cfg or {}).get("dataset_path") == "json"
     if not local or entry.yaml_path is None or "task" not in (entry.cfg or {}):
         if data_file is not None:
