@@ -9,7 +9,7 @@ export DO_NOT_TRACK := 1
 # cores (the testbed build, alone, gets all). Tests and calibration run one thread per process.
 JOBS ?= $(shell nproc)
 
-.PHONY: run test setup calibrate protocol
+.PHONY: run test setup calibrate protocol select
 
 setup: .venv/.installed
 
@@ -37,3 +37,7 @@ protocol: setup
 	.venv/bin/sclora run --jobs $(JOBS) -S 'train.methods=$(PROTOCOL_METHODS)' -S 'tune.methods=$(PROTOCOL_METHODS)' \
 		-S 'tune.betas=[0.5,0.9]' -S 'solve.betas=[0.5,0.9]' -S 'train.sclora_variants=[sclora,sclora_frozen]' \
 		-S 'train.seeds=[0,1,2,3,4]' -S 'train.lr_source=artifacts/tune'
+
+# The beta that learns most within params' select.forgetting_budget, probed with select.seeds seeds, registered.
+select: setup
+	.venv/bin/sclora select-beta --jobs $(JOBS)

@@ -32,7 +32,6 @@ def _write(tmp_path, tree) -> Path:
         ({"adapter": {"rank": "eight"}}, "adapter.rank"),
         ({"adapter": {"rnak": 8}}, "unknown key 'adapter.rnak'"),
         ({"trainning": {}}, "unknown key 'trainning'"),
-        ({"train": {"methods": []}}, "train.methods"),
         ({"train": {"methods": ["lora", "dora"]}}, "train.methods.1"),
         ({"train": {"methods": ["sclora"]}}, "train.methods.0"),
         ({"data": {"tasks": {"x": "nope"}}}, "unknown source 'nope'"),
@@ -103,3 +102,12 @@ def test_sclora_variants_are_runs_per_beta(tmp_path):
     assert (frozen.method, frozen.beta) == ("sclora_frozen", 0.5)
     with pytest.raises(ParamsError, match="train.sclora_variants.0"):
         load_params(_write(tmp_path, {"train": {"sclora_variants": ["sclora_thawed"]}}))
+
+
+def test_sclora_alone_and_deleting_overrides(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("data:\n  tasks: {benign: finetune_benign, poisoned: finetune_poisoned}\n", encoding="utf-8")
+    params = load_params(path, ["train.methods=[]", "~data.tasks.benign"])
+    assert params.train.methods == [] and params.data.tasks == {"poisoned": "finetune_poisoned"}
+    with pytest.raises(ParamsError, match="no key data.tasks.nope to delete"):
+        load_params(path, ["~data.tasks.nope"])
