@@ -461,7 +461,7 @@ def test_select_beta_on_the_real_dvc_yaml_probes_registers_and_says_when_a_budge
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
                                  registry_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")  # fmt: skip
     version = client.get_model_version_by_alias("sclora-adapter", "candidate")
-    assert version.version == "1" and version.tags["select.beta"] == str(result["chosen"])
+    assert str(version.version) == "1" and version.tags["select.beta"] == str(result["chosen"])
     assert json.loads(version.tags["select.budget"]) == {"knowledge": 1.0}
     assert "Beta for a forgetting budget (knowledge <= 1)" in version.description
     assert f"| 1 | {probed[0]:g} |" in version.description  # every probe, in the registry
