@@ -1,5 +1,6 @@
 """Benchmarks: the smallest one runs on a tiny model and writes a result of the shared schema; goals, the
-convergence measure and peak memory behave as documented; gpu.sh parses. No timing is asserted."""
+convergence measure and peak memory behave as documented; gpu.sh parses; docs/benchmarks.md's table is the summary
+of the result files. No timing is asserted."""
 
 import json
 import subprocess
@@ -8,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import capture_overhead, workloads
+from benchmarks import capture_overhead, summary, workloads
 from benchmarks.convergence import steps_to_reach
-from benchmarks.record import KEYS, goal, peak_memory
+from benchmarks.record import KEYS, RESULTS, goal, peak_memory
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=4)
@@ -77,3 +78,18 @@ def test_a_testbed_built_from_other_params_is_refused(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(ValueError, match="built from other params than params.yaml's `testbed:`"):
         workloads.testbed(tmp_path / "params.yaml")
+
+
+def test_summary_rewrites_only_the_table_between_the_markers(tmp_path):
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(f"# prose\n\n{summary.START}\nold table\n{summary.END}\n\nmore prose\n")
+    assert summary.write_doc(RESULTS, doc) == doc
+    assert doc.read_text() == f"# prose\n\n{summary.START}\n{summary.table(RESULTS)}\n{summary.END}\n\nmore prose\n"
+    doc.write_text("# prose without markers\n")
+    with pytest.raises(ValueError, match="needs one"):
+        summary.write_doc(RESULTS, doc)
+
+
+def test_the_docs_table_is_the_summary_of_the_result_files():
+    text = summary.DOC.read_text(encoding="utf-8")
+    assert summary.with_table(text, summary.table(RESULTS)) == text, "run `python -m benchmarks.summary`"
