@@ -13,20 +13,15 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sclora.evaluate.forgetting import PRESERVED
 from sclora.evaluate.suite import EvalSettings
+from sclora.methods import BASELINES, BY_NAME, NAMES, PAPER_BASELINES, SCLORA_VARIANTS
+from sclora.metrics import PRESERVED
 from sclora.testbed.params import TestbedParams
 
-METHODS = ("lora", "pissa", "milora", "corda_ipm", "corda_kpm", "full", "random_subspace", "sclora", "sclora_frozen")
-Method = Literal["lora", "pissa", "milora", "corda_ipm", "corda_kpm", "full", "random_subspace", "sclora",
-                 "sclora_frozen"]
-# The baselines run once per task and seed; sclora runs once per task, seed and beta (`solve.betas`), and so does
-# each of `train.sclora_variants`: sclora_frozen keeps B (the subspace) fixed through training.
-# random_subspace is a control (sclora.inits), run when train.methods names it.
-SCLORA_VARIANTS = {"sclora": False, "sclora_frozen": True}  # variant -> freeze_basis
-ScloraVariant = Literal["sclora", "sclora_frozen"]
-Baseline = Literal["lora", "pissa", "milora", "corda_ipm", "corda_kpm", "full", "random_subspace"]
-PAPER_BASELINES = ["lora", "pissa", "milora", "corda_ipm", "corda_kpm", "full"]
+# Every name below is written once, in sclora.methods; the Literal types validate params.yaml against it.
+Method = Literal[NAMES]
+ScloraVariant = Literal[tuple(SCLORA_VARIANTS)]
+Baseline = Literal[BASELINES]
 
 
 class TrainSettings(BaseModel):
@@ -208,8 +203,8 @@ class TrainParams(TrainSettings):
     def settings_for(self, method: str, seed: int) -> TrainSettings:
         """The settings of one run: this method's learning rate and this seed."""
         values = {name: getattr(self, name) for name in TrainSettings.model_fields}
-        # A frozen basis trains what sclora trains, less B: sclora's rate unless it has its own.
-        fallback = self.learning_rates.get("sclora", self.lr) if method == "sclora_frozen" else self.lr
+        lr_from = BY_NAME[method].lr_from
+        fallback = self.lr if lr_from is None else self.learning_rates.get(lr_from, self.lr)
         values.update(lr=self.learning_rates.get(method, fallback), seed=seed)
         return TrainSettings(**values)
 
