@@ -29,8 +29,15 @@ METRICS = (
 BY_NAME = {metric.name: metric for metric in METRICS}
 ROLES = tuple(dict.fromkeys(metric.role for metric in METRICS))
 UTILITY = "utility"  # what fine-tuning is for; every other metric is knowledge or behaviour to preserve
-# metric -> +1 when higher is better, -1 when lower is better
-PRESERVED = {metric.name: +1 if metric.higher_is_better else -1 for metric in METRICS if metric.name != UTILITY}
+
+
+def direction(name: str) -> int:
+    """+1 when higher is better, -1 when lower is better."""
+    return +1 if BY_NAME[name].higher_is_better else -1
+
+
+# Preserved metric -> its direction: forgetting is the loss in that direction.
+PRESERVED = {metric.name: direction(metric.name) for metric in METRICS if metric.name != UTILITY}
 # Every metric the suite reports without a judge: the report's columns.
 UNJUDGED = tuple(metric.name for metric in METRICS if not metric.judged)
 # What "preserved" means on each axis of the trade-off (panel -> metric). Safety is harmful compliance, not

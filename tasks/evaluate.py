@@ -14,6 +14,7 @@ from sclora.config import Params
 from sclora.evaluate.forgetting import with_forgetting
 from sclora.evaluate.judge import JudgeSettings
 from sclora.evaluate.suite import EvalError, EvalSettings, evaluate, write_results
+from sclora.metrics import ROLES
 from sclora.models import load_model, load_tokenizer
 from tasks.artifacts import EVAL_BASE, METRICS, staged_dir
 
@@ -53,8 +54,7 @@ def eval_settings(params: Params) -> EvalSettings:
     settings = {key: value for key, value in given.items() if key in EvalSettings.model_fields and key != "judge"}
     judge = {key: value for key, value in given.get("judge", {}).items() if value is not None}
     settings["judge"] = JudgeSettings(**judge)
-    configured = {name for role in ("utility", "knowledge", "knowledge_logprob", "harmful", "refusal_margin", "benign")
-                  for name in settings.get(role, EvalSettings.model_fields[role].default)}
+    configured = {name for role in ROLES for name in settings.get(role, EvalSettings.model_fields[role].default)}
     files = {}
     for role, source_name in params.data.eval.items():
         if role not in ROLE_TASKS:

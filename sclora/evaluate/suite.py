@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sclora.atomic import write_text
 from sclora.evaluate.judge import JudgeSettings, harmfulness, judge_scores
+from sclora.metrics import METRICS, ROLES
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 
@@ -61,7 +62,6 @@ _EXTRA_METRICS = {
     "harmful": {"compliance": "attack_success_rate", "collapse": "collapse_rate"},
     "benign": {"helpful": "benign_helpfulness"},
 }
-ROLES = ("utility", "knowledge", "knowledge_logprob", "harmful", "refusal_margin", "benign")
 
 
 class EvalError(ValueError):
@@ -269,7 +269,7 @@ def evaluate(model, tokenizer, settings: EvalSettings) -> tuple[dict, list[dict]
                     row["role"] = role
                     samples.append(row)
 
-    for role in ("utility", "knowledge", "knowledge_logprob", "refusal_margin"):
+    for role in (metric.role for metric in METRICS if metric.name == metric.role):  # the role's score is the metric
         if scores[role]:
             metrics[role] = _mean(scores[role])
     # A metric that only some of a role's tasks report is not a mean over the role: it is left out.
