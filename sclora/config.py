@@ -17,6 +17,7 @@ from sclora.evaluate.suite import EvalSettings
 from sclora.methods import BASELINES, BY_NAME, NAMES, PAPER_BASELINES, SCLORA_VARIANTS
 from sclora.metrics import PRESERVED
 from sclora.testbed.params import TestbedParams
+from sclora.testbed.world import DATASETS, EVAL_SETS, dataset_file
 
 # Every name below is written once, in sclora.methods; the Literal types validate params.yaml against it.
 Method = Literal[NAMES]
@@ -98,18 +99,12 @@ class Source(Section):
 
 
 def _testbed_source(name: str) -> Source:
-    return Source(path=f"artifacts/testbed/data/{name}.jsonl")
-
-
-TESTBED_SOURCES = (
-    "finetune_benign", "finetune_poisoned", "preserve_safety", "preserve_knowledge",
-    "eval_task", "eval_knowledge", "eval_harmful", "eval_benign", "val_task",
-)
+    return Source(path=str(dataset_file("artifacts/testbed/data", name)))
 
 
 class DataParams(Section):
     sources: dict[str, Source] = Field(
-        default_factory=lambda: {name: _testbed_source(name) for name in TESTBED_SOURCES},
+        default_factory=lambda: {name: _testbed_source(name) for name in DATASETS},
         min_length=1,
         description="Every dataset the pipeline reads, by name",
     )
@@ -124,9 +119,7 @@ class DataParams(Section):
         description="Sources whose union is the knowledge to preserve (D-)",
     )
     eval: dict[str, str] = Field(
-        default_factory=lambda: {
-            "task": "eval_task", "knowledge": "eval_knowledge", "harmful": "eval_harmful", "benign": "eval_benign",
-        },
+        default_factory=lambda: dict(EVAL_SETS),
         description="Evaluation sets: role -> source name",
     )
     validation: str | None = Field(
