@@ -19,7 +19,7 @@ from sclora.metrics import PRESERVED
 from sclora.testbed.params import TestbedParams
 from sclora.testbed.world import DATASETS, EVAL_SETS, dataset_file
 
-# Every name below is written once, in sclora.methods; the Literal types validate params.yaml against it.
+# params.yaml names methods from sclora.methods' table; these types check it against the table.
 Method = Literal[NAMES]
 ScloraVariant = Literal[tuple(SCLORA_VARIANTS)]
 Baseline = Literal[BASELINES]

@@ -18,6 +18,7 @@ from sclora.metrics import ROLES
 from sclora.models import load_model, load_tokenizer
 from tasks.artifacts import EVAL_BASE, METRICS, staged_dir
 
+
 def run(params: Params) -> dict:
     tokenizer = load_tokenizer(params.model.path, trust_remote_code=params.model.trust_remote_code)
     model = load_model(params.model.path, dtype=params.model.dtype, trust_remote_code=params.model.trust_remote_code)
