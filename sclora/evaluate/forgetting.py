@@ -16,6 +16,7 @@ from pathlib import Path
 
 from sclora.metrics import PRESERVED
 
+
 class ForgettingError(ValueError):
     """Base and fine-tuned metrics cannot be compared; the message names the metric or file."""
 
