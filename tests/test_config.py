@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from sclora.config import ParamsError, load_params
+from sclora.methods import BASELINES, NAMES, SCLORA_VARIANTS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -103,3 +104,11 @@ def test_sclora_variants_are_runs_per_beta(tmp_path):
     assert (frozen.method, frozen.beta) == ("sclora_frozen", 0.5)
     with pytest.raises(ParamsError, match="train.sclora_variants.0"):
         load_params(_write(tmp_path, {"train": {"sclora_variants": ["sclora_thawed"]}}))
+
+
+def test_params_accept_every_method_of_the_table(tmp_path):
+    tree = {"train": {"methods": list(BASELINES), "sclora_variants": list(SCLORA_VARIANTS),
+                      "learning_rates": {name: 1e-3 for name in NAMES}}}
+    train = load_params(_write(tmp_path, tree)).train
+    assert (train.methods, train.sclora_variants, list(train.learning_rates)) == (
+        list(BASELINES), list(SCLORA_VARIANTS), list(NAMES))
