@@ -110,5 +110,5 @@ def test_params_accept_every_method_of_the_table(tmp_path):
     tree = {"train": {"methods": list(BASELINES), "sclora_variants": list(SCLORA_VARIANTS),
                       "learning_rates": {name: 1e-3 for name in NAMES}}}
     train = load_params(_write(tmp_path, tree)).train
-    assert (train.methods, train.sclora_variants, list(train.learning_rates)) == (
-        list(BASELINES), list(SCLORA_VARIANTS), list(NAMES))
+    assert (train.methods, train.sclora_variants) == (list(BASELINES), list(SCLORA_VARIANTS))
+    assert set(train.learning_rates) == set(NAMES)
