@@ -249,7 +249,7 @@ def _completed_shards(out: Path, targets: set[str], model_fp: str, size: int, co
         if modules == targets and all(
             r["model_fingerprint"] == model_fp and r["sample_start"] == j * size and r["samples"] <= size
             and r["samples"] == rows[0]["samples"] and r["covariance"] == covariance
-            and (out / r["file"]).exists() and _sha256(out / r["file"]) == r["sha256"]
+            and (out / r["file"]).exists() and file_sha256(out / r["file"]) == r["sha256"]
             for r in rows
         ):
             done[j] = rows
