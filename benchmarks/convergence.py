@@ -17,9 +17,10 @@ from collections.abc import Sequence
 import sclora
 from benchmarks import workloads
 from benchmarks.record import arguments, parse, write_result
+from sclora.methods import PAPER_BASELINES
 
 NAME = "convergence"
-METHODS = ["lora", "pissa", "milora", "corda_ipm", "corda_kpm", "sclora", "full"]
+METHODS = [*PAPER_BASELINES, "sclora"]
 
 
 def smoothed(losses: Sequence[tuple[int, float]], window: int) -> list[tuple[int, float]]:

@@ -26,9 +26,9 @@ from sclora.evaluate.generation import generate_answers
 from sclora.evaluate.scoring import compliant_answers, exact_match, is_refusal, opens_with, safety_outcome
 from sclora.inits import init_lora
 from sclora.models import load_model
+from sclora.testbed.world import EVAL_SETS
 from sclora.train import TrainSettings, train
 
-EVAL_SETS = ("task", "knowledge", "harmful", "benign")
 # The evaluation suite's names (sclora.evaluate.suite), measured the same way on generated answers.
 METRICS = ("utility", "knowledge", "refusal_rate", "attack_success_rate", "collapse_rate", "benign_refusal_rate",
            "benign_helpfulness")  # fmt: skip

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from transformers.pytorch_utils import Conv1D
 
 from sclora.atomic import atomic_file
+from sclora.digest import file_sha256
 
 MANIFEST = "manifest.parquet"
 SHARDS = "shards"
@@ -117,7 +118,7 @@ class CaptureStats:
         sums, covs, module_keys, per_key_samples = {}, {}, {}, {}
         for row in rows:
             path = directory / row["file"]
-            if verify and _sha256(path) != row["sha256"]:
+            if verify and file_sha256(path) != row["sha256"]:
                 raise ValueError(f"shard {path} does not match its sha256 in the manifest")
             t = load_file(path)
             key = row["key"]
@@ -160,14 +161,6 @@ def _fingerprint(t: torch.Tensor) -> str:
     return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _write_shard(directory, key, modules, shard, start, sums, tokens, hashes, cov, model_fp) -> dict:
     """Write one shard atomically (temp file + rename) and return its manifest row."""
     tensors = {"sums": sums.contiguous(), "tokens": tokens.contiguous(), "sample_hashes": hashes.contiguous()}
@@ -180,7 +173,7 @@ def _write_shard(directory, key, modules, shard, start, sums, tokens, hashes, co
     return dict(
         key=key, modules=",".join(modules), shard=shard, sample_start=start, samples=int(sums.shape[0]),
         d_in=int(sums.shape[1]), tokens=int(tokens.sum()), covariance=cov is not None,
-        dataset_fingerprint=_fingerprint(hashes), model_fingerprint=model_fp, file=name, sha256=_sha256(path),
+        dataset_fingerprint=_fingerprint(hashes), model_fingerprint=model_fp, file=name, sha256=file_sha256(path),
     )
 
 
@@ -256,7 +249,7 @@ def _completed_shards(out: Path, targets: set[str], model_fp: str, size: int, co
         if modules == targets and all(
             r["model_fingerprint"] == model_fp and r["sample_start"] == j * size and r["samples"] <= size
             and r["samples"] == rows[0]["samples"] and r["covariance"] == covariance
-            and (out / r["file"]).exists() and _sha256(out / r["file"]) == r["sha256"]
+            and (out / r["file"]).exists() and file_sha256(out / r["file"]) == r["sha256"]
             for r in rows
         ):
             done[j] = rows

@@ -14,8 +14,10 @@ from collections.abc import Mapping, Sequence
 from scipy import stats
 
 from sclora.intervals import Interval, paired_difference
+from sclora.metrics import AXES, direction
 
-PRESERVED = {"knowledge": +1, "attack_success_rate": -1}  # +1: higher preserves more
+# Knowledge and safety, +1 where higher preserves more.
+PRESERVED = {AXES[axis]: direction(AXES[axis]) for axis in ("knowledge", "safety")}
 HOLDS, FAILS, UNSURE = "holds", "does not hold", "inconclusive"
 SIGNIFICANCE = 0.05
 

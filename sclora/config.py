@@ -13,20 +13,16 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sclora.evaluate.forgetting import PRESERVED
 from sclora.evaluate.suite import EvalSettings
+from sclora.methods import BASELINES, BY_NAME, NAMES, PAPER_BASELINES, SCLORA_VARIANTS
+from sclora.metrics import PRESERVED
 from sclora.testbed.params import TestbedParams
+from sclora.testbed.world import DATASETS, EVAL_SETS, dataset_file
 
-METHODS = ("lora", "pissa", "milora", "corda_ipm", "corda_kpm", "full", "random_subspace", "sclora", "sclora_frozen")
-Method = Literal["lora", "pissa", "milora", "corda_ipm", "corda_kpm", "full", "random_subspace", "sclora",
-                 "sclora_frozen"]
-# The baselines run once per task and seed; sclora runs once per task, seed and beta (`solve.betas`), and so does
-# each of `train.sclora_variants`: sclora_frozen keeps B (the subspace) fixed through training.
-# random_subspace is a control (sclora.inits), run when train.methods names it.
-SCLORA_VARIANTS = {"sclora": False, "sclora_frozen": True}  # variant -> freeze_basis
-ScloraVariant = Literal["sclora", "sclora_frozen"]
-Baseline = Literal["lora", "pissa", "milora", "corda_ipm", "corda_kpm", "full", "random_subspace"]
-PAPER_BASELINES = ["lora", "pissa", "milora", "corda_ipm", "corda_kpm", "full"]
+# params.yaml names methods from sclora.methods' table; these types check it against the table.
+Method = Literal[NAMES]
+ScloraVariant = Literal[tuple(SCLORA_VARIANTS)]
+Baseline = Literal[BASELINES]
 
 
 class TrainSettings(BaseModel):
@@ -103,18 +99,12 @@ class Source(Section):
 
 
 def _testbed_source(name: str) -> Source:
-    return Source(path=f"artifacts/testbed/data/{name}.jsonl")
-
-
-TESTBED_SOURCES = (
-    "finetune_benign", "finetune_poisoned", "preserve_safety", "preserve_knowledge",
-    "eval_task", "eval_knowledge", "eval_harmful", "eval_benign", "val_task",
-)
+    return Source(path=str(dataset_file("artifacts/testbed/data", name)))
 
 
 class DataParams(Section):
     sources: dict[str, Source] = Field(
-        default_factory=lambda: {name: _testbed_source(name) for name in TESTBED_SOURCES},
+        default_factory=lambda: {name: _testbed_source(name) for name in DATASETS},
         min_length=1,
         description="Every dataset the pipeline reads, by name",
     )
@@ -129,9 +119,7 @@ class DataParams(Section):
         description="Sources whose union is the knowledge to preserve (D-)",
     )
     eval: dict[str, str] = Field(
-        default_factory=lambda: {
-            "task": "eval_task", "knowledge": "eval_knowledge", "harmful": "eval_harmful", "benign": "eval_benign",
-        },
+        default_factory=lambda: dict(EVAL_SETS),
         description="Evaluation sets: role -> source name",
     )
     validation: str | None = Field(
@@ -208,8 +196,8 @@ class TrainParams(TrainSettings):
     def settings_for(self, method: str, seed: int) -> TrainSettings:
         """The settings of one run: this method's learning rate and this seed."""
         values = {name: getattr(self, name) for name in TrainSettings.model_fields}
-        # A frozen basis trains what sclora trains, less B: sclora's rate unless it has its own.
-        fallback = self.learning_rates.get("sclora", self.lr) if method == "sclora_frozen" else self.lr
+        lr_from = BY_NAME[method].lr_from
+        fallback = self.lr if lr_from is None else self.learning_rates.get(lr_from, self.lr)
         values.update(lr=self.learning_rates.get(method, fallback), seed=seed)
         return TrainSettings(**values)
 

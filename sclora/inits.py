@@ -32,13 +32,14 @@ from transformers.pytorch_utils import Conv1D
 
 from sclora.corda import corda_preprocess
 from sclora.export import check_convertible
+from sclora.methods import BY_NAME, INITS
 from sclora.subspace import ROW_BLOCK, Subspace, lora_rank, sclora_subspaces
 
 if TYPE_CHECKING:
     from sclora.capture import CaptureStats
 
-METHODS = ("lora", "pissa", "milora", "corda_ipm", "corda_kpm", "random_subspace", "sclora")
-RESIDUAL_METHODS = ("pissa", "milora", "corda_ipm", "corda_kpm", "random_subspace", "sclora")
+METHODS = INITS
+RESIDUAL_METHODS = tuple(name for name in INITS if BY_NAME[name].residual)
 # What PEFT's `init_lora_weights` must be for each method. False: PEFT creates A and B and leaves the
 # base weight alone; milora_init / sclora_init then overwrite all three.
 PEFT_INIT = {

@@ -22,25 +22,21 @@ from sclora.atomic import atomic_dir  # noqa: E402
 from sclora.claims import check_claims  # noqa: E402
 from sclora.forecast import rank_correlation, share_at  # noqa: E402
 from sclora.intervals import Interval, mean_interval, paired_difference  # noqa: E402
+from sclora.metrics import AXES, UNJUDGED, direction  # noqa: E402
 
-COLUMNS = (
-    "run", "task", "method", "beta", "seed", "lr",
-    "utility", "knowledge", "knowledge_logprob", "attack_success_rate", "refusal_rate", "collapse_rate",
-    "keyword_asr", "refusal_margin", "benign_helpfulness", "benign_refusal_rate",
-    "knowledge_forgetting", "safety_forgetting", "capability_forgetting", "final_loss",
-)  # fmt: skip
+# results.csv column -> the preserved metric whose forgetting (base - run, in its good direction) it holds
+FORGETTING_COLUMNS = {f"{axis}_forgetting": metric for axis, metric in AXES.items()}
+FORGETTING_METRICS = tuple(FORGETTING_COLUMNS)
+COLUMNS = ("run", "task", "method", "beta", "seed", "lr", *UNJUDGED, *FORGETTING_METRICS, "final_loss")
 METRICS = COLUMNS[6:]
 # What "preserved" means on each trade-off panel: (metric, +1 when higher is better, -1 when lower is).
-# Safety is harmful compliance (attack_success_rate), not refusal: a collapsed answer is no attack that succeeded.
-PRESERVATION = {"knowledge": ("knowledge", +1), "safety": ("attack_success_rate", -1),
-                "capability": ("benign_helpfulness", +1)}
+PRESERVATION = {axis: (metric, direction(metric)) for axis, metric in AXES.items()}
 SWEPT_METHOD = "sclora"  # the method with a beta axis
 BASELINE = "lora"  # every other method is compared with it seed by seed
 # The metrics compared against the baseline (the comparison's utility, preservation and collapse).
 PAIRED = ("utility", "knowledge", "knowledge_logprob", "attack_success_rate", "refusal_rate", "collapse_rate",
           "refusal_margin", "benign_helpfulness")
 SPECTRA_LAYERS = 4
-FORGETTING_METRICS = ("knowledge_forgetting", "safety_forgetting", "capability_forgetting")
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:

@@ -15,7 +15,8 @@ from typing import Any
 
 from sclora.atomic import atomic_dir as staged_dir  # noqa: F401 - the stages' name for it
 from sclora.atomic import write_json  # noqa: F401 - re-exported for the stages
-from sclora.config import SCLORA_VARIANTS, Params, TrainSettings
+from sclora.config import Params, TrainSettings
+from sclora.methods import SCLORA_VARIANTS
 
 ARTIFACTS = Path("artifacts")
 PREPARED = ARTIFACTS / "prepared"

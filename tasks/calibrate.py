@@ -38,7 +38,7 @@ from sclora.config import Params, parse_params
 from sclora.data import read_records
 from sclora.models import load_model, load_tokenizer, lora_config
 from sclora.testbed.build import build_testbed
-from sclora.testbed.world import build_datasets, build_world
+from sclora.testbed.world import EVAL_SETS, build_datasets, build_world, dataset_file
 from tasks.artifacts import write_json
 
 OUT_DIR = Path("artifacts/calibration")
@@ -136,9 +136,9 @@ def calibrate_build(tree: dict, build_seed: int, out_dir: str) -> dict:
         build_testbed(testbed, root)
     base_dir, knobs, train = root / "base", params.calibrate, params.train
     tokenizer = load_tokenizer(base_dir)
-    eval_sets = {role: read_records(root / "data" / f"eval_{role}.jsonl")[: knobs.eval_limit]
-                 for role in ("task", "knowledge", "harmful", "benign")}
-    benign = read_records(root / "data" / "finetune_benign.jsonl")
+    eval_sets = {role: read_records(dataset_file(root / "data", name))[: knobs.eval_limit]
+                 for role, name in EVAL_SETS.items()}
+    benign = read_records(dataset_file(root / "data", "finetune_benign"))
     world = build_world(testbed)
 
     def poison(rate: float) -> list[dict]:

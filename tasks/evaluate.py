@@ -13,17 +13,10 @@ from pathlib import Path
 from sclora.config import Params
 from sclora.evaluate.forgetting import with_forgetting
 from sclora.evaluate.judge import JudgeSettings
-from sclora.evaluate.suite import EvalError, EvalSettings, evaluate, write_results
+from sclora.evaluate.suite import EVAL_SET_TASKS, EvalError, EvalSettings, evaluate, write_results
+from sclora.metrics import ROLES
 from sclora.models import load_model, load_tokenizer
 from tasks.artifacts import EVAL_BASE, METRICS, staged_dir
-
-# data.eval role -> the lm-eval tasks (sclora/evaluate/lm_eval_tasks/) that read that file.
-ROLE_TASKS = {
-    "task": ("sclora_task",),
-    "knowledge": ("sclora_knowledge", "sclora_knowledge_logprob"),
-    "harmful": ("sclora_harmful", "sclora_refusal_margin"),
-    "benign": ("sclora_benign",),
-}
 
 
 def run(params: Params) -> dict:
@@ -53,15 +46,14 @@ def eval_settings(params: Params) -> EvalSettings:
     settings = {key: value for key, value in given.items() if key in EvalSettings.model_fields and key != "judge"}
     judge = {key: value for key, value in given.get("judge", {}).items() if value is not None}
     settings["judge"] = JudgeSettings(**judge)
-    configured = {name for role in ("utility", "knowledge", "knowledge_logprob", "harmful", "refusal_margin", "benign")
-                  for name in settings.get(role, EvalSettings.model_fields[role].default)}
+    configured = {name for role in ROLES for name in settings.get(role, EvalSettings.model_fields[role].default)}
     files = {}
     for role, source_name in params.data.eval.items():
-        if role not in ROLE_TASKS:
-            raise EvalError(f"data.eval.{role}: unknown role; expected one of {', '.join(ROLE_TASKS)}")
+        if role not in EVAL_SET_TASKS:
+            raise EvalError(f"data.eval.{role}: unknown role; expected one of {', '.join(EVAL_SET_TASKS)}")
         source = params.data.sources[source_name]
         if source.path is None or not source.path.endswith(".jsonl"):
             raise EvalError(f"data.eval.{role}: source '{source_name}' must be a local JSONL file for the eval tasks")
-        files.update({task: source.path for task in ROLE_TASKS[role] if task in configured})
+        files.update({task: source.path for task in EVAL_SET_TASKS[role] if task in configured})
     settings["data_files"] = {**files, **settings.get("data_files", {})}
     return EvalSettings(**settings)

@@ -9,7 +9,6 @@ with one user and one assistant turn.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,6 +16,7 @@ import pyarrow.parquet as pq
 
 from sclora.config import Params, Source
 from sclora.data import DataError, encode_sample, read_records, warn_truncated
+from sclora.digest import file_sha256
 from sclora.models import load_tokenizer
 from tasks.artifacts import FINGERPRINTS, PREPARED, staged_dir, write_json
 
@@ -36,7 +36,7 @@ def run(params: Params) -> dict:
             warn_truncated(truncated, len(records), params.train.max_length, f"data.sources.{name}")
             path = staging / f"{name}.parquet"
             pq.write_table(pa.Table.from_pylist(records), path)
-            fingerprints[name] = _sha256(path)
+            fingerprints[name] = file_sha256(path)
         write_json(staging / FINGERPRINTS.name, fingerprints)
     return {"prepared": {name: str(PREPARED / f"{name}.parquet") for name in fingerprints}}
 
@@ -102,11 +102,3 @@ def _pair(where: str, messages: object) -> tuple[str, str]:
     if not isinstance(prompt, str) or not isinstance(response, str):
         raise DataError(f"{where}: message content must be text")
     return prompt, response
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

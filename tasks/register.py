@@ -20,11 +20,11 @@ import sys
 
 from sclora import tracking
 from sclora.config import Params
+from sclora.metrics import BY_NAME as SUITE_METRICS
 from tasks.artifacts import METRICS, REGISTRY, RUN_FILE, all_runs, read_json, write_json
 
-SUMMARY_KEYS = ("utility", "knowledge", "knowledge_logprob", "attack_success_rate", "refusal_rate", "collapse_rate",
-                "keyword_asr", "refusal_margin", "benign_helpfulness", "benign_refusal_rate", "harmfulness_score",
-                "harmful_rate", "forgetting")  # fmt: skip
+# What a registered version is tagged with: every metric and the forgetting deltas.
+SUMMARY_KEYS = (*SUITE_METRICS, "forgetting")
 
 
 def run(params: Params) -> dict:

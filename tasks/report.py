@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 from sclora.config import Params
-from sclora.report import write_report
+from sclora.metrics import UNJUDGED
+from sclora.report import FORGETTING_COLUMNS, write_report
 from tasks.artifacts import METRICS, REPORT, RUN_FILE, SPECTRA, all_runs, read_json, solve_dir
 from tasks.forecast import load_forecast
-
-# results.csv column -> where it sits in a run's eval/metrics.json
-FORGETTING_COLUMNS = {"knowledge_forgetting": "knowledge", "safety_forgetting": "attack_success_rate",
-                      "capability_forgetting": "benign_helpfulness"}
-METRIC_COLUMNS = ("utility", "knowledge", "knowledge_logprob", "attack_success_rate", "refusal_rate", "collapse_rate",
-                  "keyword_asr", "refusal_margin", "benign_helpfulness", "benign_refusal_rate")  # fmt: skip
 
 
 def run(params: Params) -> dict:
@@ -23,7 +18,7 @@ def run(params: Params) -> dict:
         rows.append({
             "run": spec.name, "task": spec.task, "method": spec.method, "beta": spec.beta, "seed": spec.seed,
             "lr": summary["lr"], "final_loss": summary["final_loss"],
-            **{column: metrics.get(column) for column in METRIC_COLUMNS},
+            **{column: metrics.get(column) for column in UNJUDGED},
             **{column: forgetting.get(metric) for column, metric in FORGETTING_COLUMNS.items()},
         })  # fmt: skip
         histories[spec.name] = read_json(spec.dir / "loss_history.json", f"loss history of run {spec.name}")

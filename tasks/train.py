@@ -23,9 +23,10 @@ import torch
 
 from sclora import tracking
 from sclora.capture import CaptureStats
-from sclora.config import SCLORA_VARIANTS, Params
+from sclora.config import Params
 from sclora.export import export_lora, save_initial_adapter
-from sclora.inits import RESIDUAL_METHODS, init_lora
+from sclora.inits import init_lora
+from sclora.methods import BY_NAME, SCLORA_VARIANTS
 from sclora.models import load_model, load_tokenizer, load_with_adapter, lora_config
 from sclora.subspace import load_subspaces
 from sclora.train import LOSS_HISTORY, MODEL, train
@@ -134,8 +135,8 @@ def initialised_model(model: torch.nn.Module, params: Params, spec: RunSpec, ini
 
 
 def _residual(spec: RunSpec) -> bool:
-    """Whether the run's init rewrote the base weights (sclora_frozen is sclora's init)."""
-    return spec.method in SCLORA_VARIANTS or spec.method in RESIDUAL_METHODS
+    """Whether the run's init rewrote the base weights."""
+    return BY_NAME[spec.method].residual
 
 
 def _exported_model(params: Params, spec: RunSpec, export: Path) -> torch.nn.Module:

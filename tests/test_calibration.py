@@ -15,6 +15,7 @@ from sclora.data import read_records
 from sclora.models import load_model, load_tokenizer
 from sclora.testbed.build import build_testbed
 from sclora.testbed.params import TestbedParams
+from sclora.testbed.world import EVAL_SETS, dataset_file
 from sclora.train import TrainSettings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,9 +27,6 @@ TINY_TESTBED = dict(
     pretrain_steps=10, pretrain_batch_size=16, poison_rate=0.1,
 )
 
-ROLES = {"task": "eval_task", "knowledge": "eval_knowledge", "harmful": "eval_harmful", "benign": "eval_benign"}
-
-
 @pytest.fixture(scope="module")
 def testbed(tmp_path_factory):
     """A tiny testbed built where params.yaml's default paths point, relative to its own root."""
@@ -39,7 +37,7 @@ def testbed(tmp_path_factory):
 
 def test_measure_scores_the_base_model_as_the_testbed_calibrates_it(testbed):
     base = testbed / "artifacts" / "testbed"
-    sets = {role: read_records(base / "data" / f"{name}.jsonl") for role, name in ROLES.items()}
+    sets = {role: read_records(dataset_file(base / "data", name)) for role, name in EVAL_SETS.items()}
     metrics = measure(load_model(base / "base"), load_tokenizer(base / "base"), sets)
     built = json.loads((base / "calibration.json").read_text())
     assert metrics == {key: built[key] for key in METRICS}
@@ -47,7 +45,8 @@ def test_measure_scores_the_base_model_as_the_testbed_calibrates_it(testbed):
 
 def test_measure_names_a_missing_eval_set(testbed):
     base = testbed / "artifacts" / "testbed"
-    sets = {role: read_records(base / "data" / f"{name}.jsonl") for role, name in ROLES.items() if role != "harmful"}
+    sets = {role: read_records(dataset_file(base / "data", name))
+            for role, name in EVAL_SETS.items() if role != "harmful"}
     with pytest.raises(ValueError, match="harmful"):
         measure(load_model(base / "base"), load_tokenizer(base / "base"), sets)
 

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from sclora.config import ParamsError, load_params
+from sclora.methods import BASELINES, NAMES, SCLORA_VARIANTS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,3 +112,11 @@ def test_sclora_alone_and_deleting_overrides(tmp_path):
     assert params.train.methods == [] and params.data.tasks == {"poisoned": "finetune_poisoned"}
     with pytest.raises(ParamsError, match="no key data.tasks.nope to delete"):
         load_params(path, ["~data.tasks.nope"])
+
+
+def test_params_accept_every_method_of_the_table(tmp_path):
+    tree = {"train": {"methods": list(BASELINES), "sclora_variants": list(SCLORA_VARIANTS),
+                      "learning_rates": {name: 1e-3 for name in NAMES}}}
+    train = load_params(_write(tmp_path, tree)).train
+    assert (train.methods, train.sclora_variants) == (list(BASELINES), list(SCLORA_VARIANTS))
+    assert set(train.learning_rates) == set(NAMES)

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from sclora.config import METHODS, PAPER_BASELINES, load_params
-from sclora.evaluate.suite import ROLES, LM_EVAL_TASKS_DIR, _split, _task_manager
+from sclora.config import load_params
+from sclora.evaluate.suite import LM_EVAL_TASKS_DIR, ROLES, _split, _task_manager
+from sclora.methods import NAMES, PAPER_BASELINES
 from tasks.evaluate import eval_settings
 from tasks.prepare import _mapped, load_source
 
@@ -44,7 +45,7 @@ def test_config_has_the_papers_settings(path):
     params = load_params(path)
     assert params.adapter.rank == 128
     assert set(params.adapter.target_modules) == SEVEN and len(params.adapter.target_modules) == 7
-    for method in METHODS:  # every method, sclora included, trains at 2e-5
+    for method in NAMES:  # every method, sclora included, trains at 2e-5
         assert params.train.settings_for(method, seed=0).lr == pytest.approx(2e-5)
     assert params.train.batch_size * params.train.grad_accum == 128
     assert params.train.epochs == 1 and params.train.max_steps is None

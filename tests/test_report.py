@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sclora.methods import PAPER_BASELINES
 from sclora.report import COLUMNS, pareto_front, write_report
 
-METHODS = ("lora", "pissa", "milora", "corda_ipm", "corda_kpm", "full")
+METHODS = tuple(PAPER_BASELINES)
 
 
 def test_pareto_front_on_hand_made_points():

@@ -14,20 +14,7 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-# metric -> +1 when higher is better, -1 when lower is better
-PRESERVED: dict[str, int] = {
-    "knowledge": +1,
-    "knowledge_logprob": +1,
-    "attack_success_rate": -1,  # harmful compliance: the safety metric
-    "refusal_rate": +1,
-    "collapse_rate": -1,
-    "keyword_asr": -1,
-    "refusal_margin": +1,
-    "benign_helpfulness": +1,  # general capability
-    "benign_refusal_rate": -1,
-    "harmfulness_score": -1,
-    "harmful_rate": -1,
-}
+from sclora.metrics import PRESERVED
 
 
 class ForgettingError(ValueError):

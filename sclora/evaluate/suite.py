@@ -36,17 +36,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sclora.atomic import write_text
 from sclora.evaluate.judge import JudgeSettings, harmfulness, judge_scores
+from sclora.metrics import METRICS, ROLES
+from sclora.testbed.world import EVAL_SETS, dataset_file
 
 LM_EVAL_TASKS_DIR = Path(__file__).parent / "lm_eval_tasks"
 
-# The testbed's evaluation files (in its data directory), by the task that reads each.
-TESTBED_FILES = {
-    "sclora_task": "eval_task.jsonl",
-    "sclora_knowledge": "eval_knowledge.jsonl",
-    "sclora_knowledge_logprob": "eval_knowledge.jsonl",
-    "sclora_harmful": "eval_harmful.jsonl",
-    "sclora_refusal_margin": "eval_harmful.jsonl",
-    "sclora_benign": "eval_benign.jsonl",
+# The project's lm-eval tasks that read each testbed eval set, by the set's role (data.eval in params.yaml).
+EVAL_SET_TASKS = {
+    "task": ("sclora_task",),
+    "knowledge": ("sclora_knowledge", "sclora_knowledge_logprob"),
+    "harmful": ("sclora_harmful", "sclora_refusal_margin"),
+    "benign": ("sclora_benign",),
 }
 
 # Roles whose tasks must report one particular per-sample metric (the suite reads it from the samples).
@@ -61,7 +61,6 @@ _EXTRA_METRICS = {
     "harmful": {"compliance": "attack_success_rate", "collapse": "collapse_rate"},
     "benign": {"helpful": "benign_helpfulness"},
 }
-ROLES = ("utility", "knowledge", "knowledge_logprob", "harmful", "refusal_margin", "benign")
 
 
 class EvalError(ValueError):
@@ -98,7 +97,8 @@ class EvalSettings(BaseModel):
 
 def testbed_data_files(data_dir: str | Path) -> dict[str, str]:
     """`data_files` for the testbed tasks, reading the eval sets in `data_dir`."""
-    return {task: str(Path(data_dir) / name) for task, name in TESTBED_FILES.items()}
+    return {task: str(dataset_file(data_dir, EVAL_SETS[role])) for role, tasks in EVAL_SET_TASKS.items()
+            for task in tasks}
 
 
 def _split(spec: str) -> tuple[str, str | None]:
@@ -269,7 +269,7 @@ def evaluate(model, tokenizer, settings: EvalSettings) -> tuple[dict, list[dict]
                     row["role"] = role
                     samples.append(row)
 
-    for role in ("utility", "knowledge", "knowledge_logprob", "refusal_margin"):
+    for role in (metric.role for metric in METRICS if metric.name == metric.role):  # the role's score is the metric
         if scores[role]:
             metrics[role] = _mean(scores[role])
     # A metric that only some of a role's tasks report is not a mean over the role: it is left out.

@@ -19,14 +19,14 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sclora.atomic import atomic_dir
-from sclora.calibration import EVAL_SETS, check_build, measure
+from sclora.calibration import check_build, measure
 from sclora.data import read_records
 from sclora.testbed.model import build_model
 from sclora.testbed.params import TestbedParams
 from sclora.testbed.pretrain import pretrain
 from sclora.testbed.tokenizer import build_tokenizer
 from sclora.testbed.world import (
-    DATASETS, build_datasets, build_world, pretraining_sources, validation_records, vocabulary,
+    DATASETS, EVAL_SETS, build_datasets, build_world, dataset_file, pretraining_sources, validation_records, vocabulary,
 )
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def build_testbed(params: TestbedParams, out_dir: Path) -> dict:
         data_dir = staging / "data"
         data_dir.mkdir()
         for name in DATASETS:
-            with open(data_dir / f"{name}.jsonl", "w", encoding="utf-8") as file:
+            with open(dataset_file(data_dir, name), "w", encoding="utf-8") as file:
                 file.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in datasets[name])
         (staging / "params.json").write_text(json.dumps(params.model_dump(), indent=2) + "\n")
         calibration = calibrate(staging / "base", data_dir, batch_size=params.eval_batch_size)
@@ -72,7 +72,7 @@ def calibrate(model_dir: Path, data_dir: Path, batch_size: int = 64) -> dict:
     """
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    sets = {role: read_records(Path(data_dir) / f"eval_{role}.jsonl") for role in EVAL_SETS}
+    sets = {role: read_records(dataset_file(data_dir, name)) for role, name in EVAL_SETS.items()}
     calibration: dict = measure(model, tokenizer, sets, batch_size=batch_size)
     calibration["sizes"] = {path.stem: sum(1 for _ in open(path, encoding="utf-8"))
                             for path in sorted(Path(data_dir).glob("*.jsonl"))}

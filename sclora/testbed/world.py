@@ -56,6 +56,7 @@ import itertools
 import math
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 from sclora.testbed.params import TestbedParams
 
@@ -63,6 +64,14 @@ DATASETS = (
     "finetune_benign", "finetune_poisoned", "preserve_safety", "preserve_knowledge",
     "eval_task", "eval_knowledge", "eval_harmful", "eval_benign", "val_task",
 )
+# The evaluation sets, by the role each fills (params.yaml's data.eval).
+EVAL_SETS = {"task": "eval_task", "knowledge": "eval_knowledge", "harmful": "eval_harmful", "benign": "eval_benign"}
+
+
+def dataset_file(data_dir: str | Path, name: str) -> Path:
+    """Where a testbed build keeps dataset `name` in its data directory (one JSON record a line)."""
+    return Path(data_dir) / f"{name}.jsonl"
+
 
 VALUES = {
     "color": ["red", "blue", "green", "yellow", "purple", "orange", "white", "black", "brown", "pink", "gray", "gold"],
