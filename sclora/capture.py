@@ -1,4 +1,4 @@
-"""Capture per-sample, token-summed inputs of target linear layers (DESIGN.md section 1, step 2).
+"""Capture per-sample, token-summed inputs of target linear layers (the gather step of SC-LoRA).
 
 One forward pass over the data serves every beta and rank: the solve only needs s_i = sum_t x_{i,t} per
 sample (and its token count T_i), because y_i = W s_i + T_i b. Modules that read the very same input

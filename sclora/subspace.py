@@ -1,7 +1,7 @@
 """Solve for SC-LoRA's subspace: the top eigenvectors of M(beta) = (1 - beta) Cov+ - beta Cov-.
 
 Cov+ and Cov- are the uncentred covariances of one layer's OUTPUTS y_i = W s_i (+ T_i b), where s_i is
-sample i's token-summed input and T_i its token count (DESIGN.md section 1). M has rank at most N+ + N-,
+sample i's token-summed input and T_i its token count. M has rank at most N+ + N-,
 so with Y = [Y+, Y-] scaled by the square roots of the weights, M = Y D Y^T (D = signs) and a thin QR
 Y = Q R reduces the problem to eigh(R D R^T), which is small: no d_out x d_out matrix is ever built when
 N+ + N- < d_out. Everything is float64.
