@@ -168,7 +168,8 @@ def cmd_select_beta(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from flows.pipeline import REPORT_DIR, run_logged, stage_env
+    from flows.pipeline import REPORT_DIR
+    from flows.stages import run_logged, stage_env
 
     root = Path(args.workdir)
     command = [sys.executable, "-m", "dvc", "repro", "--single-item", "report"]

@@ -17,9 +17,9 @@ import os
 import sys
 from pathlib import Path
 
-import flows  # noqa: F401 - Prefect's local settings, before Prefect is imported
-from flows.pipeline import PARAMS_FILE, pipeline, run_logged, stage_env, store_uri
+from flows.pipeline import pipeline
 from flows.select_beta import select_beta
+from flows.stages import PARAMS_FILE, run_logged, stage_env, store_uri
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from sclora import tracking

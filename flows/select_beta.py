@@ -23,8 +23,7 @@ import math
 import shutil
 from pathlib import Path
 
-import flows  # noqa: F401 - Prefect's local settings, before Prefect is imported
-from flows.pipeline import PARAMS_FILE, prepare_params, run_stage, run_stages, stage_plan, store_uri
+from flows.stages import PARAMS_FILE, prepare_params, run_stage, run_stages, stage_plan, store_uri
 from prefect import flow, get_run_logger
 from sclora import registry, tracking
 from sclora.atomic import write_text

@@ -17,13 +17,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-import flows  # noqa: F401 - Prefect's local settings before Prefect is imported
-from flows.pipeline import PARENT_ENV, StageFailed, pipeline, run_logged, run_stages, stage_order
+from flows.pipeline import pipeline
+from flows.stages import StageFailed, run_logged, run_stages, stage_order
 from flows.sweep import grid_points, queue_commands, sweep
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
 from prefect.testing.utilities import prefect_test_harness
+
+from sclora.tracking import PARENT_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 PNG = bytes.fromhex(  # a 1x1 PNG: the report stage's plot
