@@ -168,7 +168,8 @@ def cmd_select_beta(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from flows.pipeline import REPORT_DIR, run_logged, stage_env
+    from flows.pipeline import REPORT_DIR
+    from flows.stages import run_logged, stage_env
 
     root = Path(args.workdir)
     command = [sys.executable, "-m", "dvc", "repro", "--single-item", "report"]
@@ -180,13 +181,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from sclora import tracking
+    from sclora import registry, tracking
     from sclora.config import load_params
 
     params = load_params(args.params)
     tracking.use_store(params.tracking.uri)
-    accepted, reasons = tracking.promote(args.name, args.version, params.tracking.gates)
-    verdict = f"{args.name} version {args.version} is now {tracking.CHAMPION}" if accepted else "rejected"
+    accepted, reasons = registry.promote(args.name, args.version, params.tracking.gates)
+    verdict = f"{args.name} version {args.version} is now {registry.CHAMPION}" if accepted else "rejected"
     print(f"{verdict}: {'; '.join(reasons)}")
     return 0 if accepted else 1
 

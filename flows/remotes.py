@@ -14,8 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import flows  # noqa: F401 - Prefect's local settings, before Prefect is imported
-from flows.pipeline import run_logged, stage_env
+from flows.stages import run_logged, stage_env
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 

@@ -17,13 +17,14 @@ import os
 import sys
 from pathlib import Path
 
-import flows  # noqa: F401 - Prefect's local settings, before Prefect is imported
-from flows.pipeline import PARAMS_FILE, pipeline, run_logged, stage_env, store_uri
+from flows.pipeline import pipeline
 from flows.select_beta import select_beta
+from flows.stages import PARAMS_FILE, run_logged, stage_env, store_uri
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from sclora import tracking
 from sclora.config import load_params
+from sclora.registry import promote
 from tasks.artifacts import REGISTRY
 
 
@@ -85,7 +86,7 @@ def retrain(
         return {**decision, "promoted": False, "reasons": [missing]}
     params = load_params(root / PARAMS_FILE)
     tracking.use_store(store_uri(params, root))
-    promoted, reasons = tracking.promote(decision["model"], decision["version"], params.tracking.gates)
+    promoted, reasons = promote(decision["model"], decision["version"], params.tracking.gates)
     get_run_logger().info("%s version %s: %s (%s)", decision["model"], decision["version"],
                           "champion" if promoted else "not promoted", "; ".join(reasons))  # fmt: skip
     return {**decision, "promoted": promoted, "reasons": reasons}

@@ -23,10 +23,9 @@ import math
 import shutil
 from pathlib import Path
 
-import flows  # noqa: F401 - Prefect's local settings, before Prefect is imported
-from flows.pipeline import PARAMS_FILE, prepare_params, run_stage, run_stages, stage_plan, store_uri
+from flows.stages import PARAMS_FILE, prepare_params, run_stage, run_stages, stage_plan, store_uri
 from prefect import flow, get_run_logger
-from sclora import tracking
+from sclora import registry, tracking
 from sclora.atomic import write_text
 from sclora.config import Params
 from sclora.forecast import rank_correlation, share_at
@@ -107,8 +106,8 @@ def register_choice(params: Params, root: Path, selection: Selection, forecast: 
             "select.probes": json.dumps([[p.beta, p.within(budget)] for p in selection.probes])}  # fmt: skip
     tracking.use_store(store_uri(params, root))
     note = selection_markdown(selection, forecast, check)
-    version = tracking.register_adapter(root / spec.dir / "export", params.tracking.registered_model, shown, tags,
-                                        run_id=summary["mlflow_run_id"], note=note)  # fmt: skip
+    version = registry.register_adapter(root / spec.dir / "export", params.tracking.registered_model, shown,
+                                        tags, run_id=summary["mlflow_run_id"], note=note)  # fmt: skip
     return version, spec.name
 
 
@@ -199,7 +198,7 @@ def select_beta(
         version, candidate = register_choice(params, root, selection, forecast, check)
     else:  # as the register stage does: no version stays `candidate` when nothing meets the budget
         tracking.use_store(store_uri(params, root))
-        tracking.drop_alias(params.tracking.registered_model, tracking.CANDIDATE)
+        registry.drop_alias(params.tracking.registered_model, registry.CANDIDATE)
     text = selection_markdown(selection, forecast, check)
     result = {"chosen": selection.chosen, "candidate": candidate, "version": version,
               "model": params.tracking.registered_model, "message": selection.message, "stopped": selection.stopped,

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import yaml
 
-import flows  # noqa: F401 - Prefect's local settings, before Prefect is imported
-from flows.pipeline import PARAMS_FILE, StageFailed, prepare_params, run_logged, stage_env
 from flows.remotes import push_results, start_at
+from flows.stages import PARAMS_FILE, StageFailed, prepare_params, run_logged, stage_env
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from sclora.config import load_params

@@ -23,9 +23,14 @@ def check_convertible(config: LoraConfig) -> None:
         )
 
 
+def is_residual_init(init_lora_weights: bool | str) -> bool:
+    """True for an `init_lora_weights` that rewrites the base weights (all but PEFT's default / gaussian init)."""
+    return init_lora_weights not in (True, "gaussian")
+
+
 def is_residual(peft_model: PeftModel) -> bool:
-    """True when the init rewrote the base weights (everything but PEFT's default / gaussian LoRA init)."""
-    return peft_model.peft_config["default"].init_lora_weights not in (True, "gaussian")
+    """True when the init of adapter "default" rewrote the base weights."""
+    return is_residual_init(peft_model.peft_config["default"].init_lora_weights)
 
 
 def save_initial_adapter(peft_model: PeftModel, directory: str | Path) -> Path:

@@ -1,10 +1,9 @@
-"""MLflow tracking and model registry for the pipeline.
+"""MLflow tracking for the pipeline: the runs, and the training loss logged into them.
 
 One parent run per pipeline or sweep; one nested child run per (task, method, beta,
 seed) that every stage of that configuration logs into (training loss, eval metrics,
 forgetting deltas, plots), found again by its key so that separate stage processes
-and re-runs share it. The exported plain-LoRA adapter becomes a registered model
-version with alias `candidate`; `promote` moves `champion` only when the gates pass.
+and re-runs share it. Registering and promoting adapters: sclora.registry.
 
 The tracking URI comes from MLFLOW_TRACKING_URI, else from params (`tracking.uri`,
 default `sqlite:///mlflow.db`, artifacts beside the database in `mlartifacts/`).
@@ -27,20 +26,18 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import mlflow
-import yaml
 from mlflow.entities import Metric, Run
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel
 from transformers import TrainerCallback
 
-from sclora.config import PromotionGates  # noqa: F401 - promote() takes it; importable from here
+from sclora.config import Params
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"  # beside a SQLite store, as `mlflow server` does by default
 CONFIG_TAG = "sclora.config"  # identifies a child run: task/method/beta/seed (no "key": secrets filter)
-ADAPTER_ARTIFACT = "adapter"
-CANDIDATE, CHAMPION = "candidate", "champion"
-LINEAGE_TAGS = ("git_commit", "task", "method", "beta", "seed")
+PARENT_TAG = "sclora.params_hash"  # identifies the parent run of one params version
+PARENT_ENV = "SCLORA_PARENT_RUN_ID"  # set for its stages by a flow that opened the parent run itself
 SECRET_WORDS = ("token", "password", "secret", "key")
 
 # One quick attempt when checking that a server answers: MLflow's defaults (7 retries,
@@ -104,12 +101,12 @@ def parent_run(
     experiment_id = connect(uri, experiment)
     all_tags = {**_git_tags(), **(tags or {})}
     if run_id is not None:
-        _existing_run(run_id)
+        existing_run(run_id)
         context = mlflow.start_run(run_id=run_id)
     else:
         context = mlflow.start_run(experiment_id=experiment_id, run_name=name)
     with context as run:
-        mlflow.set_tags(_clean_tags(all_tags))
+        mlflow.set_tags(clean_tags(all_tags))
         if params:
             log_params(params)
         yield run
@@ -126,8 +123,6 @@ def child_run(
     uri: str | None = None,
     params: Mapping | None = None,
     tags: Mapping[str, str] | None = None,
-    dvc_lock: str | Path | None = None,
-    stages: list[str] | tuple[str, ...] = (),
     fingerprints: Mapping[str, str] | None = None,
 ) -> Iterator[Run]:
     """The run of one configuration, nested under `parent_run_id` or the active run.
@@ -135,8 +130,8 @@ def child_run(
     With no active run (a stage process), `uri` or MLFLOW_TRACKING_URI names the store.
     The same (parent, task, method, beta, seed) always gets the same run, so the
     train, evaluate and register stages of one configuration log into one place.
-    Tags: task, method, beta, seed, git commit, the `dvc.lock` hash of each of
-    `stages`, and `data.<name>` for each dataset fingerprint.
+    Tags: task, method, beta, seed, git commit, `data.<name>` for each dataset
+    fingerprint, and `tags` (the stage's `dvc.<stage>` hashes of dvc.lock).
     """
     active = mlflow.active_run()
     if active is None:
@@ -144,7 +139,7 @@ def child_run(
     parent = parent_run_id or (active.info.run_id if active else None)
     if parent is None:
         raise TrackingError(f"child run {task}/{method}: no parent run (use parent_run, or pass parent_run_id)")
-    parent_info = _existing_run(parent).info
+    parent_info = existing_run(parent).info
     beta_text = "none" if beta is None else f"{float(beta):g}"
     key = f"{task}/{method}/{beta_text}/{seed}"
     found = mlflow.search_runs(
@@ -160,7 +155,6 @@ def child_run(
         "beta": beta_text,
         "seed": str(seed),
         **_git_tags(),
-        **(dvc_stage_hashes(dvc_lock, stages) if dvc_lock else {}),
         **{f"data.{name}": value for name, value in (fingerprints or {}).items()},
         **(tags or {}),
     }
@@ -177,10 +171,33 @@ def child_run(
             parent_run_id=parent,
         )
     with context as run:
-        mlflow.set_tags(_clean_tags(all_tags))
+        mlflow.set_tags(clean_tags(all_tags))
         if params:
             log_params(params)
         yield run
+
+
+def pipeline_parent(params: Params) -> str:
+    """The MLflow parent run of a pipeline's stages: $SCLORA_PARENT_RUN_ID, else one run per params version.
+
+    Every `dvc repro` / `dvc exp run` with the same params shares one parent, so re-runs of a
+    stage log into the same child run; changed params (an experiment) get a parent of their own.
+    """
+    if os.environ.get(PARENT_ENV):
+        return os.environ[PARENT_ENV]
+    digest = hashlib.sha256(params.model_dump_json().encode()).hexdigest()[:16]
+    experiment_id = connect(params.tracking.uri, params.tracking.experiment)
+    found = mlflow.search_runs(
+        experiment_ids=[experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{digest}'",
+        output_format="list", max_results=1,
+    )  # fmt: skip
+    if found:
+        return found[0].info.run_id
+    with parent_run(
+        f"pipeline-{digest}", experiment=params.tracking.experiment, uri=params.tracking.uri,
+        params=json.loads(params.model_dump_json()), tags={PARENT_TAG: digest},
+    ) as parent:  # fmt: skip
+        return parent.info.run_id
 
 
 def log_params(params: Mapping | BaseModel, prefix: str = "") -> dict[str, str]:
@@ -258,167 +275,6 @@ class MlflowLossCallback(TrainerCallback):
         self.pending_steps = 0
 
 
-def register_adapter(
-    adapter_dir: str | Path,
-    name: str,
-    metrics: Mapping,
-    tags: Mapping[str, str] | None = None,
-    *,
-    run_id: str | None = None,
-    note: str = "",
-) -> str:
-    """Register an exported plain-LoRA adapter directory as a version of `name`; returns the version.
-
-    A run registered before keeps its version (nothing new is logged): re-running a
-    register stage does not pile up copies of one adapter.
-
-    The directory is logged as the `adapter` artifact of `run_id` (default: the active
-    run), the version gets alias `candidate`, its metrics and the run's lineage (git commit,
-    dvc.*, data.*, task, method, beta, seed) as tags, and a description comparing it with
-    the current champion, then `note` (markdown: why this version).
-    """
-    adapter_dir = Path(adapter_dir)
-    config_file = adapter_dir / "adapter_config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{adapter_dir}: not a PEFT adapter directory (no adapter_config.json)")
-    init = json.loads(config_file.read_text(encoding="utf-8")).get("init_lora_weights", True)
-    if init not in (True, "gaussian"):  # the same rule as sclora.export.is_residual
-        raise ValueError(
-            f"{adapter_dir}: adapter trained on residual weights (init_lora_weights={init!r}) means nothing on the "
-            "original base; register the plain LoRA that sclora.export.export_lora writes"
-        )
-    active = mlflow.active_run()
-    run_id = run_id or (active.info.run_id if active else None)
-    if run_id is None:
-        raise TrackingError(f"register_adapter {name}: no active MLflow run and no run_id given")
-    client = mlflow.MlflowClient()
-    registered = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    if registered:  # this run is registered already: the same adapter, the same version
-        latest = max(registered, key=lambda v: int(v.version))
-        version = int(latest.version)
-        if note:  # registered again for another reason (a budget search): the version says the latest one
-            client.update_model_version(name, str(version), description=f"{latest.description or ''}\n\n{note}")
-            for key, value in _clean_tags(tags or {}).items():
-                client.set_model_version_tag(name, str(version), key, value)
-        client.set_registered_model_alias(name, CANDIDATE, str(version))
-        return str(version)
-    client.log_artifacts(run_id, str(adapter_dir), artifact_path=ADAPTER_ARTIFACT)
-    run = _existing_run(run_id)
-    source = f"{run.info.artifact_uri.rstrip('/')}/{ADAPTER_ARTIFACT}"
-    # The version carries its run's lineage, so the registry alone says where it came from.
-    lineage = {k: v for k, v in run.data.tags.items() if k in LINEAGE_TAGS or k.startswith(("dvc.", "data."))}
-    values = metric_values(metrics)
-    try:
-        client.get_registered_model(name)
-    except MlflowException as error:
-        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise
-        try:
-            client.create_registered_model(name, description="Plain-LoRA adapters on the original base model")
-        except MlflowException as race:
-            if race.error_code != "RESOURCE_ALREADY_EXISTS":  # else another run (a sweep's point) made it
-                raise
-    version_tags = {**lineage, **{key: repr(value) for key, value in values.items()}, **_clean_tags(tags or {})}
-    description = champion_comparison(name, values) + (f"\n\n{note}" if note else "")
-    version = client.create_model_version(name, source, run_id=run_id, tags=_clean_tags(version_tags),
-                                          description=description)  # fmt: skip
-    client.set_registered_model_alias(name, CANDIDATE, version.version)
-    return str(version.version)
-
-
-def drop_alias(name: str, alias: str) -> None:
-    """Remove `alias` from registered model `name` (nothing to do when neither exists)."""
-    try:
-        mlflow.MlflowClient().delete_registered_model_alias(name, alias)
-    except MlflowException as error:
-        if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            raise
-
-
-def champion_comparison(name: str, metrics: Mapping[str, float]) -> str:
-    """A short markdown table of `metrics` (utility and forgetting deltas) beside the current champion's."""
-    champion = _alias_version(name, CHAMPION)
-    shown = [key for key in metrics if key == "utility" or key.startswith("forgetting_")]
-    if champion is None:
-        rows = "\n".join(f"| {key} | {metrics[key]:.4f} |" for key in shown)
-        return f"No `{CHAMPION}` yet: nothing to compare with.\n\n| metric | candidate |\n|---|---|\n{rows}\n"
-    theirs = _version_metrics(champion)
-    lines = [
-        f"Compared with `{CHAMPION}` (version {champion.version}); forgetting: lower is better.",
-        "",
-        "| metric | candidate | champion | difference |",
-        "|---|---|---|---|",
-    ]
-    for key in sorted(set(shown) | {k for k in theirs if k == "utility" or k.startswith("forgetting_")}):
-        mine, other = metrics.get(key), theirs.get(key)
-        diff = f"{mine - other:+.4f}" if mine is not None and other is not None else "n/a"
-        lines.append(f"| {key} | {_fmt(mine)} | {_fmt(other)} | {diff} |")
-    return "\n".join(lines) + "\n"
-
-
-def promote(name: str, version: str | int, gates: PromotionGates) -> tuple[bool, list[str]]:
-    """Move `champion` to `version` when the gates pass.
-
-    Returns (accepted, reasons): the failed checks when rejected, the passed ones when
-    accepted. Gates: utility >= champion's utility - tolerance (no champion: passes);
-    each `forgetting_<metric>` <= its budget (a budgeted metric the version lacks fails).
-    """
-    client = mlflow.MlflowClient()
-    candidate = _get_version(name, str(version))
-    mine = _version_metrics(candidate)
-    champion = _alias_version(name, CHAMPION)
-    passed, failed = [], []
-
-    if champion is None:
-        passed.append(f"no {CHAMPION} yet")
-    elif champion.version == candidate.version:
-        passed.append(f"version {candidate.version} is already {CHAMPION}")
-    else:
-        theirs = _version_metrics(champion)
-        if "utility" not in mine or "utility" not in theirs:
-            lacking = candidate.version if "utility" not in mine else champion.version
-            failed.append(f"utility missing on version {lacking}")
-        else:
-            floor = theirs["utility"] - gates.utility_tolerance
-            check = f"utility {mine['utility']:.4f} vs {CHAMPION} {theirs['utility']:.4f} - {gates.utility_tolerance:g}"
-            (passed if mine["utility"] >= floor else failed).append(check)
-    for metric, budget in sorted(gates.forgetting_budget.items()):
-        delta = mine.get(f"forgetting_{metric}")
-        if delta is None:
-            failed.append(f"forgetting_{metric} missing on version {candidate.version}")
-        else:
-            (passed if delta <= budget else failed).append(f"forgetting_{metric} {delta:.4f} vs budget {budget:g}")
-
-    accepted = not failed
-    if accepted:
-        client.set_registered_model_alias(name, CHAMPION, candidate.version)
-    client.set_model_version_tag(name, candidate.version, "promotion", "accepted" if accepted else "rejected")
-    return accepted, passed if accepted else failed
-
-
-def locked_stages(dvc_lock: str | Path) -> dict[str, dict]:
-    """The `stages` of a `dvc.lock`, by name. With libyaml's C loader where PyYAML has it: the lock of the default
-    pipeline is ~4500 lines, which the pure-Python loader takes about 2 s to read."""
-    path = Path(dvc_lock)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: dvc.lock not found")
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return (yaml.load(path.read_text(encoding="utf-8"), Loader=loader) or {}).get("stages", {})
-
-
-def dvc_stage_hashes(dvc_lock: str | Path, stages: list[str] | tuple[str, ...]) -> dict[str, str]:
-    """`dvc.<stage>` -> a hash of that stage's `dvc.lock` entry (changes with its deps, params or outs)."""
-    path = Path(dvc_lock)
-    locked = locked_stages(path)
-    hashes = {}
-    for stage in stages:
-        if stage not in locked:
-            raise KeyError(f"{path}: no stage '{stage}'")
-        entry = json.dumps(locked[stage], sort_keys=True, default=str)
-        hashes[_clean_key(f"dvc.{stage}")] = hashlib.sha256(entry.encode()).hexdigest()[:16]
-    return hashes
-
-
 def is_secret(key: str) -> bool:
     """True for a params key that may hold a credential (token, password, secret, key)."""
     return any(word in key.lower() for word in SECRET_WORDS)
@@ -459,7 +315,8 @@ def _clean_key(key: str) -> str:
     return re.sub(r"[^\w./\- ]", "_", key)  # the characters MLflow accepts in keys on every OS
 
 
-def _clean_tags(tags: Mapping[str, object]) -> dict[str, str]:
+def clean_tags(tags: Mapping[str, object]) -> dict[str, str]:
+    """Tags as MLflow takes them: string values, keys of accepted characters, no secrets."""
     return {_clean_key(str(key)): str(value) for key, value in tags.items() if not is_secret(str(key))}
 
 
@@ -483,50 +340,12 @@ def _artifact_location(uri: str) -> str | None:
     return (Path(database).resolve().parent / ARTIFACTS_DIR).as_uri()
 
 
-def _existing_run(run_id: str) -> Run:
+def existing_run(run_id: str) -> Run:
+    """The run `run_id`, or a one-line TrackingError when the store has none."""
     try:
         return mlflow.MlflowClient().get_run(run_id)
     except MlflowException:
         raise TrackingError(f"MLflow run {run_id} not found") from None
-
-
-def _get_version(name: str, version: str):
-    client = mlflow.MlflowClient()
-    try:
-        client.get_registered_model(name)
-    except MlflowException as error:
-        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-            raise TrackingError(f"registered model '{name}' not found") from None
-        raise
-    try:
-        return client.get_model_version(name, version)
-    except MlflowException as error:
-        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            raise TrackingError(f"registered model '{name}' has no version {version}") from None
-        raise
-
-
-def _alias_version(name: str, alias: str):
-    try:
-        return mlflow.MlflowClient().get_model_version_by_alias(name, alias)
-    except MlflowException as error:
-        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            return None  # no such alias (yet)
-        raise
-
-
-def _version_metrics(version) -> dict[str, float]:
-    values = {}
-    for key, text in version.tags.items():
-        try:
-            values[key] = float(text)
-        except ValueError:
-            continue  # lineage tags (git commit, hashes) are not metrics
-    return values
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _first_line(error: Exception) -> str:

@@ -1,8 +1,8 @@
 """Stage `register`: the pipeline's best adapter becomes a version of params.tracking.registered_model.
 
 The candidate is the run with the highest utility among those whose every forgetting delta
-stays within tracking.gates.forgetting_budget (the budgets `promote` checks before moving
-`champion`); among runs of equal utility, the one that forgets least (the smallest sum of its
+stays within tracking.gates.forgetting_budget (`within_budget`: the rule `promote` checks before
+moving `champion`); among runs of equal utility, the one that forgets least (the smallest sum of its
 budgeted deltas). Its plain-LoRA export (on the ORIGINAL base) is logged into its MLflow child
 run and registered with alias `candidate`, its metrics as version tags; registering the
 same run again returns its existing version, so re-runs add nothing. `full` runs are not
@@ -15,12 +15,12 @@ Output: artifacts/registry.json (the candidate, its version, and every run withi
 
 from __future__ import annotations
 
-import math
 import sys
 
 from sclora import tracking
 from sclora.config import Params
 from sclora.metrics import BY_NAME as SUITE_METRICS
+from sclora.registry import CANDIDATE, drop_alias, overshoot, register_adapter, within_budget
 from tasks.artifacts import METRICS, REGISTRY, RUN_FILE, all_runs, read_json, write_json
 
 # What a registered version is tagged with: every metric and the forgetting deltas.
@@ -48,9 +48,9 @@ def run(params: Params) -> dict:
         tags = {"run": spec.name, "task": spec.task, "method": spec.method, "seed": str(spec.seed),
                 "beta": "none" if spec.beta is None else str(spec.beta)}  # fmt: skip
         # The same trained run registered again (a re-run of this stage) keeps its version.
-        version = tracking.register_adapter(spec.dir / "export", name, shown, tags, run_id=summary["mlflow_run_id"])
+        version = register_adapter(spec.dir / "export", name, shown, tags, run_id=summary["mlflow_run_id"])
     else:
-        tracking.drop_alias(name, tracking.CANDIDATE)
+        drop_alias(name, CANDIDATE)
     registry = {
         "model": name, "candidate": candidate, "candidate_version": version, "within_budget": sorted(eligible),
         "utility": dict(sorted(eligible.items(), key=lambda item: -item[1])),
@@ -76,14 +76,6 @@ def best_within_budget(runs: dict[str, dict], budget: dict[str, float]) -> str |
     return min(runs, key=rank)
 
 
-def overshoot(metrics: dict, budget: dict[str, float]) -> dict[str, float]:
-    """How far each budgeted forgetting delta exceeds its budget (only those that do; a missing delta: inf)."""
-    deltas = metrics.get("forgetting", {})
-    over = {metric: (math.inf if deltas.get(metric) is None else deltas[metric] - limit)
-            for metric, limit in budget.items()}
-    return {metric: value for metric, value in over.items() if value > 0}
-
-
 def closest_to_budget(runs: dict[str, dict], budget: dict[str, float]) -> dict | None:
     """The run whose largest overshoot is smallest: {"run", "overshoot": {metric: amount}}; None without runs."""
     if not runs:
@@ -99,9 +91,3 @@ def _nothing_within(closest: dict | None, budget: dict[str, float]) -> str:
     misses = ", ".join(f"{metric} by {amount:.3f}" for metric, amount in sorted(closest["overshoot"].items()))
     return (f"no run within the forgetting budget ({asked}); registered nothing. "
             f"Closest: {closest['run']}, over on {misses}")
-
-
-def within_budget(metrics: dict, budget: dict[str, float]) -> bool:
-    """True when every budgeted forgetting delta is present and at most its budget."""
-    return not overshoot(metrics, budget)
-

@@ -11,13 +11,9 @@ DVC output, so DVC does not delete them): a killed run resumes from the last one
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import shutil
 from pathlib import Path
 
-import mlflow
 import pyarrow.parquet as pq
 import torch
 
@@ -34,19 +30,18 @@ from tasks.artifacts import (
     CAPTURE, CHECKPOINTS, FINGERPRINTS, NEG, RUN_FILE, RunSpec, parse_run, pos_capture_dir, prepared_path,
     read_json, run_settings, solve_dir, staged_dir, write_json,
 )  # fmt: skip
+from tasks.dvc_lock import locked_stages, stage_hashes
 from tasks.evaluate import base_metrics_path, evaluate_run
 from tasks.plan import check_plan
 
 REQUEST = "request.json"  # what the checkpoints were made from; a different request starts over
 INITIAL_ADAPTER = "initial_adapter"
-PARENT_TAG = "sclora.params_hash"
-PARENT_ENV = "SCLORA_PARENT_RUN_ID"  # set by a flow that opened the parent run itself
 
 
 def run(params: Params, item: str) -> dict:
     spec = parse_run(params, item)
     check_plan(params, spec)
-    parent = pipeline_parent(params)  # an unreachable tracking store fails here, before anything is written
+    parent = tracking.pipeline_parent(params)  # an unreachable tracking store fails here, before anything is written
     settings = run_settings(params, spec)
     model_params = params.model
     tokenizer = load_tokenizer(model_params.path, trust_remote_code=model_params.trust_remote_code)
@@ -75,7 +70,7 @@ def run(params: Params, item: str) -> dict:
     with tracking.child_run(
         spec.task, spec.method, spec.beta, spec.seed,
         parent_run_id=parent, uri=params.tracking.uri, params=logged,
-        dvc_lock="dvc.lock" if upstream else None, stages=upstream,
+        tags=stage_hashes("dvc.lock", upstream) if upstream else None,
         fingerprints={name: fingerprints[name][:16] for name in _sources(params, spec) if name in fingerprints},
     ) as child:  # fmt: skip
         result = train(model, tokenizer, records, work, settings, callbacks=[tracking.MlflowLossCallback()])
@@ -147,29 +142,6 @@ def _exported_model(params: Params, spec: RunSpec, export: Path) -> torch.nn.Mod
     return load_with_adapter(model.path, export, dtype=model.dtype, trust_remote_code=model.trust_remote_code)
 
 
-def pipeline_parent(params: Params) -> str:
-    """The MLflow parent run of this pipeline: $SCLORA_PARENT_RUN_ID, else one run per params version.
-
-    Every `dvc repro` / `dvc exp run` with the same params shares one parent, so re-runs of a
-    stage log into the same child run; changed params (an experiment) get a parent of their own.
-    """
-    if os.environ.get(PARENT_ENV):
-        return os.environ[PARENT_ENV]
-    digest = hashlib.sha256(params.model_dump_json().encode()).hexdigest()[:16]
-    experiment_id = tracking.connect(params.tracking.uri, params.tracking.experiment)
-    found = mlflow.search_runs(
-        experiment_ids=[experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{digest}'",
-        output_format="list", max_results=1,
-    )  # fmt: skip
-    if found:
-        return found[0].info.run_id
-    with tracking.parent_run(
-        f"pipeline-{digest}", experiment=params.tracking.experiment, uri=params.tracking.uri,
-        params=json.loads(params.model_dump_json()), tags={PARENT_TAG: digest},
-    ) as parent:  # fmt: skip
-        return parent.info.run_id
-
-
 def _sources(params: Params, spec: RunSpec) -> list[str]:
     return [params.data.tasks[spec.task], *params.data.preserve, *params.data.eval.values()]
 
@@ -179,7 +151,7 @@ def _locked_stages(spec: RunSpec) -> list[str]:
     lock = Path("dvc.lock")
     if not lock.is_file():
         return []
-    locked = tracking.locked_stages(lock)
+    locked = locked_stages(lock)
     wanted = ["testbed", "prepare", "capture", "evaluate"]
     if spec.method in SCLORA_VARIANTS:
         wanted.append(f"solve@{spec.beta}")

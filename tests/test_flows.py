@@ -17,13 +17,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-import flows  # noqa: F401 - Prefect's local settings before Prefect is imported
-from flows.pipeline import PARENT_ENV, StageFailed, pipeline, run_logged, run_stages, stage_order
+from flows.pipeline import pipeline
+from flows.stages import StageFailed, run_logged, run_stages, stage_order
 from flows.sweep import grid_points, queue_commands, sweep
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
 from prefect.testing.utilities import prefect_test_harness
+
+from sclora.tracking import PARENT_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 PNG = bytes.fromhex(  # a 1x1 PNG: the report stage's plot
@@ -336,14 +338,14 @@ REGISTER = '''
 import json, os
 from pathlib import Path
 import yaml
-from sclora import tracking
+from sclora import registry, tracking
 uri = yaml.safe_load(open("params.yaml"))["tracking"]["uri"]
 with tracking.child_run("t", "lora", None, 0, parent_run_id=os.environ["SCLORA_PARENT_RUN_ID"], uri=uri) as run:
     pass
 adapter = Path("out/adapter"); adapter.mkdir(parents=True, exist_ok=True)
 (adapter / "adapter_config.json").write_text('{"init_lora_weights": true}')
 utility = float(Path("data/d.txt").read_text())  # the data version decides how good the candidate is
-version = tracking.register_adapter(adapter, "m", {"utility": utility, "forgetting": {"knowledge": 0.0,
+version = registry.register_adapter(adapter, "m", {"utility": utility, "forgetting": {"knowledge": 0.0,
                                     "attack_success_rate": 0.0}}, run_id=run.info.run_id)
 Path("artifacts").mkdir(exist_ok=True)
 Path("artifacts/registry.json").write_text(json.dumps({"model": "m", "candidate": "t-lora-0",

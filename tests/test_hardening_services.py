@@ -16,7 +16,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from flows.cli import main  # imported before PREFECT_API_URL is set: `flows` reads it once, at import
-from sclora import tracking
+from sclora import registry, tracking
 from stage_project import built_testbed, empty_store, files, project, stage  # noqa: F401 - fixtures
 
 
@@ -61,7 +61,7 @@ def test_artifact_store_failing_mid_registration_registers_no_version(project, m
     with tracking.parent_run("p", uri=uri) as run:
         monkeypatch.setattr(mlflow.MlflowClient, "log_artifacts", unreachable)
         with pytest.raises(MlflowException, match="connection refused"):
-            tracking.register_adapter(adapter, "sclora-adapter", {"utility": 0.5}, run_id=run.info.run_id)
+            registry.register_adapter(adapter, "sclora-adapter", {"utility": 0.5}, run_id=run.info.run_id)
     # The version is created only after its files are stored: none points at a missing adapter.
     assert mlflow.MlflowClient().search_model_versions("name = 'sclora-adapter'") == []
 

@@ -15,7 +15,7 @@ import pytest
 from infra_servers import ADMIN, mlflow_auth_server, servers
 from mlflow.server import get_app_client
 
-from sclora import tracking
+from sclora import registry, tracking
 
 USER = ("sclora-pipeline", "pipeline-password-for-tests")
 
@@ -62,7 +62,7 @@ def test_the_pipeline_logs_and_registers_with_credentials(server, pipeline_user,
         parent_id = parent.info.run_id
     with tracking.child_run("benign", "lora", None, 0, parent_run_id=parent_id, uri=server) as child:
         tracking.log_metrics({"utility": 0.75, "forgetting": {"knowledge": 0.01}})
-        version = tracking.register_adapter(adapter, "team-adapter", {"utility": 0.75}, run_id=child.info.run_id)
+        version = registry.register_adapter(adapter, "team-adapter", {"utility": 0.75}, run_id=child.info.run_id)
 
     as_user(monkeypatch, ADMIN)
     client = mlflow.MlflowClient(tracking_uri=server, registry_uri=server)

@@ -2,7 +2,8 @@
 
 import math
 
-from tasks.register import _nothing_within, best_within_budget, closest_to_budget, overshoot, within_budget
+from sclora.registry import overshoot, within_budget
+from tasks.register import _nothing_within, best_within_budget, closest_to_budget
 
 BUDGET = {"knowledge": 0.25, "attack_success_rate": 0.05}
 RUNS = {

@@ -11,8 +11,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, TrainerControl, TrainerState, TrainingArguments
 
-from sclora import tracking
-from sclora.tracking import PromotionGates, TrackingError
+from sclora import registry, tracking
+from sclora.config import PromotionGates
+from sclora.tracking import TrackingError
+from tasks.dvc_lock import stage_hashes
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 QUIET = {"MLFLOW_DISABLE_TELEMETRY": "true"}  # no network calls from MLflow's usage telemetry
@@ -75,7 +77,7 @@ def test_parent_and_nested_child_runs(store, tmp_path):
         with tracking.child_run(
             "benign", "sclora", 0.5, 0,
             params={"adapter": {"rank": 8}, "tracking": {"api_token": "s3cr3t"}},
-            dvc_lock=lock, stages=["train@benign-sclora-0.5-0", "solve@0.5"],
+            tags=stage_hashes(lock, ["train@benign-sclora-0.5-0", "solve@0.5"]),
             fingerprints={"finetune_benign": "f00d"},
         ) as child:
             tracking.log_metrics({"utility": 0.7, "knowledge": 0.5, "attack_success_rate": None,
@@ -224,7 +226,7 @@ def test_register_adapter_then_promote_through_the_gates(store, tmp_path):
     trained = _adapter(tmp_path / "first", seed=1)
     with tracking.parent_run("retrain"):
         with tracking.child_run("benign", "sclora", 0.9, 0):
-            first = tracking.register_adapter(
+            first = registry.register_adapter(
                 tmp_path / "first", name,
                 {"utility": 0.60, "forgetting": {"knowledge": 0.01, "attack_success_rate": 0.0}},
                 tags={"reviewer": "ml-team"})
@@ -250,14 +252,14 @@ def test_register_adapter_then_promote_through_the_gates(store, tmp_path):
 
     expected = ["no champion yet", "forgetting_attack_success_rate 0.0000 vs budget 0.05",
                 "forgetting_knowledge 0.0100 vs budget 0.05"]
-    assert tracking.promote(name, first, gates) == (True, expected)
+    assert registry.promote(name, first, gates) == (True, expected)
     assert str(client.get_model_version_by_alias(name, "champion").version) == first
 
     # A better-looking candidate that forgets too much safety: registered, compared, rejected.
     _adapter(tmp_path / "second", seed=2)
     with tracking.parent_run("retrain"):
         with tracking.child_run("poisoned", "lora", None, 0):
-            second = tracking.register_adapter(
+            second = registry.register_adapter(
                 tmp_path / "second", name,
                 {"utility": 0.59, "forgetting": {"knowledge": 0.0, "attack_success_rate": 0.30}})
     description = client.get_model_version(name, second).description
@@ -266,45 +268,45 @@ def test_register_adapter_then_promote_through_the_gates(store, tmp_path):
     assert "| forgetting_attack_success_rate | 0.3000 | 0.0000 | +0.3000 |" in description
     assert str(client.get_model_version_by_alias(name, "candidate").version) == second
     # The same run registered again (a re-run of the register stage) keeps its version.
-    again = tracking.register_adapter(tmp_path / "second", name, {"utility": 0.59},
+    again = registry.register_adapter(tmp_path / "second", name, {"utility": 0.59},
                                       run_id=client.get_model_version(name, second).run_id)
     assert again == second and len(client.search_model_versions(f"name = '{name}'")) == 2
-    accepted, reasons = tracking.promote(name, second, gates)
+    accepted, reasons = registry.promote(name, second, gates)
     assert not accepted and reasons == ["forgetting_attack_success_rate 0.3000 vs budget 0.05"]
     assert str(client.get_model_version_by_alias(name, "champion").version) == first
     assert client.get_model_version(name, second).tags["promotion"] == "rejected"
 
     # Utility below the champion's minus the tolerance is rejected even within the forgetting budget.
     with tracking.parent_run("retrain"):
-        third = tracking.register_adapter(tmp_path / "second", name,
+        third = registry.register_adapter(tmp_path / "second", name,
                                           {"utility": 0.5, "forgetting": {"knowledge": 0.0, "attack_success_rate": 0.0}})
-    accepted, reasons = tracking.promote(name, third, gates)
+    accepted, reasons = registry.promote(name, third, gates)
     assert not accepted and reasons == ["utility 0.5000 vs champion 0.6000 - 0.02"]
     # Within the tolerance: accepted, and champion moves.
-    accepted, _ = tracking.promote(name, second, PromotionGates(utility_tolerance=0.02))
+    accepted, _ = registry.promote(name, second, PromotionGates(utility_tolerance=0.02))
     assert accepted and str(client.get_model_version_by_alias(name, "champion").version) == second
 
 
 def test_registry_errors_are_one_line(store, tmp_path):
     with pytest.raises(TrackingError, match="registered model 'missing' not found"):
-        tracking.promote("missing", 1, PromotionGates())
+        registry.promote("missing", 1, PromotionGates())
     _adapter(tmp_path / "a", seed=1)
     with tracking.parent_run("p"):
-        version = tracking.register_adapter(tmp_path / "a", "m", {"utility": 0.5})
+        version = registry.register_adapter(tmp_path / "a", "m", {"utility": 0.5})
         with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
-            tracking.register_adapter(tmp_path, "m", {"utility": 0.5})
+            registry.register_adapter(tmp_path, "m", {"utility": 0.5})
         residual = tmp_path / "residual"
         shutil.copytree(tmp_path / "a", residual)
         config = json.loads((residual / "adapter_config.json").read_text())
         (residual / "adapter_config.json").write_text(json.dumps({**config, "init_lora_weights": "pissa"}))
         with pytest.raises(ValueError, match="residual weights"):
-            tracking.register_adapter(residual, "m", {"utility": 0.5})
+            registry.register_adapter(residual, "m", {"utility": 0.5})
     assert version == "1"
     assert [str(v.version) for v in mlflow.MlflowClient().search_model_versions("name = 'm'")] == ["1"]
     with pytest.raises(TrackingError, match="registered model 'm' has no version 7"):
-        tracking.promote("m", 7, PromotionGates())
+        registry.promote("m", 7, PromotionGates())
     with pytest.raises(TrackingError, match="no active MLflow run"):
-        tracking.register_adapter(tmp_path / "a", "m", {"utility": 0.5})
+        registry.register_adapter(tmp_path / "a", "m", {"utility": 0.5})
     # A budget on a metric the version never measured cannot pass.
-    accepted, reasons = tracking.promote("m", version, PromotionGates(forgetting_budget={"attack_success_rate": 0.1}))
+    accepted, reasons = registry.promote("m", version, PromotionGates(forgetting_budget={"attack_success_rate": 0.1}))
     assert not accepted and reasons == ["forgetting_attack_success_rate missing on version 1"]

@@ -1,0 +1,220 @@
+"""The model registry: exported plain-LoRA adapters as versions of a registered model, and their promotion.
+
+`register_adapter` makes a version with alias `candidate`; `promote` moves `champion` to it only when
+the gates pass. The forgetting budget is one rule, `overshoot`, which the register stage applies to
+eval metrics when it picks the candidate and `promote` applies to a version's metrics. Connect first
+(`sclora.tracking.use_store`, or an open run).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from sclora.config import PromotionGates
+from sclora.tracking import TrackingError, clean_tags, existing_run, metric_values
+
+ADAPTER_ARTIFACT = "adapter"
+CANDIDATE, CHAMPION = "candidate", "champion"
+LINEAGE_TAGS = ("git_commit", "task", "method", "beta", "seed")
+
+
+def overshoot(metrics: Mapping, budget: Mapping[str, float]) -> dict[str, float]:
+    """How far each budgeted forgetting delta of `metrics` ({"forgetting": {metric: delta}}, as the evaluation
+    writes them) exceeds its budget: only those that do; a missing delta is infinitely over."""
+    deltas = metrics.get("forgetting", {})
+    over = {metric: (math.inf if deltas.get(metric) is None else deltas[metric] - limit)
+            for metric, limit in budget.items()}  # fmt: skip
+    return {metric: value for metric, value in over.items() if value > 0}
+
+
+def within_budget(metrics: Mapping, budget: Mapping[str, float]) -> bool:
+    """True when every budgeted forgetting delta is present and at most its budget."""
+    return not overshoot(metrics, budget)
+
+
+def register_adapter(
+    adapter_dir: str | Path,
+    name: str,
+    metrics: Mapping,
+    tags: Mapping[str, str] | None = None,
+    *,
+    run_id: str | None = None,
+    note: str = "",
+) -> str:
+    """Register an exported plain-LoRA adapter directory as a version of `name`; returns the version.
+
+    A run registered before keeps its version (nothing new is logged): re-running a
+    register stage does not pile up copies of one adapter.
+
+    The directory is logged as the `adapter` artifact of `run_id` (default: the active
+    run), the version gets alias `candidate`, its metrics and the run's lineage (git commit,
+    dvc.*, data.*, task, method, beta, seed) as tags, and a description comparing it with
+    the current champion, then `note` (markdown: why this version).
+    """
+    adapter_dir = Path(adapter_dir)
+    config_file = adapter_dir / "adapter_config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{adapter_dir}: not a PEFT adapter directory (no adapter_config.json)")
+    from sclora.export import is_residual_init  # PEFT loads only when something is registered
+
+    init = json.loads(config_file.read_text(encoding="utf-8")).get("init_lora_weights", True)
+    if is_residual_init(init):
+        raise ValueError(
+            f"{adapter_dir}: adapter trained on residual weights (init_lora_weights={init!r}) means nothing on the "
+            "original base; register the plain LoRA that sclora.export.export_lora writes"
+        )
+    active = mlflow.active_run()
+    run_id = run_id or (active.info.run_id if active else None)
+    if run_id is None:
+        raise TrackingError(f"register_adapter {name}: no active MLflow run and no run_id given")
+    client = mlflow.MlflowClient()
+    registered = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if registered:  # this run is registered already: the same adapter, the same version
+        latest = max(registered, key=lambda v: int(v.version))
+        version = int(latest.version)
+        if note:  # registered again for another reason (a budget search): the version says the latest one
+            client.update_model_version(name, str(version), description=f"{latest.description or ''}\n\n{note}")
+            for key, value in clean_tags(tags or {}).items():
+                client.set_model_version_tag(name, str(version), key, value)
+        client.set_registered_model_alias(name, CANDIDATE, str(version))
+        return str(version)
+    client.log_artifacts(run_id, str(adapter_dir), artifact_path=ADAPTER_ARTIFACT)
+    run = existing_run(run_id)
+    source = f"{run.info.artifact_uri.rstrip('/')}/{ADAPTER_ARTIFACT}"
+    # The version carries its run's lineage, so the registry alone says where it came from.
+    lineage = {k: v for k, v in run.data.tags.items() if k in LINEAGE_TAGS or k.startswith(("dvc.", "data."))}
+    values = metric_values(metrics)
+    try:
+        client.get_registered_model(name)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        try:
+            client.create_registered_model(name, description="Plain-LoRA adapters on the original base model")
+        except MlflowException as race:
+            if race.error_code != "RESOURCE_ALREADY_EXISTS":  # else another run (a sweep's point) made it
+                raise
+    version_tags = {**lineage, **{key: repr(value) for key, value in values.items()}, **clean_tags(tags or {})}
+    description = champion_comparison(name, values) + (f"\n\n{note}" if note else "")
+    version = client.create_model_version(name, source, run_id=run_id, tags=clean_tags(version_tags),
+                                          description=description)  # fmt: skip
+    client.set_registered_model_alias(name, CANDIDATE, version.version)
+    return str(version.version)
+
+
+def drop_alias(name: str, alias: str) -> None:
+    """Remove `alias` from registered model `name` (nothing to do when neither exists)."""
+    try:
+        mlflow.MlflowClient().delete_registered_model_alias(name, alias)
+    except MlflowException as error:
+        if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+
+
+def champion_comparison(name: str, metrics: Mapping[str, float]) -> str:
+    """A short markdown table of `metrics` (utility and forgetting deltas) beside the current champion's."""
+    champion = _alias_version(name, CHAMPION)
+    shown = [key for key in metrics if key == "utility" or key.startswith("forgetting_")]
+    if champion is None:
+        rows = "\n".join(f"| {key} | {metrics[key]:.4f} |" for key in shown)
+        return f"No `{CHAMPION}` yet: nothing to compare with.\n\n| metric | candidate |\n|---|---|\n{rows}\n"
+    theirs = _version_metrics(champion)
+    lines = [
+        f"Compared with `{CHAMPION}` (version {champion.version}); forgetting: lower is better.",
+        "",
+        "| metric | candidate | champion | difference |",
+        "|---|---|---|---|",
+    ]
+    for key in sorted(set(shown) | {k for k in theirs if k == "utility" or k.startswith("forgetting_")}):
+        mine, other = metrics.get(key), theirs.get(key)
+        diff = f"{mine - other:+.4f}" if mine is not None and other is not None else "n/a"
+        lines.append(f"| {key} | {_fmt(mine)} | {_fmt(other)} | {diff} |")
+    return "\n".join(lines) + "\n"
+
+
+def promote(name: str, version: str | int, gates: PromotionGates) -> tuple[bool, list[str]]:
+    """Move `champion` to `version` when the gates pass.
+
+    Returns (accepted, reasons): the failed checks when rejected, the passed ones when
+    accepted. Gates: utility >= champion's utility - tolerance (no champion: passes);
+    each `forgetting_<metric>` within its budget (`overshoot`; a budgeted metric the version lacks fails).
+    """
+    client = mlflow.MlflowClient()
+    candidate = _get_version(name, str(version))
+    mine = _version_metrics(candidate)
+    champion = _alias_version(name, CHAMPION)
+    passed, failed = [], []
+
+    if champion is None:
+        passed.append(f"no {CHAMPION} yet")
+    elif champion.version == candidate.version:
+        passed.append(f"version {candidate.version} is already {CHAMPION}")
+    else:
+        theirs = _version_metrics(champion)
+        if "utility" not in mine or "utility" not in theirs:
+            lacking = candidate.version if "utility" not in mine else champion.version
+            failed.append(f"utility missing on version {lacking}")
+        else:
+            floor = theirs["utility"] - gates.utility_tolerance
+            check = f"utility {mine['utility']:.4f} vs {CHAMPION} {theirs['utility']:.4f} - {gates.utility_tolerance:g}"
+            (passed if mine["utility"] >= floor else failed).append(check)
+    budget = gates.forgetting_budget
+    deltas = {metric: mine.get(f"forgetting_{metric}") for metric in budget}  # the version's tags are flat
+    over = overshoot({"forgetting": deltas}, budget)
+    for metric, limit in sorted(budget.items()):
+        if deltas[metric] is None:
+            failed.append(f"forgetting_{metric} missing on version {candidate.version}")
+        else:
+            check = f"forgetting_{metric} {deltas[metric]:.4f} vs budget {limit:g}"
+            (failed if metric in over else passed).append(check)
+
+    accepted = not failed
+    if accepted:
+        client.set_registered_model_alias(name, CHAMPION, candidate.version)
+    client.set_model_version_tag(name, candidate.version, "promotion", "accepted" if accepted else "rejected")
+    return accepted, passed if accepted else failed
+
+
+def _get_version(name: str, version: str):
+    client = mlflow.MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise TrackingError(f"registered model '{name}' not found") from None
+        raise
+    try:
+        return client.get_model_version(name, version)
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise TrackingError(f"registered model '{name}' has no version {version}") from None
+        raise
+
+
+def _alias_version(name: str, alias: str):
+    try:
+        return mlflow.MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None  # no such alias (yet)
+        raise
+
+
+def _version_metrics(version) -> dict[str, float]:
+    values = {}
+    for key, text in version.tags.items():
+        try:
+            values[key] = float(text)
+        except ValueError:
+            continue  # lineage tags (git commit, hashes) are not metrics
+    return values
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
