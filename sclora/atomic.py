@@ -24,13 +24,19 @@ def partial_path(final: str | os.PathLike) -> Path:
     return final.with_name(f".{final.name}.partial")
 
 
-@contextmanager
-def atomic_file(final: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path for one writer (`pq.write_table`, `save_file`, ...); renamed to `final` after the block."""
+def _cleared_staging(final: str | os.PathLike) -> tuple[Path, Path]:
+    """`final` and its staging path, emptied of a crashed write's leftovers; the parent directory made."""
     final = Path(final)
     staging = partial_path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove(staging)
+    return final, staging
+
+
+@contextmanager
+def atomic_file(final: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path for one writer (`pq.write_table`, `save_file`, ...); renamed to `final` after the block."""
+    final, staging = _cleared_staging(final)
     try:
         yield staging
         if not staging.is_file():
@@ -45,10 +51,7 @@ def atomic_file(final: str | os.PathLike) -> Iterator[Path]:
 @contextmanager
 def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     """A temporary directory beside `final` that replaces it when the block finishes without error."""
-    final = Path(final)
-    staging = partial_path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    _remove(staging)
+    final, staging = _cleared_staging(final)
     staging.mkdir()
     try:
         yield staging
