@@ -39,7 +39,7 @@ def measure(model: torch.nn.Module, batches: Sequence[dict], targets: Sequence[s
         "fingerprint": lambda: model_fingerprint(resolve_targets(model, targets)),
     }
     times: dict[str, list[float]] = {name: [] for name in passes}
-    for name, fn in passes.items():  # warm-up: allocator, kernels, lazy imports
+    for fn in passes.values():  # warm-up: allocator, kernels, lazy imports
         timed(fn, device)
     for _ in range(repeats):
         for name, fn in passes.items():

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         reached = [steps_to_reach(losses[method][s], final["lora"][s], args.window) for s in args.seeds]
         hits = [r for r in reached if r is not None]
         figures[f"{method}.steps_to_lora_final_loss"] = statistics.fmean(reached) if len(hits) == len(reached) else None
-        figures.update({f"{method}.seed{s}.steps": r for s, r in zip(args.seeds, reached)})
+        figures.update({f"{method}.seed{s}.steps": r for s, r in zip(args.seeds, reached, strict=True)})
         figures[f"{method}.seeds_reached"] = len(hits)
         figures[f"{method}.final_loss_mean"] = statistics.fmean(final[method].values())
     figures.update({f"lora.seed{s}.target_loss": final["lora"][s] for s in args.seeds})

@@ -80,11 +80,11 @@ def main(argv: list[str] | None = None) -> None:
         cpu = time.process_time()
         with peak_memory(args.device) as dense_memory:
             dense_s, basis = timed(lambda: dense_subspace(module.weight, pos_sums, neg_sums, args.beta, args.rank,
-                                                          args.device), args.device)  # fmt: skip
+                                                          args.device), args.device)  # fmt: skip  # noqa: B023 - called here, in this iteration
         dense_cpu = time.process_time() - cpu
         methods.add(dense_memory["method"])
         thin_s, thin = timed(lambda: sclora.solve_subspace(module.weight.detach(), pos_sums, neg_sums, args.beta,
-                                                           args.rank, "trace"), "cpu")  # fmt: skip
+                                                           args.rank, "trace"), "cpu")  # fmt: skip  # noqa: B023 - called here
         ours, dense = thin.basis, basis.cpu()
         figures.update({
             f"{short}.d_out": module.out_features, f"{short}.thin_s": thin_s, f"{short}.dense_eigh_s": dense_s,

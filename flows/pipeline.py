@@ -8,12 +8,12 @@ import base64
 import csv
 from pathlib import Path
 
-from flows.remotes import push_results
-from flows.stages import PARAMS_FILE, prepare_params, run_stage, run_stages, stage_plan, store_uri
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
+from flows.remotes import push_results
+from flows.stages import PARAMS_FILE, prepare_params, run_stage, run_stages, stage_plan, store_uri
 from sclora import tracking
 from tasks.artifacts import REPORT
 

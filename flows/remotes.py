@@ -14,9 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flows.stages import run_logged, stage_env
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
+
+from flows.stages import run_logged, stage_env
 
 GIT_REMOTE = "origin"  # where the flow run's checkout was cloned from
 COMMIT_ENV = "SCLORA_GIT_COMMIT"  # infra/prefect.yaml's pull steps check out this commit when it is set

@@ -17,11 +17,12 @@ import os
 import sys
 from pathlib import Path
 
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+
 from flows.pipeline import pipeline
 from flows.select_beta import select_beta
 from flows.stages import PARAMS_FILE, run_logged, stage_env, store_uri
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NONE
 from sclora import tracking
 from sclora.config import load_params
 from sclora.registry import promote

@@ -23,8 +23,9 @@ import math
 import shutil
 from pathlib import Path
 
-from flows.stages import PARAMS_FILE, prepare_params, run_stage, run_stages, stage_plan, store_uri
 from prefect import flow, get_run_logger
+
+from flows.stages import PARAMS_FILE, prepare_params, run_stage, run_stages, stage_plan, store_uri
 from sclora import registry, tracking
 from sclora.atomic import write_text
 from sclora.config import Params

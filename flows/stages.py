@@ -26,11 +26,11 @@ import sys
 from collections import deque
 from pathlib import Path
 
-import flows  # noqa: F401 - Prefect's local settings, before Prefect is imported
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.futures import as_completed
 
+import flows  # noqa: F401 - Prefect's local settings, before Prefect is imported
 from sclora import tracking
 from sclora.config import Params, load_params
 

@@ -15,15 +15,15 @@ from __future__ import annotations
 import itertools
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
 
 from flows.remotes import push_results, start_at
 from flows.stages import PARAMS_FILE, StageFailed, prepare_params, run_logged, stage_env
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NONE
 from sclora.config import load_params
 
 PIPELINE_FLOW = "sclora-pipeline"
@@ -141,7 +141,7 @@ def sweep(
     points = grid_points(grid)
     for point in points:  # every point valid before anything is queued (one-line ParamsError)
         load_params(root / params_file if not Path(params_file).is_absolute() else params_file, point)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     names = [f"sweep-{stamp}-{i}" for i in range(len(points))]
     prepare_params(root, params_file)  # the queue (or the shared stages' experiment) snapshots params.yaml
     if work_pool:

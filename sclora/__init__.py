@@ -10,7 +10,7 @@ from importlib import import_module
 
 # Bound eagerly: the function `sclora.capture` shares its name with the module `sclora.capture`, and an import
 # of the module after this line does not rebind the package attribute (it is already loaded).
-from sclora.capture import CaptureStats, capture
+from sclora.capture import CaptureStats, capture  # noqa: F401 - the package's attributes
 
 __version__ = "0.1.0"
 

@@ -17,9 +17,9 @@ import hashlib
 import inspect
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -104,7 +104,7 @@ class CaptureStats:
         return [m for m, k in self.module_keys.items() if k == key]
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, verify: bool = True) -> "CaptureStats":
+    def load(cls, directory: str | os.PathLike, verify: bool = True) -> CaptureStats:
         """Read a directory written by `save` or `capture(out_dir=...)`; `verify` checks each shard's sha256."""
         directory = Path(directory)
         if not (directory / MANIFEST).exists():
@@ -127,15 +127,15 @@ class CaptureStats:
             if row["covariance"]:
                 covs[key] = covs[key] + t["covariance"] if key in covs else t["covariance"]
             module_keys.update({m: key for m in row["modules"].split(",")})
-        tokens, hashes = (torch.cat(parts) for parts in zip(*next(iter(per_key_samples.values()))))
+        tokens, hashes = (torch.cat(parts) for parts in zip(*next(iter(per_key_samples.values())), strict=True))
         for key, parts in per_key_samples.items():
-            t, h = (torch.cat(p) for p in zip(*parts))
+            t, h = (torch.cat(p) for p in zip(*parts, strict=True))
             if not (torch.equal(t, tokens) and torch.equal(h, hashes)):
                 raise ValueError(f"{directory}: shards of {key!r} cover other samples than the rest")
         return cls({k: torch.cat(v) for k, v in sums.items()}, tokens, hashes, module_keys, covs, fingerprints.pop())
 
     @staticmethod
-    def concat(parts: list["CaptureStats"]) -> "CaptureStats":
+    def concat(parts: list[CaptureStats]) -> CaptureStats:
         """Join captures of disjoint, consecutive sample ranges (e.g. one per worker), in order."""
         if not parts:
             raise ValueError("concat needs at least one CaptureStats")
@@ -218,7 +218,7 @@ def model_fingerprint(modules: Mapping[str, torch.nn.Module]) -> str:
 
 def _sample_hashes(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """First 8 bytes of sha256 of each sample's real token ids (padding and padding side do not matter)."""
-    out = [hashlib.sha256(row[m.bool()].to(torch.int64).numpy().tobytes()).digest()[:8] for row, m in zip(ids, mask)]
+    out = [hashlib.sha256(row[m.bool()].to(torch.int64).numpy().tobytes()).digest()[:8] for row, m in zip(ids, mask, strict=True)]
     return torch.tensor([int.from_bytes(d, "little", signed=True) for d in out], dtype=torch.int64)
 
 

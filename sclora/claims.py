@@ -121,7 +121,7 @@ def _monotone_in_beta(rows) -> dict:
         for metric, sign in (*PRESERVED.items(), ("utility", -1)):
             pairs = [(float(r["beta"]), float(r[metric])) for r in runs
                      if r.get(metric) is not None and not math.isnan(float(r[metric]))]
-            rho, p = stats.spearmanr(*zip(*pairs)) if len({y for _, y in pairs}) > 1 else (math.nan, math.nan)
+            rho, p = stats.spearmanr(*zip(*pairs, strict=True)) if len({y for _, y in pairs}) > 1 else (math.nan, math.nan)
             if metric == "utility":  # "falls or stays": only a significant rise contradicts it
                 verdict = FAILS if rho > 0 and p < SIGNIFICANCE else HOLDS
             elif math.isnan(rho):

@@ -14,7 +14,6 @@ measures what choosing the subspace is worth.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING

@@ -166,7 +166,7 @@ def _tradeoff_plots(groups: list[dict], out: Path) -> list[str]:
     for task in sorted({g["task"] for g in groups}):
         members = [g for g in groups if g["task"] == task]
         fig, axes = plt.subplots(1, len(PRESERVATION), figsize=(6 * len(PRESERVATION), 4.8), squeeze=False)
-        for ax, (panel, (metric, sign)) in zip(axes[0], PRESERVATION.items()):
+        for ax, (panel, (metric, sign)) in zip(axes[0], PRESERVATION.items(), strict=True):
             points = []
             for g in members:
                 x, y = g["intervals"]["utility"].mean, g["intervals"][metric].mean
@@ -187,7 +187,7 @@ def _tradeoff_plots(groups: list[dict], out: Path) -> list[str]:
                 ax.scatter([points[i][0] for i in front], [points[i][1] for i in front], s=160,
                            facecolors="none", edgecolors="k", zorder=3)
             handles, labels = ax.get_legend_handles_labels()
-            unique = dict(zip(labels, handles))
+            unique = dict(zip(labels, handles, strict=True))
             ax.legend(unique.values(), unique.keys(), fontsize=7, loc="best")
             ax.set_xlabel("utility (task metric)")
             if sign < 0:  # up is preserved on every panel
@@ -220,7 +220,7 @@ def _beta_plots(groups: list[dict], out: Path) -> list[str]:
         cols = 4
         rows_needed = math.ceil(len(metrics) / cols)
         fig, axes = plt.subplots(rows_needed, cols, figsize=(4 * cols, 3.2 * rows_needed), squeeze=False)
-        for ax, metric in zip(axes.flat, metrics):
+        for ax, metric in zip(axes.flat, metrics, strict=False):
             betas = [g["beta"] for g in swept]
             means = [g["intervals"][metric].mean for g in swept]
             ax.errorbar(betas, means, yerr=_error_bar([g["intervals"][metric] for g in swept]), fmt="o-", color=colors[SWEPT_METHOD], capsize=3, label=SWEPT_METHOD)
@@ -244,7 +244,7 @@ def _loss_plot(rows: list[dict], histories: Mapping[str, Sequence[Mapping]], pat
     tasks = sorted({row["task"] for row in rows if row["run"] in histories})
     colors = _colors([{"method": row["method"]} for row in rows])
     fig, axes = plt.subplots(1, max(len(tasks), 1), figsize=(6 * max(len(tasks), 1), 4.2), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    for ax, task in zip(axes[0], tasks, strict=False):
         for run, history in histories.items():
             row = by_run.get(run)
             if row is None or row["task"] != task or not history:
@@ -254,7 +254,7 @@ def _loss_plot(rows: list[dict], histories: Mapping[str, Sequence[Mapping]], pat
             ax.plot([h["step"] for h in history], [h["loss"] for h in history], color=colors[row["method"]],
                     lw=1, alpha=shade, label=f"{row['method']}{beta}")
         handles, labels = ax.get_legend_handles_labels()
-        unique = dict(zip(labels, handles))
+        unique = dict(zip(labels, handles, strict=True))
         ax.legend(unique.values(), unique.keys(), fontsize=7)
         ax.set_title(f"{task}: training loss")
         ax.set_xlabel("step")
@@ -270,7 +270,7 @@ def _spectra_plot(spectra: Mapping[str, Mapping[float, Sequence[float]]], path: 
     layers = list(spectra)[:SPECTRA_LAYERS]
     fig, axes = plt.subplots(1, len(layers), figsize=(4.5 * len(layers), 3.8), squeeze=False)
     cmap = plt.get_cmap("viridis")
-    for ax, layer in zip(axes[0], layers):
+    for ax, layer in zip(axes[0], layers, strict=True):
         for beta, values in sorted(spectra[layer].items()):
             values = np.asarray(values, dtype=float)
             ax.plot(np.arange(1, values.size + 1), values, "o-", ms=3, color=cmap(float(beta)), label=f"beta={beta:g}")
@@ -343,7 +343,7 @@ def _swept(groups: list[dict], task: str) -> list[dict]:
 def _forecast_plot(forecast: Mapping[str, Mapping], groups: list[dict], path: Path) -> str:
     tasks = sorted(forecast)
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    for ax, task in zip(axes[0], tasks, strict=True):
         table = forecast[task]
         ax.plot(table["betas"], table["pos_share"], "o-", ms=3, label="D+ (task) energy in the subspace")
         ax.plot(table["betas"], table["neg_share"], "s-", ms=3, label="D- (preserved) energy in the subspace")

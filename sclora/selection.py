@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from sclora.intervals import Interval, mean_interval, paired_difference
 
@@ -76,7 +77,7 @@ def first_beta(forecast: Mapping | None) -> float:
         return 0.5
     betas, shares = forecast["betas"], forecast["neg_share"]
     halfway = (shares[0] + shares[-1]) / 2
-    for (b0, s0), (b1, s1) in zip(zip(betas, shares), zip(betas[1:], shares[1:])):
+    for (b0, s0), (b1, s1) in pairwise(zip(betas, shares, strict=True)):
         if (s0 - halfway) * (s1 - halfway) <= 0 and s0 != s1:
             return round(b0 + (b1 - b0) * (s0 - halfway) / (s0 - s1), 3)
     return 0.5
@@ -119,7 +120,7 @@ def disagreements(probes: list[Probe], budget: Mapping[str, float]) -> list[str]
     or utility that rises, with beta. Each says whether the paired interval over the shared seeds resolves it."""
     found = []
     ordered = sorted(probes, key=lambda p: p.beta)
-    for before, after in zip(ordered, ordered[1:]):
+    for before, after in pairwise(ordered):
         checks = [("utility", after.utility, before.utility)]
         checks += [(f"{m} forgetting", after.forgetting[m], before.forgetting[m]) for m in budget
                    if m in after.forgetting and m in before.forgetting]  # fmt: skip

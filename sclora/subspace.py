@@ -51,7 +51,7 @@ class Subspace:
     def rank(self) -> int:
         return self.basis.shape[1]
 
-    def truncate(self, rank: int) -> "Subspace":
+    def truncate(self, rank: int) -> Subspace:
         """The same solve at a smaller rank (the top eigenvectors nest, so this is a slice)."""
         if not 1 <= rank <= self.rank:
             raise ValueError(f"rank {rank} is outside [1, {self.rank}] for this subspace")

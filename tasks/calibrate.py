@@ -105,11 +105,11 @@ def markdown(result: dict) -> str:
         lines.append(f"- build {seed}: {'all met' if not failed else 'fails ' + ', '.join(failed)}")
     lines += ["", "Spread of the build means beside the mean spread over seeds within a build:", "",
               "| setting.metric | build means | std across builds | mean std across seeds |", "|---|---|---|---|"]
-    for key, spread in result["spread"].items():
+    for key, row in result["spread"].items():
         if key.split(".", 1)[1] in (*TABLE_METRICS, "knowledge_drop"):
-            means = " / ".join(f"{m:.2f}" for m in spread["build_means"])
-            lines.append(f"| {key} | {means} | {spread['std_across_builds']:.3f} | "
-                         f"{spread['mean_std_across_seeds']:.3f} |")
+            means = " / ".join(f"{m:.2f}" for m in row["build_means"])
+            lines.append(f"| {key} | {means} | {row['std_across_builds']:.3f} | "
+                         f"{row['mean_std_across_seeds']:.3f} |")
     lines += ["", f"{len(result['builds'])} builds in {result['seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
 

@@ -27,8 +27,20 @@ from sclora.models import load_model, load_tokenizer, load_with_adapter, lora_co
 from sclora.subspace import load_subspaces
 from sclora.train import LOSS_HISTORY, MODEL, train
 from tasks.artifacts import (
-    CAPTURE, CHECKPOINTS, FINGERPRINTS, NEG, RUN_FILE, RunSpec, parse_run, pos_capture_dir, prepared_path,
-    read_json, run_settings, solve_dir, staged_dir, write_json,
+    CAPTURE,
+    CHECKPOINTS,
+    FINGERPRINTS,
+    NEG,
+    RUN_FILE,
+    RunSpec,
+    parse_run,
+    pos_capture_dir,
+    prepared_path,
+    read_json,
+    run_settings,
+    solve_dir,
+    staged_dir,
+    write_json,
 )  # fmt: skip
 from tasks.dvc_lock import locked_stages, stage_hashes
 from tasks.evaluate import base_metrics_path, evaluate_run

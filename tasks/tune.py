@@ -13,6 +13,7 @@ Output: artifacts/tune/<method>.json (sclora: sclora-<beta>.json), read by the p
 from __future__ import annotations
 
 import shutil
+
 import torch
 
 from sclora.config import Params

@@ -8,7 +8,12 @@
 from sclora.evaluate.forgetting import ForgettingError, forgetting, load_metrics, with_forgetting
 from sclora.evaluate.judge import JudgeError, JudgeSettings, harmfulness, judge_scores
 from sclora.evaluate.suite import (
-    LM_EVAL_TASKS_DIR, EvalError, EvalSettings, evaluate, testbed_data_files, write_results,
+    LM_EVAL_TASKS_DIR,
+    EvalError,
+    EvalSettings,
+    evaluate,
+    testbed_data_files,
+    write_results,
 )
 
 __all__ = [

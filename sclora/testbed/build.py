@@ -26,7 +26,14 @@ from sclora.testbed.params import TestbedParams
 from sclora.testbed.pretrain import pretrain
 from sclora.testbed.tokenizer import build_tokenizer
 from sclora.testbed.world import (
-    DATASETS, EVAL_SETS, build_datasets, build_world, dataset_file, pretraining_sources, validation_records, vocabulary,
+    DATASETS,
+    EVAL_SETS,
+    build_datasets,
+    build_world,
+    dataset_file,
+    pretraining_sources,
+    validation_records,
+    vocabulary,
 )
 
 log = logging.getLogger(__name__)
