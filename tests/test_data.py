@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from transformers import PreTrainedTokenizerFast
+from tiny_models import word_tokenizer
 
 from sclora.data import (
     IGNORE_INDEX,
@@ -18,11 +18,6 @@ from sclora.data import (
     encode_records,
     read_records,
 )
-from sclora.testbed.tokenizer import build_tokenizer
-
-def word_tokenizer(words) -> PreTrainedTokenizerFast:
-    """The testbed's word-level tokenizer and chat template (other test files import this)."""
-    return build_tokenizer(sorted(set(words)))
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from test_data import word_tokenizer
+from tiny_models import word_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 
 from sclora.capture import capture
@@ -196,7 +196,7 @@ def test_two_processes_train_like_one(tmp_path, tok):
     script.write_text(textwrap.dedent(f"""
         import torch, torch.distributed as dist
         from test_train import NAMES, RECORDS, SETTINGS, tiny_llama
-        from test_data import word_tokenizer
+        from tiny_models import word_tokenizer
         from sclora.train import train
         tok = word_tokenizer("what is the capital of it".split() + NAMES)
         model = tiny_llama(tok)
