@@ -2,7 +2,7 @@
 
 Most tests use a small DVC project whose stages are one short script (fast, and able to
 fail on request); one runs the pipeline flow on the repository's own dvc.yaml with the
-tiny params of tests/test_pipeline_dvc.py.
+tiny params of tests/stage_project.py.
 """
 
 from __future__ import annotations
