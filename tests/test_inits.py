@@ -124,8 +124,8 @@ def test_freeze_basis_keeps_b_through_an_optimizer_step():
     pos, neg = stats(model, "llama", 1), stats(model, "llama", 2)
     peft_model = init_lora(model, lora_config("llama"), "sclora", pos, neg, 0.5, freeze_basis=True)
     layers = lora_layers(peft_model)
-    b0 = {n: l.lora_B["default"].weight.detach().clone() for n, l in layers}
-    a0 = {n: l.lora_A["default"].weight.detach().clone() for n, l in layers}
+    b0 = {n: layer.lora_B["default"].weight.detach().clone() for n, layer in layers}
+    a0 = {n: layer.lora_A["default"].weight.detach().clone() for n, layer in layers}
     assert not any(layer.lora_B["default"].weight.requires_grad for _, layer in layers)
     assert all(layer.lora_A["default"].weight.requires_grad for _, layer in layers)
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
