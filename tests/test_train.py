@@ -187,6 +187,7 @@ def test_settings_are_validated(values, key):
         TrainSettings(**values)
 
 
+@pytest.mark.slow  # torchrun starts two training processes
 def test_two_processes_train_like_one(tmp_path, tok):
     """torchrun with 2 CPU processes (gloo) and half the per-device batch gives the single-process result:
     the multi-device path needs no code change."""
