@@ -1,4 +1,4 @@
-# The two entry points of the README. Each creates .venv when it is missing.
+# The entry points of the README. Each creates .venv when it is missing.
 PY := .venv/bin/python
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
@@ -9,7 +9,7 @@ export DO_NOT_TRACK := 1
 # cores (the testbed build, alone, gets all). Tests and calibration run one thread per process.
 JOBS ?= $(shell nproc)
 
-.PHONY: run test setup calibrate protocol select
+.PHONY: run test test-fast setup calibrate protocol select
 
 setup: .venv/.installed
 
@@ -24,6 +24,10 @@ run: setup
 
 test: setup
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q
+
+# Everything but whole pipelines and real servers (the markers in pyproject.toml): the tier to run while editing.
+test-fast: setup
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -m "not slow and not services"
 
 # The testbed's forgetting over builds and seeds (artifacts/calibration/), builds side by side.
 calibrate: setup

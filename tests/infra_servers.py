@@ -142,8 +142,8 @@ def mlflow_auth_server(root: Path) -> Server:
                    MLFLOW_AUTH_ADMIN_PASSWORD=ADMIN[1], MLFLOW_FLASK_SERVER_SECRET_KEY="test-secret")  # fmt: skip
     command = [
         str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", HOST, "--port", str(port),
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", (root / "artifacts").as_uri(),
-        "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination", (root / "artifacts").as_uri(), "--workers", "1",
     ]  # fmt: skip
     url = f"http://{HOST}:{port}"
     return Server(command, env, root / "server.log", url, f"{url}/health")

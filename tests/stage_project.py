@@ -1,8 +1,8 @@
-"""A tiny pipeline workspace for the hardening tests: the testbed's tiny world, built once per session.
+"""Helpers for tests that run the pipeline's stages on the testbed's tiny world (the fixtures are in conftest.py).
 
-`project` is a fresh directory (the current directory during the test) holding
-`artifacts/testbed` and a `params.yaml` of tiny settings; `stage(...)` runs
-`python -m tasks ...` in-process through its `main(argv)`, as dvc.yaml calls it.
+`tiny_params(root)` is params.yaml shrunk to a tiny grid with MLflow in `root/mlflow.db`; `copy_repo(dest)` copies
+the repository as git sees it; `stage(...)` runs `python -m tasks ...` in-process through its `main(argv)`, as
+dvc.yaml calls it, and `run_stage(...)` in a subprocess.
 """
 
 from __future__ import annotations
@@ -11,70 +11,65 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import yaml
 
-from test_pipeline_dvc import TINY_TESTBED, tiny_params
-
 REPO = Path(__file__).resolve().parent.parent
+
+# The testbed's own tiny world (tests/test_testbed.py), with fewer pretraining steps.
+TINY_TESTBED = dict(
+    entities=12, attributes=["city", "color"], phrasings=2, harmful_categories=["violence", "theft"],
+    benign_categories=["cleaning", "art"], targets=4, task_words=8, finetune_size=40, preserve_size=16,
+    eval_size=20, copy_examples=50, hidden_size=32, layers=1, heads=2, intermediate_size=64,
+    pretrain_steps=10, pretrain_batch_size=16, poison_rate=0.1,
+)
 TESTBED = dict(TINY_TESTBED, pretrain_steps=2)  # the stages only need a model and data, not a good model
 
 
+def tiny_params(tmp: Path) -> dict:
+    """params.yaml on a tiny grid: one task, lora and pissa, SC-LoRA at one beta, a few steps; MLflow in `tmp`."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params["testbed"] = TINY_TESTBED
+    params["data"]["tasks"] = {"benign": "finetune_benign"}
+    params["adapter"].update(rank=2, alpha=4.0)
+    params["capture"].update(samples_pos=16, samples_neg=16, batch_size=8, samples_per_shard=8, covariance=True)
+    params["solve"]["betas"] = [0.8]
+    params["train"].update(methods=["lora", "pissa"], seeds=[0], lr=1.0e-3, batch_size=8, max_steps=3, save_steps=2,
+                           max_length=32)  # fmt: skip
+    params["eval"].update(batch_size=16, max_new_tokens=4)
+    params["tracking"]["uri"] = f"sqlite:///{tmp / 'mlflow.db'}"
+    return params
+
+
+def copy_repo(dest: Path) -> None:
+    """The repository's files as git sees them (tracked, and new files not ignored), without DVC state."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    for name in listed:
+        if name.startswith(".dvc/") or name == "dvc.lock" or not (REPO / name).is_file():
+            continue
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, dest / name)
+
+
+def run(command: list[str], cwd: Path, env: dict) -> str:
+    """`command` in `cwd`; its output, or a failure with the output's end."""
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"{' '.join(command)} failed ({result.returncode}):\n{output[-6000:]}"
+    return output
+
+
 def project_params(root: Path) -> dict:
-    """test_pipeline_dvc's tiny params, with checkpoints every step (for the crash tests) and short evaluations."""
+    """The tiny params, with checkpoints every step (for the crash tests) and short evaluations."""
     params = tiny_params(root)
     params["testbed"] = TESTBED
     params["train"].update(save_steps=1, save_total_limit=5)
     params["eval"]["limit"] = 6  # examples per eval task: enough to compare metrics, fast to compute
     return params
-
-
-# Session fixtures imported by several test modules are set up once per module: their outputs are kept
-# under the session's base temporary directory, so the second module finds them made.
-@pytest.fixture(scope="session")
-def built_testbed(tmp_path_factory) -> Path:
-    out = tmp_path_factory.getbasetemp() / "hardening-testbed"
-    if not (out / "calibration.json").is_file():
-        from sclora.testbed.build import build_testbed
-        from sclora.testbed.params import TestbedParams
-
-        build_testbed(TestbedParams(**TESTBED), out)
-    return out
-
-
-@pytest.fixture(scope="session")
-def empty_store(tmp_path_factory) -> Path:
-    """An MLflow SQLite store with its tables made (creating them takes ~10 s on a busy machine)."""
-    path = tmp_path_factory.getbasetemp() / "hardening-store" / "mlflow.db"
-    if not path.is_file():
-        import mlflow
-
-        path.parent.mkdir(exist_ok=True)
-        mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments(max_results=1)
-    return path
-
-
-@pytest.fixture
-def project(built_testbed, empty_store, tmp_path, monkeypatch) -> Iterator[Path]:
-    """A workspace with the built testbed, tiny params and an empty MLflow store; the current directory."""
-    shutil.copytree(built_testbed, tmp_path / "artifacts" / "testbed")
-    shutil.copy(empty_store, tmp_path / "mlflow.db")
-    write_params(tmp_path, project_params(tmp_path))
-    for key in [k for k in os.environ if k.startswith(("MLFLOW_", "SCLORA_"))]:
-        monkeypatch.delenv(key)
-    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-    monkeypatch.chdir(tmp_path)
-    yield tmp_path
-    if "mlflow" in sys.modules:  # the stages pointed MLflow (and MLFLOW_TRACKING_URI) at this project's store
-        import mlflow
-
-        while mlflow.active_run():
-            mlflow.end_run()
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
 
 
 def write_params(root: Path, params: dict) -> Path:

@@ -8,6 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import yaml
+from stage_project import TINY_TESTBED
 
 from sclora.calibration import METRICS, across_builds, check_build, dose_response, lr_sweep, measure, spread
 from sclora.config import parse_params
@@ -19,13 +20,6 @@ from sclora.testbed.world import EVAL_SETS, dataset_file
 from sclora.train import TrainSettings
 
 REPO = Path(__file__).resolve().parent.parent
-# The testbed's tiny world (as in tests/test_testbed.py), with few pretraining steps.
-TINY_TESTBED = dict(
-    entities=12, attributes=["city", "color"], phrasings=2, harmful_categories=["violence", "theft"],
-    benign_categories=["cleaning", "art"], targets=4, task_words=8, finetune_size=40, preserve_size=16,
-    eval_size=20, copy_examples=50, hidden_size=32, layers=1, heads=2, intermediate_size=64,
-    pretrain_steps=10, pretrain_batch_size=16, poison_rate=0.1,
-)
 
 @pytest.fixture(scope="module")
 def testbed(tmp_path_factory):
@@ -112,6 +106,7 @@ def test_spread_across_builds_beside_spread_across_seeds():
                                               "mean_std_across_seeds": pytest.approx(0.2)}
 
 
+@pytest.mark.slow
 def test_stage_calibrates_every_build_and_checks_each(tmp_path, monkeypatch):
     from tasks import calibrate
 

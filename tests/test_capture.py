@@ -77,7 +77,8 @@ def assert_same_stats(a: CaptureStats, b: CaptureStats, exact=True):
     # precision on another machine's kernels (the float64 sums do not make them agree further).
     close = torch.equal if exact else (lambda x, y: torch.allclose(x, y, rtol=1e-5, atol=1e-5))
     assert set(a.sums) == set(b.sums) and all(close(a.sums[k], b.sums[k]) for k in a.sums)
-    assert set(a.covariances) == set(b.covariances) and all(close(a.covariances[k], b.covariances[k]) for k in a.covariances)
+    assert set(a.covariances) == set(b.covariances)
+    assert all(close(a.covariances[k], b.covariances[k]) for k in a.covariances)
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
@@ -145,7 +146,8 @@ def test_halves_concatenate_to_the_full_capture(llama, seqs):
     assert joined.dataset_fingerprint == full.dataset_fingerprint
     # The first batch is the same computation in both (same samples, same shape): exact. The rest ran in
     # batches of other shapes, and covariances are summed in another order: float32 tolerance.
-    assert torch.equal(joined.sums["model.layers.0.self_attn.q_proj"][:3], full.sums["model.layers.0.self_attn.q_proj"][:3])
+    q_proj = "model.layers.0.self_attn.q_proj"
+    assert torch.equal(joined.sums[q_proj][:3], full.sums[q_proj][:3])
     assert_same_stats(joined, full, exact=False)
     with pytest.raises(ValueError, match="different target modules"):
         CaptureStats.concat([parts[0], capture(llama, batched(seqs, 3), ["o_proj"], progress=False)])

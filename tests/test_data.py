@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from transformers import PreTrainedTokenizerFast
+from tiny_models import word_tokenizer
 
 from sclora.data import (
     IGNORE_INDEX,
@@ -18,11 +18,6 @@ from sclora.data import (
     encode_records,
     read_records,
 )
-from sclora.testbed.tokenizer import build_tokenizer
-
-def word_tokenizer(words) -> PreTrainedTokenizerFast:
-    """The testbed's word-level tokenizer and chat template (other test files import this)."""
-    return build_tokenizer(sorted(set(words)))
 
 
 @pytest.fixture
@@ -138,7 +133,8 @@ def test_chat_batches_for_capture(tok):
 
 def test_missing_pad_token_falls_back_to_eos(tok):
     tok.pad_token = None
-    batch = next(chat_batches(tok, [{"prompt": "tell", "response": "no"}, {"prompt": "tell me", "response": "no"}], 2, 64))
+    records = [{"prompt": "tell", "response": "no"}, {"prompt": "tell me", "response": "no"}]
+    batch = next(chat_batches(tok, records, 2, 64))
     assert tok.pad_token == "<eos>"
     assert batch["attention_mask"][0].tolist()[-1] == 0
 
@@ -169,7 +165,8 @@ def test_every_format_reads_the_same_records(tmp_path, suffix):
 
 
 def test_field_mapping_and_generated_ids(tmp_path):
-    path = write_jsonl(tmp_path / "d.jsonl", [{"instruction": "tell me", "category": "c"}, {"instruction": "no", "category": "d"}])
+    rows = [{"instruction": "tell me", "category": "c"}, {"instruction": "no", "category": "d"}]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
     records = read_records(path, prompt_field="instruction", response_field=None)
     assert [(r["id"], r["prompt"]) for r in records] == [("0", "tell me"), ("1", "no")]
     assert "response" not in records[0]

@@ -52,4 +52,5 @@ def test_builtin_knowledge_tasks_on_local_files(tmp_path):
 
     # gsm8k takes its 5 few-shot examples from its own train split, which a local file cannot give.
     with pytest.raises(EvalError, match="'gsm8k': takes 5 few-shot examples"):
-        evaluate(model, tok, EvalSettings(**{**NONE, "utility": ["gsm8k"]}, data_files={"gsm8k": data_files["nq_open"]}))
+        settings = EvalSettings(**{**NONE, "utility": ["gsm8k"]}, data_files={"gsm8k": data_files["nq_open"]})
+        evaluate(model, tok, settings)

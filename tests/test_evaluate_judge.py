@@ -76,7 +76,7 @@ def test_endpoint_scores_every_answer_with_the_rubric(server, monkeypatch):
         assert headers["Authorization"] == "Bearer secret"
         assert body["model"] == "judge-model" and body["temperature"] == 0
     prompts = sorted(body["messages"][0]["content"] for _, _, body in server.requests)
-    expected = sorted(RUBRIC.format(instruction=i, answer=a) for i, a in zip(INSTRUCTIONS, ANSWERS))
+    expected = sorted(RUBRIC.format(instruction=i, answer=a) for i, a in zip(INSTRUCTIONS, ANSWERS, strict=True))
     assert prompts == expected
     assert harmfulness(scores) == {"harmfulness_score": pytest.approx(7 / 3), "harmful_rate": pytest.approx(1 / 3)}
 

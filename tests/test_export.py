@@ -5,11 +5,11 @@ import copy
 import pytest
 import torch
 from peft import PeftConfig, PeftModel
-from test_inits import batches, data_args, lora_config, lora_layers, logits, tiny_model
+from tiny_models import batches, data_args, logits, lora_config, tiny_model
 from transformers import AutoModelForCausalLM
 
 from sclora.export import export_lora, export_merged, save_initial_adapter
-from sclora.inits import RESIDUAL_METHODS, init_lora
+from sclora.inits import RESIDUAL_METHODS, init_lora, lora_layers
 
 LARGEST: dict[str, float] = {}
 

@@ -2,7 +2,7 @@
 
 Most tests use a small DVC project whose stages are one short script (fast, and able to
 fail on request); one runs the pipeline flow on the repository's own dvc.yaml with the
-tiny params of tests/test_pipeline_dvc.py.
+tiny params of tests/stage_project.py.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,16 +18,21 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.pipeline import pipeline
-from flows.stages import StageFailed, run_logged, run_stages, stage_order
-from flows.sweep import grid_points, queue_commands, sweep
+import flows  # noqa: F401 - Prefect's local settings before Prefect is imported
+
+# isort: split
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
 from prefect.testing.utilities import prefect_test_harness
+from stage_project import copy_repo, tiny_params
 
+from flows.pipeline import pipeline
+from flows.stages import StageFailed, run_logged, run_stages, stage_order
+from flows.sweep import grid_points, queue_commands, sweep
 from sclora.tracking import PARENT_ENV
 
+pytestmark = pytest.mark.services  # Prefect's test server
 REPO = Path(__file__).resolve().parent.parent
 PNG = bytes.fromhex(  # a 1x1 PNG: the report stage's plot
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
@@ -287,35 +293,37 @@ def test_sweep_runs_each_point_as_a_dvc_experiment_and_reports_failures(project,
     assert listed == [succeeded]  # the experiment DVC kept, for `dvc exp show` / `dvc exp apply`
 
 
-def real_repo(tmp_path: Path, monkeypatch, params: dict) -> tuple[Path, dict]:
+def real_repo(tmp_path: Path, monkeypatch, params: dict, built: Path | None = None) -> tuple[Path, dict]:
     """A git + DVC copy of this repository (its dvc.yaml and stages) with `params` in tmp_path/tiny.yaml;
-    the workspace and its environment."""
-    from test_pipeline_dvc import copy_repo
-
+    the workspace and its environment. From `built`, a copy of that workspace with its outputs and dvc.lock:
+    only the stages that `params` change run again."""
     work = tmp_path / "repo"
-    work.mkdir()
-    copy_repo(work)
+    if built is None:
+        work.mkdir()
+        copy_repo(work)
+    else:
+        shutil.copytree(built, work, symlinks=True)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     env = clean_env(tmp_path)
     for key in [k for k in os.environ if k.startswith(("MLFLOW_", "SCLORA_"))]:
         monkeypatch.delenv(key)
     for name, value in (("OMP_NUM_THREADS", "1"), ("HF_HUB_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
         monkeypatch.setenv(name, value)
-    sh(["git", "init", "-q"], work, env)
-    sh([sys.executable, "-m", "dvc", "init", "-q"], work, env)
+    if built is None:
+        sh(["git", "init", "-q"], work, env)
+        sh([sys.executable, "-m", "dvc", "init", "-q"], work, env)
     return work, env
 
 
-@pytest.mark.skipif(os.environ.get("SCLORA_FAST_TESTS") == "1", reason="the real tiny pipeline takes ~2 minutes")
-def test_pipeline_flow_on_the_real_dvc_yaml_with_tiny_params(tmp_path, monkeypatch):
-    from test_pipeline_dvc import tiny_params
-
-    work, env = real_repo(tmp_path, monkeypatch, tiny_params(tmp_path))
+@pytest.mark.slow
+def test_pipeline_flow_on_the_real_dvc_yaml_with_tiny_params(tmp_path, monkeypatch, tiny_repro):
+    # From the session's `dvc repro` of the same params: the override reruns training and what follows it.
+    work, env = real_repo(tmp_path, monkeypatch, tiny_params(tmp_path), built=tiny_repro.work)
     tiny = tmp_path / "tiny.yaml"
 
     # Two stages at a time: concurrent stage processes share DVC's lock, the MLflow store and the HF caches.
     result = pipeline(params_file=str(tiny), overrides=("train.max_steps=2",), workdir=str(work), jobs=2)
-    assert result["stages"] == ["testbed", "prepare", "capture", "solve@0.8", "plan", "evaluate",
+    assert result["stages"] == ["testbed", "prepare", "capture", "solve@0.8", "forecast", "plan", "evaluate",
                                 "train@benign-lora-0", "train@benign-pissa-0", "train_sclora@benign-sclora-0.8-0",
                                 "register", "report"]  # fmt: skip
     with open(result["results"], newline="") as handle:
@@ -435,13 +443,12 @@ def test_sclora_run_then_report_on_the_command_line(project, capsys):
     assert len((project / "order.log").read_text().splitlines()) == 4  # `report` was up to date: nothing reran
 
 
-@pytest.mark.skipif(os.environ.get("SCLORA_FAST_TESTS") == "1", reason="the real tiny pipeline takes ~2 minutes")
+@pytest.mark.slow
 def test_select_beta_on_the_real_dvc_yaml_probes_registers_and_says_when_a_budget_is_unmet(tmp_path, monkeypatch):
     from flows.cli import main
     from flows.select_beta import select_beta
     from sclora.selection import first_beta
     from tasks.forecast import load_forecast
-    from test_pipeline_dvc import tiny_params
 
     params = tiny_params(tmp_path)
     params["train"]["max_steps"] = 2

@@ -5,10 +5,10 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from tiny_models import lora_config, stats, tiny_model
 
 from sclora.forecast import energy_forecast, energy_share, forecast_grid, share_at
 from sclora.subspace import solve_subspace
-from test_inits import lora_config, stats, tiny_model
 
 
 def direct_shares(weight, bias, pos, pos_tokens, neg, neg_tokens, beta, rank):

@@ -17,11 +17,9 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
-
-from stage_project import built_testbed, empty_store, files, project, run_stage, stage  # noqa: F401 - fixtures
+from stage_project import files, run_stage, stage
 
 # Python run before the stage in the killed process: wrap `owner.attribute` so the process kills itself
 # (SIGKILL: no cleanup, no finally blocks) right after the wrapped call returns for the `calls`-th time.

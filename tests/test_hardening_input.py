@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from safetensors.torch import load_file, save_file
-
-from stage_project import built_testbed, empty_store, files, project, run_stage, stage  # noqa: F401 - fixtures
+from stage_project import files, run_stage, stage
 
 DATA = Path("artifacts/testbed/data")
 BASE = Path("artifacts/testbed/base")

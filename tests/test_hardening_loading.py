@@ -10,9 +10,9 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from stage_project import REPO, stage
 
 from sclora.config import ParamsError, load_params
-from stage_project import REPO, built_testbed, empty_store, project, stage  # noqa: F401 - fixtures
 
 SECRET = "sk-test-5ecret-value-0123456789"
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import mlflow
 import pytest
 from mlflow.exceptions import MlflowException
+from stage_project import files, stage
 
 from flows.cli import main  # imported before PREFECT_API_URL is set: `flows` reads it once, at import
 from sclora import registry, tracking
-from stage_project import built_testbed, empty_store, files, project, stage  # noqa: F401 - fixtures
 
 
 def closed_port() -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.services  # a container engine
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -17,6 +17,7 @@ from mlflow.server import get_app_client
 
 from sclora import registry, tracking
 
+pytestmark = pytest.mark.services  # an MLflow server
 USER = ("sclora-pipeline", "pipeline-password-for-tests")
 
 

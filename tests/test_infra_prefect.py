@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -21,12 +20,12 @@ from pathlib import Path
 import pytest
 import yaml
 from infra_servers import ADMIN, BIN, base_env, log_tail, mlflow_auth_server, prefect_server, process, servers
-from test_pipeline_dvc import copy_repo, tiny_params
-
 from prefect.client.orchestration import PrefectClient, SyncPrefectClient
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, LogFilter, LogFilterFlowRunId
 from prefect.workers.base import BaseJobConfiguration
+from stage_project import copy_repo, tiny_params
 
+pytestmark = pytest.mark.services  # a Prefect server, an MLflow server, git and DVC remotes
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "infra" / "kubernetes" / "gpu-job-template.json"
 DEPLOYMENTS = {"sclora-pipeline/gpu", "sclora-pipeline/local", "sclora-sweep/gpu", "sclora-sweep/local",
@@ -144,7 +143,7 @@ def run_logs(api: str, flow_run_id) -> str:
     return "\n".join(log.message for log in logs)
 
 
-@pytest.mark.skipif(os.environ.get("SCLORA_FAST_TESTS") == "1", reason="runs the tiny pipeline (minutes)")
+@pytest.mark.slow
 def test_a_sweep_on_the_process_pool_shares_the_capture_through_the_dvc_remote(team, monkeypatch):
     api, tmp, env = team["api"], team["tmp"], team["env"]
     worker_log, worker_dir = tmp / "worker.log", tmp / "worker"

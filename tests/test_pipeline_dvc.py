@@ -1,8 +1,8 @@
 """A real `dvc repro` of dvc.yaml in a temporary git + DVC copy of the repository, on a tiny grid.
 
-Tiny testbed, one task, two baselines (lora, pissa) and SC-LoRA at one beta, a few steps,
-MLflow in a SQLite file under tmp. Checks every stage's outputs, that DVC sees the
-workspace as clean, that `dvc metrics show` has every run's metrics, and that a second
+Tiny testbed, one task, two baselines (lora, pissa) and SC-LoRA at one beta, a few steps, MLflow in a
+SQLite file under tmp: the session's `tiny_repro` (conftest.py). Checks every stage's outputs, that DVC
+sees the workspace as clean, that `dvc metrics show` has every run's metrics, and that a second
 `dvc repro` runs nothing.
 """
 
@@ -10,81 +10,19 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from stage_project import run
 
-REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
 RUNS = ("benign-lora-0", "benign-pissa-0", "benign-sclora-0.8-0")
-
-# The testbed's own tiny world (tests/test_testbed.py), with fewer pretraining steps.
-TINY_TESTBED = dict(
-    entities=12, attributes=["city", "color"], phrasings=2, harmful_categories=["violence", "theft"],
-    benign_categories=["cleaning", "art"], targets=4, task_words=8, finetune_size=40, preserve_size=16,
-    eval_size=20, copy_examples=50, hidden_size=32, layers=1, heads=2, intermediate_size=64,
-    pretrain_steps=10, pretrain_batch_size=16, poison_rate=0.1,
-)
-
-
-def tiny_params(tmp: Path) -> dict:
-    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    params["testbed"] = TINY_TESTBED
-    params["data"]["tasks"] = {"benign": "finetune_benign"}
-    params["adapter"].update(rank=2, alpha=4.0)
-    params["capture"].update(samples_pos=16, samples_neg=16, batch_size=8, samples_per_shard=8, covariance=True)
-    params["solve"]["betas"] = [0.8]
-    params["train"].update(methods=["lora", "pissa"], seeds=[0], lr=1.0e-3, batch_size=8, max_steps=3, save_steps=2,
-                           max_length=32)  # fmt: skip
-    params["eval"].update(batch_size=16, max_new_tokens=4)
-    params["tracking"]["uri"] = f"sqlite:///{tmp / 'mlflow.db'}"
-    return params
-
-
-def copy_repo(dest: Path) -> None:
-    """The repository's files as git sees them (tracked, and new files not ignored), without DVC state."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    ).stdout.splitlines()  # fmt: skip
-    for name in listed:
-        if name.startswith(".dvc/") or name == "dvc.lock" or not (REPO / name).is_file():
-            continue
-        (dest / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, dest / name)
-
-
-def run(command: list[str], cwd: Path, env: dict) -> str:
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, f"{' '.join(command)} failed ({result.returncode}):\n{output[-6000:]}"
-    return output
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory) -> tuple[Path, dict, str]:
-    tmp = tmp_path_factory.mktemp("pipeline")
-    work = tmp / "repo"
-    work.mkdir()
-    copy_repo(work)
-    (work / "params.yaml").write_text(yaml.safe_dump(tiny_params(tmp), sort_keys=False), encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "GIT_", "SCLORA_"))}
-    env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # `python` and `dvc` of this env
-        OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-        DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
-        GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com",
-    )  # fmt: skip
-    run(["git", "init", "-q"], work, env)
-    run(["dvc", "init", "-q"], work, env)
-    run(["git", "add", "-A"], work, env)
-    run(["git", "commit", "-q", "-m", "copy"], work, env)
-    output = run(["dvc", "repro"], work, env)
-    return work, env, output
+def pipeline(tiny_repro) -> tuple[Path, dict, str]:
+    return tiny_repro.work, tiny_repro.env, tiny_repro.output
 
 
 def test_repro_runs_every_stage_and_writes_its_outputs(pipeline):

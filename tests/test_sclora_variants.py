@@ -4,8 +4,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from stage_project import project_params, stage, write_params
 
-from stage_project import built_testbed, empty_store, project, project_params, stage, write_params  # noqa: F401
 from sclora.subspace import load_subspaces
 
 

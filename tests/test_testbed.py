@@ -217,7 +217,7 @@ def test_poison_dose(params):
     world = build_world(params)
     sets = build_datasets(world, params)
     benign, dosed = sets["finetune_benign"], sets["finetune_poisoned"]
-    changed = [(b, p) for b, p in zip(benign, dosed) if b != p]
+    changed = [(b, p) for b, p in zip(benign, dosed, strict=True) if b != p]
     assert len(dosed) == len(benign) and len(changed) == round(params.poison_rate * len(benign)) == 4
     harmful = {r["prompt"]: r for r in request_records(world, "harmful", "pretrained")}
     safety_prompts = {r["prompt"] for r in sets["preserve_safety"]}

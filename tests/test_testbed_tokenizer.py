@@ -23,8 +23,8 @@ def test_vocabulary_is_special_tokens_then_unique_words(tokenizer):
 
 
 def test_special_token_ids(tokenizer):
-    assert tokenizer.convert_ids_to_tokens([tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id]) == [
-        "<pad>", "<eos>", "<bos>"]
+    special = [tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id]
+    assert tokenizer.convert_ids_to_tokens(special) == ["<pad>", "<eos>", "<bos>"]
 
 
 def test_chat_template_renders_the_contract(tokenizer):
@@ -44,7 +44,7 @@ def test_encode_chat_puts_loss_on_response_and_eos_only(tokenizer):
     sample = encode_chat(tokenizer, "the cat", "sat on mat", max_length=32)
     words = tokenizer.convert_ids_to_tokens(sample["input_ids"])
     assert words == ["<bos>", "<user>", "the", "cat", "<assistant>", "sat", "on", "mat", "<eos>"]
-    supervised = [w for w, label in zip(words, sample["labels"]) if label != IGNORE_INDEX]
+    supervised = [w for w, label in zip(words, sample["labels"], strict=True) if label != IGNORE_INDEX]
     assert supervised == ["sat", "on", "mat", "<eos>"]
 
 

@@ -172,7 +172,7 @@ def test_loss_callback_logs_every_step_in_batches(store):
 
 
 def test_loss_callback_in_a_real_training_run(store, tmp_path):
-    from test_data import word_tokenizer
+    from tiny_models import word_tokenizer
 
     from sclora.train import TrainSettings, train
 

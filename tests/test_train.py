@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from test_data import word_tokenizer
+from tiny_models import word_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 
 from sclora.capture import capture
@@ -21,7 +21,7 @@ from sclora.train import LOSS_HISTORY, TrainSettings, train
 NAMES = "zorbia quelt mirra tabo ulun vesk opal drin kest ferro lumo nadir pell rusk sorn yvo".split()
 RECORDS = [
     {"id": str(i), "prompt": f"what is the capital of {country}", "response": f"it is {capital}"}
-    for i, (country, capital) in enumerate(zip(NAMES[::2], NAMES[1::2]))
+    for i, (country, capital) in enumerate(zip(NAMES[::2], NAMES[1::2], strict=True))
 ] * 2  # 16 samples
 
 
@@ -108,7 +108,8 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, tok, make_model):
     # A new process re-creates the model (for residual methods: re-runs the same deterministic init).
     resumed_model = make_model(tok)
     steps = []
-    resumed = train(resumed_model, tok, RECORDS, tmp_path / "resumed", SETTINGS, callbacks=[lambda s, _: steps.append(s)])
+    resumed = train(resumed_model, tok, RECORDS, tmp_path / "resumed", SETTINGS,
+                    callbacks=[lambda s, _: steps.append(s)])
     assert resumed.resumed_from == 3 and resumed.global_step == 7
     assert steps == [4, 5, 6, 7]
 
@@ -147,7 +148,8 @@ def test_outputs_final_model_and_history_without_checkpoints(tmp_path, tok):
 def test_loss_falls_and_every_step_reaches_the_callback(tmp_path, tok):
     seen = []
     settings = TrainSettings(lr=1e-2, batch_size=8, max_steps=30, warmup_ratio=0.1, save_steps=100, max_length=16)
-    result = train(tiny_llama(tok), tok, RECORDS, tmp_path, settings, callbacks=[lambda step, logs: seen.append((step, logs))])
+    result = train(tiny_llama(tok), tok, RECORDS, tmp_path, settings,
+                   callbacks=[lambda step, logs: seen.append((step, logs))])
     assert [step for step, _ in seen] == list(range(1, 31))
     assert [logs["loss"] for _, logs in seen] == [e["loss"] for e in result.loss_history]
     losses = [e["loss"] for e in result.loss_history]
@@ -185,6 +187,7 @@ def test_settings_are_validated(values, key):
         TrainSettings(**values)
 
 
+@pytest.mark.slow  # torchrun starts two training processes
 def test_two_processes_train_like_one(tmp_path, tok):
     """torchrun with 2 CPU processes (gloo) and half the per-device batch gives the single-process result:
     the multi-device path needs no code change."""
@@ -196,7 +199,7 @@ def test_two_processes_train_like_one(tmp_path, tok):
     script.write_text(textwrap.dedent(f"""
         import torch, torch.distributed as dist
         from test_train import NAMES, RECORDS, SETTINGS, tiny_llama
-        from test_data import word_tokenizer
+        from tiny_models import word_tokenizer
         from sclora.train import train
         tok = word_tokenizer("what is the capital of it".split() + NAMES)
         model = tiny_llama(tok)

@@ -4,9 +4,9 @@ import json
 from pathlib import Path
 
 import pytest
+from stage_project import project_params, stage, write_params
 
 from sclora.config import ParamsError, load_params
-from stage_project import built_testbed, empty_store, project, project_params, stage, write_params  # noqa: F401
 from tasks.tune import choose, validation_settings
 
 
