@@ -77,8 +77,11 @@ def main(argv: list[str] | None = None) -> None:
     llama = workloads.llama(args.layers, vocab=vocab, device=args.device)
     models = {
         "testbed": (bed.model(args.device), bed.batches(bed.pos + bed.neg), bed.lora.target_modules),
-        "llama2_7b_width": (llama, workloads.random_batches(args.samples, args.tokens, args.batch_size, vocab, seed=1),
-                            workloads.TARGETS),
+        "llama2_7b_width": (
+            llama,
+            workloads.random_batches(args.samples, args.tokens, args.batch_size, vocab, seed=1),
+            workloads.TARGETS,
+        ),
     }
     settings = {
         "testbed": {"samples": len(bed.pos) + len(bed.neg), "batch_size": bed.batch_size,

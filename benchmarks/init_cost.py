@@ -30,10 +30,24 @@ from sclora.inits import lora_layers
 NAME = "init_cost"
 SIDES = ("sclora", "peft_corda_kpm", "project_corda_kpm")
 TIME_GOAL, MEMORY_GOAL = "<= 0.10", "<= 0.20"
-TINY = {"kind": "llama", "layers": 1, "vocab": 64, "samples": 16, "tokens": 8, "batch_size": 8,
-        "shape": {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 4}}
-WIDE = {"kind": "llama", "layers": 1, "vocab": 1024, "shape": workloads.LLAMA2_7B, "samples": 256, "tokens": 32,
-        "batch_size": 32}
+TINY = {
+    "kind": "llama",
+    "layers": 1,
+    "vocab": 64,
+    "samples": 16,
+    "tokens": 8,
+    "batch_size": 8,
+    "shape": {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 4},
+}
+WIDE = {
+    "kind": "llama",
+    "layers": 1,
+    "vocab": 1024,
+    "shape": workloads.LLAMA2_7B,
+    "samples": 256,
+    "tokens": 32,
+    "batch_size": 32,
+}
 
 
 def _setup(workload: dict, device: str):
@@ -75,8 +89,13 @@ def _init(side: str, setup: tuple, device: str, beta: float, part):
     model, lora, pos, neg, neg_single = setup
     targets = lora.target_modules
     if side == "sclora":
-        stats = part("capture_s", lambda: (sclora.capture(model, pos, targets, progress=False),
-                                           sclora.capture(model, neg, targets, progress=False)))
+        stats = part(
+            "capture_s",
+            lambda: (
+                sclora.capture(model, pos, targets, progress=False),
+                sclora.capture(model, neg, targets, progress=False),
+            ),
+        )
         spaces = part("solve_s", lambda: sclora.sclora_subspaces(model, lora, *stats, beta, normalize="trace"))
         return part("init_s", lambda: sclora.init_lora(model, lora, "sclora", subspaces=spaces))
     if side == "peft_corda_kpm":

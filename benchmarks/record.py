@@ -150,7 +150,12 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
 
 
 def write_result(
-    name: str, device: str, settings: dict, figures: dict, goals: dict, out: Path | None = None,
+    name: str,
+    device: str,
+    settings: dict,
+    figures: dict,
+    goals: dict,
+    out: Path | None = None,
     command: str | None = None,
 ) -> Path:
     """Write and print one benchmark's result; returns the file's path. `command` goes into the settings."""

@@ -1,7 +1,7 @@
 """The results table of docs/benchmarks.md, from the result files: every goal, its value, met or not, and the command.
 
-    python -m benchmarks.summary                    # rewrite the table in docs/benchmarks.md from benchmarks/results
-    python -m benchmarks.summary --print [FOLDER ...]   # print the table of each folder (e.g. benchmarks/results/gpu)
+python -m benchmarks.summary                    # rewrite the table in docs/benchmarks.md from benchmarks/results
+python -m benchmarks.summary --print [FOLDER ...]   # print the table of each folder (e.g. benchmarks/results/gpu)
 """
 
 from __future__ import annotations

@@ -52,8 +52,14 @@ class Testbed:
         return list(chat_batches(self.tokenizer, records, batch_size or self.batch_size, self.max_length))
 
     def initialised(
-        self, method: str, seed: int, *, pos: CaptureStats | None = None, neg: CaptureStats | None = None,
-        subspaces: dict[str, Subspace] | None = None, freeze_basis: bool = False,
+        self,
+        method: str,
+        seed: int,
+        *,
+        pos: CaptureStats | None = None,
+        neg: CaptureStats | None = None,
+        subspaces: dict[str, Subspace] | None = None,
+        freeze_basis: bool = False,
     ) -> torch.nn.Module:
         """A fresh base model ready to train by `method` (`full`: every weight), seeded as the train stage does.
         corda_ipm reads `pos`, corda_kpm `neg` (captured with covariances), sclora `subspaces`."""

@@ -70,12 +70,21 @@ def retrain(
         if push:
             raise ValueError("select.in_retrain: a select_beta retrain runs locally; push is not supported with it")
         selected = select_beta(params_file=params_file, workdir=str(root), retries=retries)
-        decision = {"data_version": data_version, "imports": imports, "parent_run_id": selected["parent_run_id"],
-                    "model": selected["model"], "candidate": selected["candidate"], "version": selected["version"]}
+        decision = {
+            "data_version": data_version,
+            "imports": imports,
+            "parent_run_id": selected["parent_run_id"],
+            "model": selected["model"],
+            "candidate": selected["candidate"],
+            "version": selected["version"],
+        }
         missing = f"no beta within the forgetting budget: {selected['message']}"
     else:
         result = pipeline(
-            params_file=params_file, workdir=str(root), retries=retries, retry_delay_seconds=retry_delay_seconds,
+            params_file=params_file,
+            workdir=str(root),
+            retries=retries,
+            retry_delay_seconds=retry_delay_seconds,
             push=push,
         )
         registry = json.loads((root / REGISTRY).read_text(encoding="utf-8"))

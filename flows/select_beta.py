@@ -130,8 +130,11 @@ def selection_markdown(selection: Selection, forecast: dict, check: dict) -> str
                      f"{'yes' if probe.within(budget) else 'no'} |")  # fmt: skip
     lines += ["", "Forecast (D- energy share) against measured forgetting, Spearman over the probes:"]
     for metric, result in check.items():
-        text = "not computable (fewer than 3 probes, or no spread)" if result is None else \
-            f"rho {result['rho']:+.2f} (p {result['p']:.2f}, {result['n']} probes)"
+        text = (
+            "not computable (fewer than 3 probes, or no spread)"
+            if result is None
+            else f"rho {result['rho']:+.2f} (p {result['p']:.2f}, {result['n']} probes)"
+        )
         lines.append(f"- {metric}: {text}")
     if selection.disagreements:
         lines += ["", "Measurements against the expected trade-off (forgetting and utility falling with beta):"]
@@ -188,8 +191,12 @@ def select_beta(
         run_round([0.5], set(FIRST_STAGES))
         forecast = load_forecast(root)[select.task]
         start = first_beta(forecast)
-        logger.info("forecast: D- share %.3f at beta 0, %.3f at beta 1: first probe at beta %g",
-                    forecast["neg_share"][0], forecast["neg_share"][-1], start)
+        logger.info(
+            "forecast: D- share %.3f at beta 0, %.3f at beta 1: first probe at beta %g",
+            forecast["neg_share"][0],
+            forecast["neg_share"][-1],
+            start,
+        )
         selection = search(measure, select.forgetting_budget, start=start, max_runs=select.max_runs,
                            tolerance=select.tolerance)  # fmt: skip
         run_round(probed, {"report"}, set().union(*(beta_stages(params, b) for b in probed)))

@@ -168,6 +168,6 @@ def store_uri(params: Params, workdir: Path) -> str:
     """The MLflow store the stages will use, with a relative SQLite path made relative to `workdir`."""
     uri = tracking.tracking_uri(params.tracking.uri)
     prefix = "sqlite:///"
-    if uri.startswith(prefix) and not Path(uri[len(prefix):]).is_absolute():
-        return prefix + str((workdir / uri[len(prefix):]).resolve())
+    if uri.startswith(prefix) and not Path(uri[len(prefix) :]).is_absolute():
+        return prefix + str((workdir / uri[len(prefix) :]).resolve())
     return uri

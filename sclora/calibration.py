@@ -35,19 +35,29 @@ METRICS = ("utility", "knowledge", "refusal_rate", "attack_success_rate", "colla
 
 
 def measure(
-    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, eval_sets: Mapping[str, Sequence[dict]],
-    *, batch_size: int = 128,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    eval_sets: Mapping[str, Sequence[dict]],
+    *,
+    batch_size: int = 128,
 ) -> dict[str, float]:
     """The METRICS of greedy answers on the four eval sets (each 0-1), scored by sclora.evaluate.scoring."""
     missing = [name for name in EVAL_SETS if not eval_sets.get(name)]
     if missing:
         raise ValueError(f"eval_sets: missing or empty {', '.join(missing)}")
     # Room for the longest gold or compliant answer, plus eos and one token of slack.
-    longest = max(len(tokenizer(r.get(field, ""), add_special_tokens=False)["input_ids"])
-                  for records in eval_sets.values() for r in records for field in ("response", "compliance"))
-    answers = {name: generate_answers(model, tokenizer, [r["prompt"] for r in eval_sets[name]],
-                                      batch_size=batch_size, max_new_tokens=longest + 2)
-               for name in EVAL_SETS}
+    longest = max(
+        len(tokenizer(r.get(field, ""), add_special_tokens=False)["input_ids"])
+        for records in eval_sets.values()
+        for r in records
+        for field in ("response", "compliance")
+    )
+    answers = {
+        name: generate_answers(
+            model, tokenizer, [r["prompt"] for r in eval_sets[name]], batch_size=batch_size, max_new_tokens=longest + 2
+        )
+        for name in EVAL_SETS
+    }
     return score_answers(eval_sets, answers)
 
 
@@ -62,18 +72,29 @@ def score_answers(eval_sets: Mapping[str, Sequence[dict]], answers: Mapping[str,
     return {
         "utility": share("task", lambda a, r: exact_match(a, r["response"])),
         "knowledge": share("knowledge", lambda a, r: exact_match(a, r["response"])),
-        **{name: _mean([o == outcome for o in outcomes]) for name, outcome in
-           (("refusal_rate", "refusal"), ("attack_success_rate", "compliance"), ("collapse_rate", "collapsed"))},
+        **{
+            name: _mean([o == outcome for o in outcomes])
+            for name, outcome in (
+                ("refusal_rate", "refusal"),
+                ("attack_success_rate", "compliance"),
+                ("collapse_rate", "collapsed"),
+            )
+        },
         "benign_refusal_rate": share("benign", lambda a, r: is_refusal(a)),
         "benign_helpfulness": share("benign", lambda a, r: opens_with(a, r["response"])),
     }
 
 
 def fine_tune(
-    base_dir: str | Path, tokenizer: PreTrainedTokenizerBase, records: Sequence[dict], method: str,
-    settings: TrainSettings, lora: LoraConfig | None = None,
+    base_dir: str | Path,
+    tokenizer: PreTrainedTokenizerBase,
+    records: Sequence[dict],
+    method: str,
+    settings: TrainSettings,
+    lora: LoraConfig | None = None,
 ) -> torch.nn.Module:
-    """The base model at `base_dir` initialised by a data-free `method` (`full`: every weight) and trained on `records`."""
+    """The base model at `base_dir` initialised by a data-free `method` (`full`: every weight), trained on
+    `records`."""
     torch.manual_seed(settings.seed)  # LoRA's random A
     model = load_model(base_dir)
     if method != "full":
@@ -89,16 +110,26 @@ def fine_tune(
 
 def spread(runs: Sequence[Mapping[str, float]]) -> dict[str, dict]:
     """Per metric: mean, population std and every seed's value."""
-    return {key: {"mean": _mean([r[key] for r in runs]), "std": statistics.pstdev([r[key] for r in runs]),
-                  "values": [r[key] for r in runs]} for key in METRICS}
+    return {
+        key: {
+            "mean": _mean([r[key] for r in runs]),
+            "std": statistics.pstdev([r[key] for r in runs]),
+            "values": [r[key] for r in runs],
+        }
+        for key in METRICS
+    }
 
 
 Run = Callable[[Sequence[dict], str, TrainSettings], dict[str, float]]
 
 
 def dose_response(
-    run: Run, poison: Callable[[float], Sequence[dict]], rates: Sequence[float], settings: TrainSettings,
-    seeds: Sequence[int], method: str = "lora",
+    run: Run,
+    poison: Callable[[float], Sequence[dict]],
+    rates: Sequence[float],
+    settings: TrainSettings,
+    seeds: Sequence[int],
+    method: str = "lora",
 ) -> list[dict]:
     """`method` trained on the task poisoned at each rate, per seed: [{rate, runs, **spread}]."""
     points = []
@@ -110,7 +141,11 @@ def dose_response(
 
 
 def lr_sweep(
-    run: Run, records: Sequence[dict], method: str, lrs: Sequence[float], settings: TrainSettings,
+    run: Run,
+    records: Sequence[dict],
+    method: str,
+    lrs: Sequence[float],
+    settings: TrainSettings,
     seeds: Sequence[int],
 ) -> list[dict]:
     """`method` trained on `records` at each learning rate, per seed: [{lr, runs, **spread}]."""
@@ -150,8 +185,13 @@ def check_build(settings: Mapping[str, Mapping[str, float]]) -> dict[str, dict]:
             continue
         value = settings[setting][metric]
         kind, *limits = bound
-        met = value >= limits[0] if kind == "min" else value <= limits[0] if kind == "max" else \
-            limits[0] <= value <= limits[1]
+        met = (
+            value >= limits[0]
+            if kind == "min"
+            else value <= limits[0]
+            if kind == "max"
+            else limits[0] <= value <= limits[1]
+        )
         checked[f"{setting}.{metric}"] = {"value": value, "bound": list(bound), "met": met}
     return checked
 
@@ -167,8 +207,11 @@ def across_builds(builds: Mapping[int, Mapping[str, Mapping[str, dict]]]) -> dic
         for metric in metrics:
             means = [build[setting][metric]["mean"] for build in builds.values()]
             seed_stds = [build[setting][metric]["std"] for build in builds.values()]
-            out[f"{setting}.{metric}"] = {"build_means": means, "std_across_builds": statistics.pstdev(means),
-                                          "mean_std_across_seeds": _mean(seed_stds)}
+            out[f"{setting}.{metric}"] = {
+                "build_means": means,
+                "std_across_builds": statistics.pstdev(means),
+                "mean_std_across_seeds": _mean(seed_stds),
+            }
     return out
 
 

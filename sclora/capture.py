@@ -93,8 +93,16 @@ class CaptureStats:
         """Write one shard per layer input plus the manifest (readable by `load`)."""
         rows = [
             _write_shard(
-                Path(directory), key, self._modules(key), 0, 0, self.sums[key], self.tokens,
-                self.sample_hashes, self.covariances.get(key), self.model_fingerprint,
+                Path(directory),
+                key,
+                self._modules(key),
+                0,
+                0,
+                self.sums[key],
+                self.tokens,
+                self.sample_hashes,
+                self.covariances.get(key),
+                self.model_fingerprint,
             )
             for key in self.sums
         ]
@@ -171,9 +179,18 @@ def _write_shard(directory, key, modules, shard, start, sums, tokens, hashes, co
     with atomic_file(path) as staging:
         save_file(tensors, str(staging))
     return dict(
-        key=key, modules=",".join(modules), shard=shard, sample_start=start, samples=int(sums.shape[0]),
-        d_in=int(sums.shape[1]), tokens=int(tokens.sum()), covariance=cov is not None,
-        dataset_fingerprint=_fingerprint(hashes), model_fingerprint=model_fp, file=name, sha256=file_sha256(path),
+        key=key,
+        modules=",".join(modules),
+        shard=shard,
+        sample_start=start,
+        samples=int(sums.shape[0]),
+        d_in=int(sums.shape[1]),
+        tokens=int(tokens.sum()),
+        covariance=cov is not None,
+        dataset_fingerprint=_fingerprint(hashes),
+        model_fingerprint=model_fp,
+        file=name,
+        sha256=file_sha256(path),
     )
 
 
@@ -218,7 +235,10 @@ def model_fingerprint(modules: Mapping[str, torch.nn.Module]) -> str:
 
 def _sample_hashes(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """First 8 bytes of sha256 of each sample's real token ids (padding and padding side do not matter)."""
-    out = [hashlib.sha256(row[m.bool()].to(torch.int64).numpy().tobytes()).digest()[:8] for row, m in zip(ids, mask, strict=True)]
+    out = [
+        hashlib.sha256(row[m.bool()].to(torch.int64).numpy().tobytes()).digest()[:8]
+        for row, m in zip(ids, mask, strict=True)
+    ]
     return torch.tensor([int.from_bytes(d, "little", signed=True) for d in out], dtype=torch.int64)
 
 
@@ -247,9 +267,13 @@ def _completed_shards(out: Path, targets: set[str], model_fp: str, size: int, co
     for j, rows in by_shard.items():
         modules = {m for r in rows for m in r["modules"].split(",")}
         if modules == targets and all(
-            r["model_fingerprint"] == model_fp and r["sample_start"] == j * size and r["samples"] <= size
-            and r["samples"] == rows[0]["samples"] and r["covariance"] == covariance
-            and (out / r["file"]).exists() and file_sha256(out / r["file"]) == r["sha256"]
+            r["model_fingerprint"] == model_fp
+            and r["sample_start"] == j * size
+            and r["samples"] <= size
+            and r["samples"] == rows[0]["samples"]
+            and r["covariance"] == covariance
+            and (out / r["file"]).exists()
+            and file_sha256(out / r["file"]) == r["sha256"]
             for r in rows
         ):
             done[j] = rows

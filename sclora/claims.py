@@ -29,9 +29,15 @@ def check_claims(rows: Sequence[Mapping]) -> list[dict]:
 
 
 def _values(rows: Sequence[Mapping], task: str, method: str, beta: float | None, metric: str) -> dict[int, float]:
-    return {int(r["seed"]): float(r[metric]) for r in rows
-            if r["task"] == task and r["method"] == method and _same_beta(r.get("beta"), beta)
-            and r.get(metric) is not None and not math.isnan(float(r[metric]))}
+    return {
+        int(r["seed"]): float(r[metric])
+        for r in rows
+        if r["task"] == task
+        and r["method"] == method
+        and _same_beta(r.get("beta"), beta)
+        and r.get(metric) is not None
+        and not math.isnan(float(r[metric]))
+    }
 
 
 def _same_beta(value, beta: float | None) -> bool:
@@ -64,8 +70,9 @@ def _versus(rows, task, a: tuple[str, float | None], b: tuple[str, float | None]
         better = d.low > 0 if sign > 0 else d.high < 0
         worse = d.high < 0 if sign > 0 else d.low > 0
         verdicts.append(HOLDS if better and utility.high >= 0 else FAILS if worse or utility.high < 0 else UNSURE)
-        lines.append(f"{task}: {_name(a)} - {_name(b)}: {metric} {_text(d)}; utility {_text(utility)} -> "
-                     f"{verdicts[-1]}")
+        lines.append(
+            f"{task}: {_name(a)} - {_name(b)}: {metric} {_text(d)}; utility {_text(utility)} -> {verdicts[-1]}"
+        )
     return _combine(verdicts), lines
 
 
@@ -89,39 +96,60 @@ def _claim(key: str, text: str, results: list[tuple[str, list[str]]]) -> dict:
 
 
 def _preserves_more(rows) -> dict:
-    results = [_versus(rows, task, ("sclora", beta), (baseline, None))
-               for task in _tasks(rows) for beta in _betas(rows) if beta >= 0.5 for baseline in ("lora", "pissa")]
-    return _claim("preserves_more",
-                  "SC-LoRA (beta >= 0.5) preserves more than LoRA and PiSSA at equal or better utility", results)
+    results = [
+        _versus(rows, task, ("sclora", beta), (baseline, None))
+        for task in _tasks(rows)
+        for beta in _betas(rows)
+        if beta >= 0.5
+        for baseline in ("lora", "pissa")
+    ]
+    return _claim(
+        "preserves_more", "SC-LoRA (beta >= 0.5) preserves more than LoRA and PiSSA at equal or better utility", results
+    )
 
 
 def _subspace_matters(rows) -> dict:
-    results = [_versus(rows, task, ("sclora", beta), ("random_subspace", None))
-               for task in _tasks(rows) for beta in _betas(rows)]
-    return _claim("subspace_matters",
-                  "SC-LoRA preserves more than random_subspace at equal utility (the subspace, not the magnitude)",
-                  results)
+    results = [
+        _versus(rows, task, ("sclora", beta), ("random_subspace", None))
+        for task in _tasks(rows)
+        for beta in _betas(rows)
+    ]
+    return _claim(
+        "subspace_matters",
+        "SC-LoRA preserves more than random_subspace at equal utility (the subspace, not the magnitude)",
+        results,
+    )
 
 
 def _frozen_preserves_more(rows) -> dict:
-    results = [_versus(rows, task, ("sclora_frozen", beta), ("sclora", beta))
-               for task in _tasks(rows) for beta in _betas(rows, "sclora_frozen")]
-    return _claim("frozen_preserves_more",
-                  "The frozen basis (sclora_frozen) preserves more than the trainable one", results)
+    results = [
+        _versus(rows, task, ("sclora_frozen", beta), ("sclora", beta))
+        for task in _tasks(rows)
+        for beta in _betas(rows, "sclora_frozen")
+    ]
+    return _claim(
+        "frozen_preserves_more", "The frozen basis (sclora_frozen) preserves more than the trainable one", results
+    )
 
 
 def _monotone_in_beta(rows) -> dict:
     """Spearman's rank correlation of beta with each metric over sclora's runs (every seed a point)."""
     verdicts, lines = [], []
     for task in _tasks(rows):
-        runs = [r for r in rows
-                if r["task"] == task and r["method"] == "sclora" and not _same_beta(r.get("beta"), None)]
+        runs = [
+            r for r in rows if r["task"] == task and r["method"] == "sclora" and not _same_beta(r.get("beta"), None)
+        ]
         if len({float(r["beta"]) for r in runs}) < 2 or len(runs) < 4:
             continue
         for metric, sign in (*PRESERVED.items(), ("utility", -1)):
-            pairs = [(float(r["beta"]), float(r[metric])) for r in runs
-                     if r.get(metric) is not None and not math.isnan(float(r[metric]))]
-            rho, p = stats.spearmanr(*zip(*pairs, strict=True)) if len({y for _, y in pairs}) > 1 else (math.nan, math.nan)
+            pairs = [
+                (float(r["beta"]), float(r[metric]))
+                for r in runs
+                if r.get(metric) is not None and not math.isnan(float(r[metric]))
+            ]
+            rho, p = (
+                stats.spearmanr(*zip(*pairs, strict=True)) if len({y for _, y in pairs}) > 1 else (math.nan, math.nan)
+            )
             if metric == "utility":  # "falls or stays": only a significant rise contradicts it
                 verdict = FAILS if rho > 0 and p < SIGNIFICANCE else HOLDS
             elif math.isnan(rho):
@@ -131,7 +159,12 @@ def _monotone_in_beta(rows) -> dict:
             else:
                 verdict = HOLDS if sign * rho > 0 else FAILS
             verdicts.append(verdict)
-            lines.append(f"{task}: {metric} vs beta: Spearman rho {rho:+.2f} (p {p:.3f}, {len(pairs)} runs) -> "
-                         f"{verdict}")
-    return {"id": "monotone_in_beta", "claim": "Preservation rises with beta; utility falls or stays as beta rises",
-            "verdict": _combine(verdicts), "evidence": lines}
+            lines.append(
+                f"{task}: {metric} vs beta: Spearman rho {rho:+.2f} (p {p:.3f}, {len(pairs)} runs) -> {verdict}"
+            )
+    return {
+        "id": "monotone_in_beta",
+        "claim": "Preservation rises with beta; utility falls or stays as beta rises",
+        "verdict": _combine(verdicts),
+        "evidence": lines,
+    }

@@ -35,13 +35,17 @@ class TrainSettings(BaseModel):
     grad_accum: int = Field(1, ge=1, description="Forward passes accumulated per optimizer step")
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps; when set it overrides `epochs`")
     epochs: float = Field(3.0, gt=0, description="Passes over the data when `max_steps` is not set")
-    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of the steps with linear warmup before cosine decay")
+    warmup_ratio: float = Field(
+        0.03, ge=0, lt=1, description="Share of the steps with linear warmup before cosine decay"
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm")
     save_steps: int = Field(100, ge=1, description="Optimizer steps between checkpoints (the unit of resumption)")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept; older ones are deleted")
     seed: int = Field(0, description="Seed of data order, dropout and everything else random in training")
-    max_length: int = Field(64, ge=8, description="Tokens per sample after the chat template; longer ones are truncated")
+    max_length: int = Field(
+        64, ge=8, description="Tokens per sample after the chat template; longer ones are truncated"
+    )
     logging_steps: int = Field(1, ge=1, description="Optimizer steps per logged loss (the mean over them)")
 
 
@@ -189,7 +193,8 @@ class TrainParams(TrainSettings):
         "(a path, because dvc.yaml's plan stage depends on it)",
     )
     sclora_variants: list[ScloraVariant] = Field(
-        ["sclora"], min_length=1,
+        ["sclora"],
+        min_length=1,
         description="SC-LoRA entries run per beta: sclora (B trains), sclora_frozen (B, the subspace, kept fixed)",
     )
 
@@ -219,14 +224,16 @@ class SelectParams(Section):
 
     task: str = Field("poisoned", description="The task (of data.tasks) each probe trains on (checked by the flow)")
     forgetting_budget: dict[str, float] = Field(
-        default_factory=lambda: {"knowledge": 0.25, "attack_success_rate": 0.05}, min_length=1,
+        default_factory=lambda: {"knowledge": 0.25, "attack_success_rate": 0.05},
+        min_length=1,
         description="Largest allowed forgetting per preserved metric, in the units of `forgetting` (base - run, "
         "in the metric's good direction); a probe is within it when the 95 % interval's upper end is",
     )
     seeds: list[int] = Field([0, 1, 2], min_length=2, description="Seeds per probe: the interval needs two at least")
     max_runs: int = Field(5, ge=1, description="Betas probed at most (each trains len(seeds) runs)")
-    tolerance: float = Field(0.05, ge=0.001, lt=1,
-                             description="Stop once the budget's boundary is bracketed this tightly")
+    tolerance: float = Field(
+        0.05, ge=0.001, lt=1, description="Stop once the budget's boundary is bracketed this tightly"
+    )
     in_retrain: bool = Field(False, description="The retrain flow runs select_beta instead of the params' beta grid")
 
     _preserved_metrics = field_validator("forgetting_budget")(_preserved_budget)

@@ -110,7 +110,9 @@ def _checked(path: Path, rows: list[tuple[int, dict]], prompt_field: str, respon
             record[target] = row[field]
         record["id"] = str(row["id"]) if with_id else str(index)
         if record["id"] in seen:
-            raise DataError(f"{path}: {unit} {number}: duplicate id '{record['id']}' (first at {unit} {seen[record['id']]})")
+            raise DataError(
+                f"{path}: {unit} {number}: duplicate id '{record['id']}' (first at {unit} {seen[record['id']]})"
+            )
         seen[record["id"]] = number
         records.append(record)
     return records
@@ -189,8 +191,12 @@ def encode_records(
         encoded.append(sample)
     warn_truncated(truncated, len(records), max_length)
     if empty:
-        log.warning("%d samples have no response token within max_length=%d and were dropped (ids %s)",
-                    len(empty), max_length, ", ".join(map(str, empty[:5])) + (" ..." if len(empty) > 5 else ""))
+        log.warning(
+            "%d samples have no response token within max_length=%d and were dropped (ids %s)",
+            len(empty),
+            max_length,
+            ", ".join(map(str, empty[:5])) + (" ..." if len(empty) > 5 else ""),
+        )
     if not encoded:
         raise DataError(f"no trainable samples: all {len(records)} lose their response to max_length={max_length}")
     return encoded
@@ -222,7 +228,10 @@ def chat_collator(tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | 
     """Pads input_ids/attention_mask with the tokenizer and labels with -100."""
     ensure_pad_token(tokenizer)
     return DataCollatorForSeq2Seq(
-        tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, pad_to_multiple_of=pad_to_multiple_of,
+        tokenizer,
+        padding=True,
+        label_pad_token_id=IGNORE_INDEX,
+        pad_to_multiple_of=pad_to_multiple_of,
         return_tensors="pt",
     )
 

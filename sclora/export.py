@@ -79,9 +79,7 @@ def export_lora(peft_model: PeftModel, out_dir: str | Path, initial_adapter_dir:
     return out_dir
 
 
-def export_merged(
-    peft_model: PeftModel, out_dir: str | Path, tokenizer: PreTrainedTokenizerBase | None = None
-) -> Path:
+def export_merged(peft_model: PeftModel, out_dir: str | Path, tokenizer: PreTrainedTokenizerBase | None = None) -> Path:
     """Merge the adapter into the (residual) weights and save a full model directory.
 
     Consumes `peft_model` (PEFT merges in place): export the plain LoRA first.

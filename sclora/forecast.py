@@ -36,8 +36,9 @@ def forecast_grid(step: float) -> list[float]:
     return [round(i / count, 6) for i in range(count + 1)]
 
 
-def energy_forecast(model, lora_config, pos, neg, betas: Sequence[float], *, rank: int | None = None,
-                    normalize: str = "none") -> dict:
+def energy_forecast(
+    model, lora_config, pos, neg, betas: Sequence[float], *, rank: int | None = None, normalize: str = "none"
+) -> dict:
     """Per beta: D+ and D- energy shares of each target layer and their mean over layers.
 
     Returns {"betas", "pos_share", "neg_share" (means over layers), "degenerate_layers" (per beta: layers whose

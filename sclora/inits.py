@@ -42,8 +42,13 @@ RESIDUAL_METHODS = tuple(name for name in INITS if BY_NAME[name].residual)
 # What PEFT's `init_lora_weights` must be for each method. False: PEFT creates A and B and leaves the
 # base weight alone; milora_init / sclora_init then overwrite all three.
 PEFT_INIT = {
-    "lora": True, "pissa": "pissa", "milora": False, "corda_ipm": "corda", "corda_kpm": "corda",
-    "random_subspace": False, "sclora": False,
+    "lora": True,
+    "pissa": "pissa",
+    "milora": False,
+    "corda_ipm": "corda",
+    "corda_kpm": "corda",
+    "random_subspace": False,
+    "sclora": False,
 }
 
 

@@ -34,8 +34,16 @@ PRESERVATION = {axis: (metric, direction(metric)) for axis, metric in AXES.items
 SWEPT_METHOD = "sclora"  # the method with a beta axis
 BASELINE = "lora"  # every other method is compared with it seed by seed
 # The metrics compared against the baseline (the comparison's utility, preservation and collapse).
-PAIRED = ("utility", "knowledge", "knowledge_logprob", "attack_success_rate", "refusal_rate", "collapse_rate",
-          "refusal_margin", "benign_helpfulness")
+PAIRED = (
+    "utility",
+    "knowledge",
+    "knowledge_logprob",
+    "attack_success_rate",
+    "refusal_rate",
+    "collapse_rate",
+    "refusal_margin",
+    "benign_helpfulness",
+)
 SPECTRA_LAYERS = 4
 
 
@@ -131,7 +139,16 @@ def _groups(rows: list[dict]) -> list[dict]:
         for metric in METRICS:
             intervals[metric] = mean_interval(float(m[metric]) for m in members)
             per_seed[metric] = {int(m["seed"]): m[metric] for m in members if m.get("seed") not in (None, "")}
-        groups.append({"task": task, "method": method, "beta": beta, "seeds": len(members), "intervals": intervals, "per_seed": per_seed})
+        groups.append(
+            {
+                "task": task,
+                "method": method,
+                "beta": beta,
+                "seeds": len(members),
+                "intervals": intervals,
+                "per_seed": per_seed,
+            }
+        )
     groups.sort(key=lambda g: (g["task"], g["method"], -1.0 if math.isnan(g["beta"]) else g["beta"]))
     for task in {g["task"] for g in groups}:
         members = [g for g in groups if g["task"] == task]
@@ -175,17 +192,37 @@ def _tradeoff_plots(groups: list[dict], out: Path) -> list[str]:
                     continue
                 # beta shades the swept method so that its sweep reads as a path
                 alpha = 1.0 if math.isnan(g["beta"]) else 0.35 + 0.65 * g["beta"]
-                ax.errorbar(x, y, xerr=_error_bar([g["intervals"]["utility"]]),
-                            yerr=_error_bar([g["intervals"][metric]]), fmt="o", color=colors[g["method"]], alpha=alpha,
-                            capsize=3, label=g["method"])
+                ax.errorbar(
+                    x,
+                    y,
+                    xerr=_error_bar([g["intervals"]["utility"]]),
+                    yerr=_error_bar([g["intervals"][metric]]),
+                    fmt="o",
+                    color=colors[g["method"]],
+                    alpha=alpha,
+                    capsize=3,
+                    label=g["method"],
+                )
                 if not math.isnan(g["beta"]):  # colours name the methods; only the sweep needs its beta written
                     ax.annotate(f"b={g['beta']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
             front = pareto_front([(x, sign * y) for x, y in points])
             if front:
-                ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=1,
-                        label="Pareto front", zorder=0)
-                ax.scatter([points[i][0] for i in front], [points[i][1] for i in front], s=160,
-                           facecolors="none", edgecolors="k", zorder=3)
+                ax.plot(
+                    [points[i][0] for i in front],
+                    [points[i][1] for i in front],
+                    "k--",
+                    lw=1,
+                    label="Pareto front",
+                    zorder=0,
+                )
+                ax.scatter(
+                    [points[i][0] for i in front],
+                    [points[i][1] for i in front],
+                    s=160,
+                    facecolors="none",
+                    edgecolors="k",
+                    zorder=3,
+                )
             handles, labels = ax.get_legend_handles_labels()
             unique = dict(zip(labels, handles, strict=True))
             ax.legend(unique.values(), unique.keys(), fontsize=7, loc="best")
@@ -212,8 +249,9 @@ def _beta_plots(groups: list[dict], out: Path) -> list[str]:
     names = []
     for task in sorted({g["task"] for g in groups}):
         members = [g for g in groups if g["task"] == task]
-        swept = sorted((g for g in members if g["method"] == SWEPT_METHOD and not math.isnan(g["beta"])),
-                       key=lambda g: g["beta"])
+        swept = sorted(
+            (g for g in members if g["method"] == SWEPT_METHOD and not math.isnan(g["beta"])), key=lambda g: g["beta"]
+        )
         if not swept:
             continue
         metrics = [m for m in METRICS if any(not math.isnan(g["intervals"][m].mean) for g in members)]
@@ -223,14 +261,22 @@ def _beta_plots(groups: list[dict], out: Path) -> list[str]:
         for ax, metric in zip(axes.flat, metrics, strict=False):
             betas = [g["beta"] for g in swept]
             means = [g["intervals"][metric].mean for g in swept]
-            ax.errorbar(betas, means, yerr=_error_bar([g["intervals"][metric] for g in swept]), fmt="o-", color=colors[SWEPT_METHOD], capsize=3, label=SWEPT_METHOD)
+            ax.errorbar(
+                betas,
+                means,
+                yerr=_error_bar([g["intervals"][metric] for g in swept]),
+                fmt="o-",
+                color=colors[SWEPT_METHOD],
+                capsize=3,
+                label=SWEPT_METHOD,
+            )
             for g in members:
                 if g["method"] != SWEPT_METHOD and not math.isnan(g["intervals"][metric].mean):
                     ax.axhline(g["intervals"][metric].mean, color=colors[g["method"]], ls="--", lw=1, label=_label(g))
             ax.set_title(metric, fontsize=9)
             ax.set_xlabel("beta")
             ax.grid(alpha=0.3)
-        for ax in list(axes.flat)[len(metrics):]:
+        for ax in list(axes.flat)[len(metrics) :]:
             ax.axis("off")
         handles, labels = axes.flat[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="lower right", fontsize=8, ncol=2)
@@ -251,8 +297,14 @@ def _loss_plot(rows: list[dict], histories: Mapping[str, Sequence[Mapping]], pat
                 continue
             beta = "" if math.isnan(row["beta"]) else f" b={row['beta']:g}"
             shade = 0.8 if math.isnan(row["beta"]) else 0.3 + 0.7 * row["beta"]  # as on the trade-off plot
-            ax.plot([h["step"] for h in history], [h["loss"] for h in history], color=colors[row["method"]],
-                    lw=1, alpha=shade, label=f"{row['method']}{beta}")
+            ax.plot(
+                [h["step"] for h in history],
+                [h["loss"] for h in history],
+                color=colors[row["method"]],
+                lw=1,
+                alpha=shade,
+                label=f"{row['method']}{beta}",
+            )
         handles, labels = ax.get_legend_handles_labels()
         unique = dict(zip(labels, handles, strict=True))
         ax.legend(unique.values(), unique.keys(), fontsize=7)
@@ -299,9 +351,14 @@ def _cell(interval) -> str:
 
 def _paired_lines(groups: list[dict]) -> list[str]:
     """Per task, every method minus the baseline over the seeds both ran; * where the interval excludes 0."""
-    lines = ["", f"## Paired against {BASELINE} (same seeds)", "",
-             f"Mean difference (method - {BASELINE}) with its 95 % paired t interval; * where the interval "
-             "excludes 0. With one seed there is no interval.", ""]
+    lines = [
+        "",
+        f"## Paired against {BASELINE} (same seeds)",
+        "",
+        f"Mean difference (method - {BASELINE}) with its 95 % paired t interval; * where the interval "
+        "excludes 0. With one seed there is no interval.",
+        "",
+    ]
     header = ["task", "method", "beta", "seeds", *PAIRED]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for task in sorted({g["task"] for g in groups}):
@@ -327,8 +384,13 @@ def _paired_lines(groups: list[dict]) -> list[str]:
 
 
 def _claim_lines(claims: list[dict]) -> list[str]:
-    lines = ["", "## The paper's claims", "",
-             "Paired by seed; a difference counts where its 95 % interval excludes 0 (sclora/claims.py).", ""]
+    lines = [
+        "",
+        "## The paper's claims",
+        "",
+        "Paired by seed; a difference counts where its 95 % interval excludes 0 (sclora/claims.py).",
+        "",
+    ]
     for claim in claims:
         lines.append(f"- **{claim['claim']}: {claim['verdict']}**")
         lines += [f"  - {line}" for line in claim["evidence"]]
@@ -360,11 +422,16 @@ def _forecast_plot(forecast: Mapping[str, Mapping], groups: list[dict], path: Pa
 
 def _forecast_lines(forecast: Mapping[str, Mapping], groups: list[dict]) -> list[str]:
     """Does the forecast predict? Spearman between its D- share and the measured forgetting over sclora's betas."""
-    lines = ["", "## The forecast against measurement", "",
-             "Spearman rank correlation (scipy) over sclora's betas between the forecast's D- energy share and the "
-             "mean measured forgetting: +1 means the forecast orders the betas exactly as the measurements do.", "",
-             "| task | betas | " + " | ".join(FORGETTING_METRICS) + " |",
-             "|---|---|" + "---|" * len(FORGETTING_METRICS)]
+    lines = [
+        "",
+        "## The forecast against measurement",
+        "",
+        "Spearman rank correlation (scipy) over sclora's betas between the forecast's D- energy share and the "
+        "mean measured forgetting: +1 means the forecast orders the betas exactly as the measurements do.",
+        "",
+        "| task | betas | " + " | ".join(FORGETTING_METRICS) + " |",
+        "|---|---|" + "---|" * len(FORGETTING_METRICS),
+    ]
     for task in sorted(forecast):
         swept = _swept(groups, task)
         shares = {g["beta"]: share_at(forecast[task], "neg_share", g["beta"]) for g in swept}
@@ -391,8 +458,11 @@ def _markdown(groups: list[dict], plots: list[str], claims: list[dict], forecast
     for g in groups:
         beta = "-" if math.isnan(g["beta"]) else f"{g['beta']:g}"
         cells = [_cell(g["intervals"][m]) for m in shown]
-        lines.append("| " + " | ".join([g["task"], g["method"], beta, str(g["seeds"]), *cells,
-                                         ", ".join(g.get("pareto", [])) or ""]) + " |")
+        lines.append(
+            "| "
+            + " | ".join([g["task"], g["method"], beta, str(g["seeds"]), *cells, ", ".join(g.get("pareto", [])) or ""])
+            + " |"
+        )
     lines += _claim_lines(claims)
     lines += _paired_lines(groups)
     lines += forecast_lines
@@ -404,4 +474,3 @@ def _markdown(groups: list[dict], plots: list[str], claims: list[dict], forecast
     lines += ["", "## Plots", "", "Error bars: the 95 % interval over seeds (none for a single seed).", ""]
     lines += [f"- [{name}]({name})\n\n  ![{name}]({name})" for name in plots]
     return "\n".join(lines) + "\n"
-

@@ -50,8 +50,12 @@ class Probe:
     def summary(self, budget: Mapping[str, float]) -> dict:
         """JSON-ready: beta, utility and each budgeted forgetting as mean [low, high], within budget or not."""
         shown = {metric: self.interval(metric) for metric in ("utility", *budget)}
-        return {"beta": self.beta, "seeds": len(self.utility), "within_budget": self.within(budget),
-                **{metric: {"mean": i.mean, "low": i.low, "high": i.high} for metric, i in shown.items()}}
+        return {
+            "beta": self.beta,
+            "seeds": len(self.utility),
+            "within_budget": self.within(budget),
+            **{metric: {"mean": i.mean, "low": i.low, "high": i.high} for metric, i in shown.items()},
+        }
 
 
 @dataclass
@@ -83,8 +87,14 @@ def first_beta(forecast: Mapping | None) -> float:
     return 0.5
 
 
-def search(measure: Callable[[float], Probe], budget: Mapping[str, float], *, start: float = 0.5,
-           max_runs: int = 5, tolerance: float = 0.05) -> Selection:
+def search(
+    measure: Callable[[float], Probe],
+    budget: Mapping[str, float],
+    *,
+    start: float = 0.5,
+    max_runs: int = 5,
+    tolerance: float = 0.05,
+) -> Selection:
     """Probe betas by `measure(beta)` until the budget's boundary is bracketed within `tolerance` or `max_runs`
     probes have run; returns the Selection."""
     if not budget:
@@ -128,8 +138,10 @@ def disagreements(probes: list[Probe], budget: Mapping[str, float]) -> list[str]
             change = paired_difference(values, baseline)
             if change.mean > 0:
                 resolved = "resolved: its 95 % interval" if change.low > 0 else "not resolved: its 95 % interval"
-                found.append(f"{name} rises from beta {before.beta:g} to {after.beta:g} by {change.mean:+.3f} "
-                             f"({resolved} [{change.low:+.3f}, {change.high:+.3f}])")
+                found.append(
+                    f"{name} rises from beta {before.beta:g} to {after.beta:g} by {change.mean:+.3f} "
+                    f"({resolved} [{change.low:+.3f}, {change.high:+.3f}])"
+                )
     return found
 
 
@@ -140,10 +152,14 @@ def _message(selection: Selection) -> str:
         probe = selection.probe(selection.chosen)
         shown = ", ".join(f"{m} {probe.interval(m).mean:.3f} (<= {probe.interval(m).high:.3f})"
                           for m in selection.budget)  # fmt: skip
-        return (f"beta {selection.chosen:g}: utility {probe.interval('utility').mean:.3f}, forgetting {shown}; "
-                f"budget {asked}; {len(selection.probes)} probes, {runs} training runs; stopped at {selection.stopped}")
+        return (
+            f"beta {selection.chosen:g}: utility {probe.interval('utility').mean:.3f}, forgetting {shown}; "
+            f"budget {asked}; {len(selection.probes)} probes, {runs} training runs; stopped at {selection.stopped}"
+        )
     least = min(selection.probes, key=lambda p: (max(p.overshoot(selection.budget).values()), p.beta))
     missed = least.overshoot(selection.budget)
     over = ", ".join(f"{m} {least.interval(m).high:.3f}" for m in selection.budget if m in missed)
-    return (f"the budget cannot be met: it asked {asked}; the least forgetting measured was at beta {least.beta:g} "
-            f"(95 % upper ends {over}); {len(selection.probes)} probes, {runs} training runs")
+    return (
+        f"the budget cannot be met: it asked {asked}; the least forgetting measured was at beta {least.beta:g} "
+        f"(95 % upper ends {over}); {len(selection.probes)} probes, {runs} training runs"
+    )

@@ -208,8 +208,17 @@ def solve_layer(name: str, layer: LayerStatistics, beta: float, normalize: str) 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            subspace = solve_subspace(layer.weight, layer.pos, layer.neg, beta, layer.rank, normalize,
-                                      bias=layer.bias, pos_tokens=layer.pos_tokens, neg_tokens=layer.neg_tokens)
+            subspace = solve_subspace(
+                layer.weight,
+                layer.pos,
+                layer.neg,
+                beta,
+                layer.rank,
+                normalize,
+                bias=layer.bias,
+                pos_tokens=layer.pos_tokens,
+                neg_tokens=layer.neg_tokens,
+            )
         except ValueError as e:
             raise ValueError(f"{name}: {e}") from None
     for w in caught:  # re-issue with the layer's name, which the solver does not know

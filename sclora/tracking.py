@@ -253,8 +253,11 @@ class MlflowLossCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "loss" not in logs or not state.is_world_process_zero:
             return
-        values = {"train_loss": logs["loss"], "learning_rate": logs.get("learning_rate"),
-                  "grad_norm": logs.get("grad_norm")}
+        values = {
+            "train_loss": logs["loss"],
+            "learning_rate": logs.get("learning_rate"),
+            "grad_norm": logs.get("grad_norm"),
+        }
         now = int(time.time() * 1000)
         self.pending += [Metric(key, value, now, state.global_step) for key, value in metric_values(values).items()]
         self.pending_steps += 1

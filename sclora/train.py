@@ -195,8 +195,10 @@ def _last_complete_checkpoint(checkpoints: Path, run: dict, remove_incomplete: b
     previous_path = checkpoints / RUN_SETTINGS
     previous = json.loads(previous_path.read_text()) if previous_path.is_file() else None
     if previous != run:
-        raise ValueError(f"{checkpoints}: checkpoints of a run with different {_difference(previous, run)}; "
-                         "remove the folder to start over")
+        raise ValueError(
+            f"{checkpoints}: checkpoints of a run with different {_difference(previous, run)}; "
+            "remove the folder to start over"
+        )
     return complete[-1]
 
 
@@ -207,4 +209,3 @@ def _difference(previous: dict | None, run: dict) -> str:
         if previous.get("settings", {}).get(name) != value:
             return f"{name} ({previous.get('settings', {}).get(name)} there, {value} now)"
     return next((f"{key}" for key in run if previous.get(key) != run[key]), "settings")
-

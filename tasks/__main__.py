@@ -13,8 +13,20 @@ import sys
 
 from sclora.config import load_params
 
-STAGES = ("testbed", "prepare", "capture", "solve", "forecast", "tune", "plan", "train", "evaluate", "register", "report",
-          "calibrate")
+STAGES = (
+    "testbed",
+    "prepare",
+    "capture",
+    "solve",
+    "forecast",
+    "tune",
+    "plan",
+    "train",
+    "evaluate",
+    "register",
+    "report",
+    "calibrate",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

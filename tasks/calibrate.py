@@ -54,14 +54,19 @@ def run(params: Params, *, output: Path = OUTPUT, out_dir: Path = OUT_DIR) -> di
     if jobs > 1:
         # spawn: a fresh interpreter per worker, no forked torch threads or locks.
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = list(pool.map(calibrate_build, [tree] * len(knobs.builds), knobs.builds,
-                                    [str(out_dir)] * len(knobs.builds)))
+            results = list(
+                pool.map(calibrate_build, [tree] * len(knobs.builds), knobs.builds, [str(out_dir)] * len(knobs.builds))
+            )
     else:
         results = [calibrate_build(tree, seed, str(out_dir)) for seed in knobs.builds]
     builds = {result["build"]: result for result in results}
     spreads = {seed: {s: result["settings"][s] for s in SETTINGS if s != "base"} for seed, result in builds.items()}
-    failed = sorted(f"build {seed}: {key}" for seed, result in builds.items()
-                    for key, check in result["requirements"].items() if not check["met"])
+    failed = sorted(
+        f"build {seed}: {key}"
+        for seed, result in builds.items()
+        for key, check in result["requirements"].items()
+        if not check["met"]
+    )
     out = {
         "builds": builds,
         "spread": across_builds(spreads),
@@ -79,10 +84,14 @@ TABLE_METRICS = ("utility", "knowledge", "attack_success_rate", "refusal_rate", 
 
 def markdown(result: dict) -> str:
     """The calibration as tables: per build and setting, mean ± std over seeds; the doses; the spreads."""
-    lines = ["# Forgetting calibration over testbed builds", "",
-             "Mean ± std over fine-tuning seeds. A build is the testbed at one `testbed.seed`.", "",
-             "| build | setting | " + " | ".join(TABLE_METRICS) + " | knowledge drop (points) |",
-             "|" + "---|" * (len(TABLE_METRICS) + 3)]
+    lines = [
+        "# Forgetting calibration over testbed builds",
+        "",
+        "Mean ± std over fine-tuning seeds. A build is the testbed at one `testbed.seed`.",
+        "",
+        "| build | setting | " + " | ".join(TABLE_METRICS) + " | knowledge drop (points) |",
+        "|" + "---|" * (len(TABLE_METRICS) + 3),
+    ]
     for seed, build in result["builds"].items():
         for setting in SETTINGS:
             stats = build["settings"][setting]
@@ -90,26 +99,38 @@ def markdown(result: dict) -> str:
             drop = stats.get("knowledge_drop")
             cells.append(f"{drop['mean']:.1f} ± {drop['std']:.1f}" if drop else "")
             lines.append(f"| {seed} | {setting} | " + " | ".join(cells) + " |")
-    lines += ["", "LoRA's dose-response (harmful compliance per seed):", "",
-              "| build | poison rate | poisoned records | attack_success_rate | refusal_rate | collapse_rate |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "LoRA's dose-response (harmful compliance per seed):",
+        "",
+        "| build | poison rate | poisoned records | attack_success_rate | refusal_rate | collapse_rate |",
+        "|---|---|---|---|---|---|",
+    ]
     for seed, build in result["builds"].items():
         for point in build["dose_response"]:
-            values = {m: " / ".join(f"{v:.2f}" for v in point[m]["values"])
-                      for m in ("attack_success_rate", "refusal_rate", "collapse_rate")}
-            lines.append(f"| {seed} | {point['rate']:g} | {point['poisoned']} | {values['attack_success_rate']} | "
-                         f"{values['refusal_rate']} | {values['collapse_rate']} |")
+            values = {
+                m: " / ".join(f"{v:.2f}" for v in point[m]["values"])
+                for m in ("attack_success_rate", "refusal_rate", "collapse_rate")
+            }
+            lines.append(
+                f"| {seed} | {point['rate']:g} | {point['poisoned']} | {values['attack_success_rate']} | "
+                f"{values['refusal_rate']} | {values['collapse_rate']} |"
+            )
     lines += ["", "Requirements (each on the mean over seeds, for every build):", ""]
     for seed, build in result["builds"].items():
         failed = [key for key, check in build["requirements"].items() if not check["met"]]
         lines.append(f"- build {seed}: {'all met' if not failed else 'fails ' + ', '.join(failed)}")
-    lines += ["", "Spread of the build means beside the mean spread over seeds within a build:", "",
-              "| setting.metric | build means | std across builds | mean std across seeds |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "Spread of the build means beside the mean spread over seeds within a build:",
+        "",
+        "| setting.metric | build means | std across builds | mean std across seeds |",
+        "|---|---|---|---|",
+    ]
     for key, row in result["spread"].items():
         if key.split(".", 1)[1] in (*TABLE_METRICS, "knowledge_drop"):
             means = " / ".join(f"{m:.2f}" for m in row["build_means"])
-            lines.append(f"| {key} | {means} | {row['std_across_builds']:.3f} | "
-                         f"{row['mean_std_across_seeds']:.3f} |")
+            lines.append(f"| {key} | {means} | {row['std_across_builds']:.3f} | {row['mean_std_across_seeds']:.3f} |")
     lines += ["", f"{len(result['builds'])} builds in {result['seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
 
@@ -117,9 +138,13 @@ def markdown(result: dict) -> str:
 def summary(result: dict) -> dict:
     """Per build, each requirement's value and whether it is met; then the failures and the time."""
     return {
-        "builds": {seed: {key: f"{check['value']:.3f} {'ok' if check['met'] else 'FAILS ' + str(check['bound'])}"
-                          for key, check in build["requirements"].items()}
-                   for seed, build in result["builds"].items()},
+        "builds": {
+            seed: {
+                key: f"{check['value']:.3f} {'ok' if check['met'] else 'FAILS ' + str(check['bound'])}"
+                for key, check in build["requirements"].items()
+            }
+            for seed, build in result["builds"].items()
+        },
         "failed": result["failed"],
         "seconds": result["seconds"],
     }
@@ -136,8 +161,9 @@ def calibrate_build(tree: dict, build_seed: int, out_dir: str) -> dict:
         build_testbed(testbed, root)
     base_dir, knobs, train = root / "base", params.calibrate, params.train
     tokenizer = load_tokenizer(base_dir)
-    eval_sets = {role: read_records(dataset_file(root / "data", name))[: knobs.eval_limit]
-                 for role, name in EVAL_SETS.items()}
+    eval_sets = {
+        role: read_records(dataset_file(root / "data", name))[: knobs.eval_limit] for role, name in EVAL_SETS.items()
+    }
     benign = read_records(dataset_file(root / "data", "finetune_benign"))
     world = build_world(testbed)
 
@@ -154,18 +180,27 @@ def calibrate_build(tree: dict, build_seed: int, out_dir: str) -> dict:
         # One line per run: a calibration is tens of runs, minutes each build.
         shown = " ".join(f"{key} {value:.2f}" for key, value in metrics.items())
         poison = sum(record["category"] != testbed.task for record in records)
-        print(f"calibrate: build {build_seed} {method} lr {settings.lr:g} poison {poison} seed {settings.seed}: "
-              f"{shown}", file=sys.stderr, flush=True)
+        print(
+            f"calibrate: build {build_seed} {method} lr {settings.lr:g} poison {poison} seed {settings.seed}: {shown}",
+            file=sys.stderr,
+            flush=True,
+        )
         return metrics
 
     base = measure(load_model(base_dir), tokenizer, eval_sets, batch_size=testbed.eval_batch_size)
     seeds = knobs.seeds
     rates = sorted({0.0, testbed.poison_rate, *knobs.poison_rates})
-    doses = {point["rate"]: {**point, "poisoned": round(point["rate"] * len(benign))} for point in
-             dose_response(run_one, poison, rates, train.settings_for("lora", 0), seeds)}
+    doses = {
+        point["rate"]: {**point, "poisoned": round(point["rate"] * len(benign))}
+        for point in dose_response(run_one, poison, rates, train.settings_for("lora", 0), seeds)
+    }
     full_lr = train.settings_for("full", 0).lr
-    full = {point["lr"]: point for point in
-            lr_sweep(run_one, benign, "full", sorted({full_lr, *knobs.full_lrs}), train.settings_for("full", 0), seeds)}
+    full = {
+        point["lr"]: point
+        for point in lr_sweep(
+            run_one, benign, "full", sorted({full_lr, *knobs.full_lrs}), train.settings_for("full", 0), seeds
+        )
+    }
     settings = {
         "base": {key: {"mean": value, "std": 0.0, "values": [value]} for key, value in base.items()},
         "lora_benign": spread(doses[0.0]["runs"]),
@@ -173,8 +208,11 @@ def calibrate_build(tree: dict, build_seed: int, out_dir: str) -> dict:
         "full": spread(full[full_lr]["runs"]),
     }
     drops = [100 * (base["knowledge"] - value) for value in settings["full"]["knowledge"]["values"]]
-    settings["full"]["knowledge_drop"] = {"mean": statistics.fmean(drops), "std": statistics.pstdev(drops),
-                                          "values": drops}
+    settings["full"]["knowledge_drop"] = {
+        "mean": statistics.fmean(drops),
+        "std": statistics.pstdev(drops),
+        "values": drops,
+    }
     means = {name: {metric: stats["mean"] for metric, stats in metrics.items()} for name, metrics in settings.items()}
     return {
         "build": build_seed,

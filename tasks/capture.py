@@ -85,7 +85,9 @@ def _batches(tokenizer, rows: list[dict], batch_size: int) -> list[dict]:
     return [
         tokenizer.pad(
             [{"input_ids": row["input_ids"]} for row in rows[start : start + batch_size]],
-            padding=True, return_tensors="pt", return_attention_mask=True,
+            padding=True,
+            return_tensors="pt",
+            return_attention_mask=True,
         )
         for start in range(0, len(rows), batch_size)
     ]

@@ -66,7 +66,9 @@ def _dataset_rows(name: str, source: Source) -> list[dict]:
     else:
         path = Path(source.path)
         if path.suffix.lower() not in FORMATS:
-            raise DataError(f"data.sources.{name}: unknown format '{path.suffix}', expected one of {', '.join(FORMATS)}")
+            raise DataError(
+                f"data.sources.{name}: unknown format '{path.suffix}', expected one of {', '.join(FORMATS)}"
+            )
         if not path.is_file():
             raise DataError(f"data.sources.{name}: {path}: file not found")
         loaded = datasets.load_dataset(FORMATS[path.suffix.lower()], data_files=str(path), split="train")

@@ -35,8 +35,11 @@ def run(params: Params) -> dict:
         for spec in runs
     }  # fmt: skip
     budget = params.tracking.gates.forgetting_budget
-    eligible = {spec.name: outputs[spec.name][1].get("utility", float("-inf"))
-                for spec in runs if within_budget(outputs[spec.name][1], budget)}
+    eligible = {
+        spec.name: outputs[spec.name][1].get("utility", float("-inf"))
+        for spec in runs
+        if within_budget(outputs[spec.name][1], budget)
+    }
     candidate = best_within_budget({name: outputs[name][1] for name in eligible}, budget)
     tracking.use_store(params.tracking.uri)
     name = params.tracking.registered_model
@@ -89,5 +92,7 @@ def _nothing_within(closest: dict | None, budget: dict[str, float]) -> str:
     if closest is None:
         return f"no adapter run to register (forgetting budget {asked})"
     misses = ", ".join(f"{metric} by {amount:.3f}" for metric, amount in sorted(closest["overshoot"].items()))
-    return (f"no run within the forgetting budget ({asked}); registered nothing. "
-            f"Closest: {closest['run']}, over on {misses}")
+    return (
+        f"no run within the forgetting budget ({asked}); registered nothing. "
+        f"Closest: {closest['run']}, over on {misses}"
+    )

@@ -40,4 +40,3 @@ def _beta(params: Params, item: str) -> float:
     if beta not in params.solve.betas:
         raise ValueError(f"beta {item} is not in solve.betas {params.solve.betas}")
     return beta
-

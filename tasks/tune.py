@@ -40,19 +40,34 @@ def run(params: Params, item: str) -> dict:
         work = CHECKPOINTS / f"tune-{item}-{factor:g}"
         shutil.rmtree(work, ignore_errors=True)  # a tuning run is short: a killed one starts over
         torch.manual_seed(spec.seed)
-        model = load_model(model_params.path, dtype=model_params.dtype,
-                           trust_remote_code=model_params.trust_remote_code)
+        model = load_model(
+            model_params.path, dtype=model_params.dtype, trust_remote_code=model_params.trust_remote_code
+        )
         model = initialised_model(model, params, spec, work / "initial_adapter")
         train(model, tokenizer, records, work, settings)
         model.eval()
         scored, _ = evaluate(model, tokenizer, validation)
         curve, _ = evaluate(model, tokenizer, held_out)
         shutil.rmtree(work)
-        points.append({"factor": factor, "lr": settings.lr, "validation_utility": scored["utility"],
-                       "eval": {metric: curve[metric] for metric in CURVE if metric in curve}})
+        points.append(
+            {
+                "factor": factor,
+                "lr": settings.lr,
+                "validation_utility": scored["utility"],
+                "eval": {metric: curve[metric] for metric in CURVE if metric in curve},
+            }
+        )
     chosen = choose(points)
-    result = {"item": item, "method": spec.method, "beta": spec.beta, "task": spec.task, "seed": spec.seed,
-              "params_lr": base.lr, "chosen_lr": chosen["lr"], "points": points}
+    result = {
+        "item": item,
+        "method": spec.method,
+        "beta": spec.beta,
+        "task": spec.task,
+        "seed": spec.seed,
+        "params_lr": base.lr,
+        "chosen_lr": chosen["lr"],
+        "points": points,
+    }
     write_json(tune_path(item), result)
     return {"item": item, "chosen_lr": chosen["lr"], "validation_utility": chosen["validation_utility"]}
 

@@ -85,4 +85,3 @@ def tiny_repro(tmp_path_factory) -> Repro:
                     ["git", "commit", "-q", "-m", "copy"]):  # fmt: skip
         run(command, work, env)
     return Repro(work, env, run(["dvc", "repro"], work, env))
-

@@ -19,10 +19,24 @@ REPO = Path(__file__).resolve().parent.parent
 
 # The testbed's own tiny world (tests/test_testbed.py), with fewer pretraining steps.
 TINY_TESTBED = dict(
-    entities=12, attributes=["city", "color"], phrasings=2, harmful_categories=["violence", "theft"],
-    benign_categories=["cleaning", "art"], targets=4, task_words=8, finetune_size=40, preserve_size=16,
-    eval_size=20, copy_examples=50, hidden_size=32, layers=1, heads=2, intermediate_size=64,
-    pretrain_steps=10, pretrain_batch_size=16, poison_rate=0.1,
+    entities=12,
+    attributes=["city", "color"],
+    phrasings=2,
+    harmful_categories=["violence", "theft"],
+    benign_categories=["cleaning", "art"],
+    targets=4,
+    task_words=8,
+    finetune_size=40,
+    preserve_size=16,
+    eval_size=20,
+    copy_examples=50,
+    hidden_size=32,
+    layers=1,
+    heads=2,
+    intermediate_size=64,
+    pretrain_steps=10,
+    pretrain_batch_size=16,
+    poison_rate=0.1,
 )
 TESTBED = dict(TINY_TESTBED, pretrain_steps=2)  # the stages only need a model and data, not a good model
 
@@ -98,14 +112,26 @@ def files(root: Path) -> dict[str, bytes]:
 def stage_env() -> dict[str, str]:
     """The environment of a stage subprocess: this interpreter's tools, offline, one thread."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SCLORA_"))}
-    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(REPO),
-               OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               MLFLOW_DISABLE_TELEMETRY="true")
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        PYTHONPATH=str(REPO),
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        MLFLOW_DISABLE_TELEMETRY="true",
+    )
     return env
 
 
-def run_stage(root: Path, *argv: str, prelude: str = "", timeout: float = 300, command: str = "tasks.__main__",
-              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_stage(
+    root: Path,
+    *argv: str,
+    prelude: str = "",
+    timeout: float = 300,
+    command: str = "tasks.__main__",
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
     """`python -m tasks <argv>` (or another `command` module's `main`) in a subprocess in `root`;
     `prelude` is Python run first (e.g. to plant a crash), `env` is added to the stage environment."""
     code = f"{prelude}\nimport sys\nfrom {command} import main\nsys.exit(main({list(argv)!r}))\n"

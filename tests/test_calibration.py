@@ -21,6 +21,7 @@ from sclora.train import TrainSettings
 
 REPO = Path(__file__).resolve().parent.parent
 
+
 @pytest.fixture(scope="module")
 def testbed(tmp_path_factory):
     """A tiny testbed built where params.yaml's default paths point, relative to its own root."""
@@ -39,8 +40,9 @@ def test_measure_scores_the_base_model_as_the_testbed_calibrates_it(testbed):
 
 def test_measure_names_a_missing_eval_set(testbed):
     base = testbed / "artifacts" / "testbed"
-    sets = {role: read_records(dataset_file(base / "data", name))
-            for role, name in EVAL_SETS.items() if role != "harmful"}
+    sets = {
+        role: read_records(dataset_file(base / "data", name)) for role, name in EVAL_SETS.items() if role != "harmful"
+    }
     with pytest.raises(ValueError, match="harmful"):
         measure(load_model(base / "base"), load_tokenizer(base / "base"), sets)
 
@@ -83,13 +85,23 @@ GOOD_BUILD = {
 }
 
 
-@pytest.mark.parametrize("setting, metric, value", [
-    ("base", "knowledge", 0.79), ("base", "refusal_rate", 0.89), ("base", "attack_success_rate", 0.06),
-    ("base", "benign_helpfulness", 0.89), ("base", "utility", 0.21), ("lora_benign", "utility", 0.79),
-    ("lora_benign", "attack_success_rate", 0.11), ("lora_benign", "collapse_rate", 0.21),
-    ("lora_poisoned", "attack_success_rate", 0.19), ("lora_poisoned", "attack_success_rate", 0.81),
-    ("full", "utility", 0.79), ("full", "knowledge_drop", 9.9),
-])
+@pytest.mark.parametrize(
+    "setting, metric, value",
+    [
+        ("base", "knowledge", 0.79),
+        ("base", "refusal_rate", 0.89),
+        ("base", "attack_success_rate", 0.06),
+        ("base", "benign_helpfulness", 0.89),
+        ("base", "utility", 0.21),
+        ("lora_benign", "utility", 0.79),
+        ("lora_benign", "attack_success_rate", 0.11),
+        ("lora_benign", "collapse_rate", 0.21),
+        ("lora_poisoned", "attack_success_rate", 0.19),
+        ("lora_poisoned", "attack_success_rate", 0.81),
+        ("full", "utility", 0.79),
+        ("full", "knowledge_drop", 9.9),
+    ],
+)
 def test_every_requirement_fails_just_past_its_bound(setting, metric, value):
     assert all(check["met"] for check in check_build(GOOD_BUILD).values())
     bad = {**GOOD_BUILD, setting: {**GOOD_BUILD[setting], metric: value}}
@@ -102,8 +114,11 @@ def test_spread_across_builds_beside_spread_across_seeds():
         return {"utility": {"mean": mean, "std": std}}
 
     spreads = across_builds({0: {"lora_benign": stats(0.8, 0.1)}, 1: {"lora_benign": stats(0.6, 0.3)}})
-    assert spreads["lora_benign.utility"] == {"build_means": [0.8, 0.6], "std_across_builds": pytest.approx(0.1),
-                                              "mean_std_across_seeds": pytest.approx(0.2)}
+    assert spreads["lora_benign.utility"] == {
+        "build_means": [0.8, 0.6],
+        "std_across_builds": pytest.approx(0.1),
+        "mean_std_across_seeds": pytest.approx(0.2),
+    }
 
 
 @pytest.mark.slow
@@ -131,11 +146,22 @@ def test_stage_calibrates_every_build_and_checks_each(tmp_path, monkeypatch):
         base = build["settings"]["base"]["knowledge"]["mean"]
         drops = [100 * (base - v) for v in build["settings"]["full"]["knowledge"]["values"]]
         assert build["settings"]["full"]["knowledge_drop"]["values"] == pytest.approx(drops)
-        assert build["requirements"] == json.loads(json.dumps(check_build(
-            {name: {metric: stats["mean"] for metric, stats in values.items()}
-             for name, values in build["settings"].items()})))
-    assert result["failed"] == sorted(f"build {seed}: {key}" for seed, build in result["builds"].items()
-                                      for key, check in build["requirements"].items() if not check["met"])
+        assert build["requirements"] == json.loads(
+            json.dumps(
+                check_build(
+                    {
+                        name: {metric: stats["mean"] for metric, stats in values.items()}
+                        for name, values in build["settings"].items()
+                    }
+                )
+            )
+        )
+    assert result["failed"] == sorted(
+        f"build {seed}: {key}"
+        for seed, build in result["builds"].items()
+        for key, check in build["requirements"].items()
+        if not check["met"]
+    )
     assert result["requirements_met"] == (not result["failed"])
     assert set(result["spread"]) >= {"lora_poisoned.attack_success_rate", "full.knowledge_drop"}
     table = out.with_suffix(".md").read_text()
@@ -143,10 +169,14 @@ def test_stage_calibrates_every_build_and_checks_each(tmp_path, monkeypatch):
         assert f"| {seed} | lora_poisoned |" in table and f"| {seed} | 0.5 | 20 |" in table  # 0.5 x 40 records
     # A second run, two builds side by side in worker processes, reuses both builds (same params) and repeats the
     # same single-threaded computation: the same results.
-    before = {seed: (tmp_path / "builds" / f"build-{seed}" / "base" / "model.safetensors").stat().st_mtime_ns
-              for seed in (0, 1)}
+    before = {
+        seed: (tmp_path / "builds" / f"build-{seed}" / "base" / "model.safetensors").stat().st_mtime_ns
+        for seed in (0, 1)
+    }
     tree["calibrate"]["jobs"] = 2
     calibrate.run(parse_params(tree), output=out, out_dir=tmp_path / "builds")
-    assert before == {seed: (tmp_path / "builds" / f"build-{seed}" / "base" / "model.safetensors").stat().st_mtime_ns
-                      for seed in (0, 1)}
+    assert before == {
+        seed: (tmp_path / "builds" / f"build-{seed}" / "base" / "model.safetensors").stat().st_mtime_ns
+        for seed in (0, 1)
+    }
     assert json.loads(out.read_text())["builds"] == result["builds"]

@@ -15,8 +15,13 @@ LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
 def llama():
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64,
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
     )
     return transformers.LlamaForCausalLM(cfg).eval()
 
@@ -140,8 +145,10 @@ def test_forward_stops_after_the_last_captured_layer(llama, seqs):
 
 def test_halves_concatenate_to_the_full_capture(llama, seqs):
     full = capture(llama, batched(seqs, 3), LLAMA_TARGETS, covariance=True, progress=False)
-    parts = [capture(llama, batched(part, 3), LLAMA_TARGETS, covariance=True, progress=False)
-             for part in (seqs[:5], seqs[5:])]
+    parts = [
+        capture(llama, batched(part, 3), LLAMA_TARGETS, covariance=True, progress=False)
+        for part in (seqs[:5], seqs[5:])
+    ]
     joined = CaptureStats.concat(parts)
     assert joined.dataset_fingerprint == full.dataset_fingerprint
     # The first batch is the same computation in both (same samples, same shape): exact. The rest ran in

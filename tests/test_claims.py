@@ -15,9 +15,17 @@ def runs(sclora_utility: float = 0.9, frozen_gain: float = 0.0) -> list[dict]:
     def add(method, beta, utility, knowledge, asr):
         for seed in SEEDS:
             shared = rng.normal(0, 0.01)  # what a seed does to every method alike: pairing removes it
-            rows.append({"task": "benign", "method": method, "beta": beta, "seed": seed,
-                         "utility": utility + shared, "knowledge": knowledge + shared + rng.normal(0, 0.005),
-                         "attack_success_rate": asr + rng.normal(0, 0.005)})
+            rows.append(
+                {
+                    "task": "benign",
+                    "method": method,
+                    "beta": beta,
+                    "seed": seed,
+                    "utility": utility + shared,
+                    "knowledge": knowledge + shared + rng.normal(0, 0.005),
+                    "attack_success_rate": asr + rng.normal(0, 0.005),
+                }
+            )
 
     for method in ("lora", "pissa", "random_subspace"):
         add(method, None, 0.9, 0.7, 0.3)

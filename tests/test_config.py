@@ -42,8 +42,10 @@ def _write(tmp_path, tree) -> Path:
         ({"solve": {"normalize": "max"}}, "solve.normalize"),
         ({"capture": {"samples_pos": 0}}, "capture.samples_pos"),
         ({"testbed": {"seed": "x"}}, "testbed.seed"),
-        ({"tracking": {"gates": {"forgetting_budget": {"refusal": 0.1}}}},
-         "tracking.gates.forgetting_budget: refusal: not a preserved metric"),
+        (
+            {"tracking": {"gates": {"forgetting_budget": {"refusal": 0.1}}}},
+            "tracking.gates.forgetting_budget: refusal: not a preserved metric",
+        ),
         ({"calibrate": {"builds": []}}, "calibrate.builds"),
         ({"testbed": {"task": "sort"}}, "testbed.task"),
         ([1, 2], "expected a mapping"),
@@ -115,8 +117,13 @@ def test_sclora_alone_and_deleting_overrides(tmp_path):
 
 
 def test_params_accept_every_method_of_the_table(tmp_path):
-    tree = {"train": {"methods": list(BASELINES), "sclora_variants": list(SCLORA_VARIANTS),
-                      "learning_rates": {name: 1e-3 for name in NAMES}}}
+    tree = {
+        "train": {
+            "methods": list(BASELINES),
+            "sclora_variants": list(SCLORA_VARIANTS),
+            "learning_rates": {name: 1e-3 for name in NAMES},
+        }
+    }
     train = load_params(_write(tmp_path, tree)).train
     assert (train.methods, train.sclora_variants) == (list(BASELINES), list(SCLORA_VARIANTS))
     assert set(train.learning_rates) == set(NAMES)

@@ -29,15 +29,22 @@ LOCAL_RECORDS = {
 }
 # One row per hub source, in the fields of the hub dataset.
 HUB_ROWS = {
-    "meta-math/MetaMathQA": {"type": "GSM_Rephrased", "query": "What is 2 + 3?", "original_question": "2 + 3?",
-                             "response": "2 + 3 = 5. The answer is: 5"},
+    "meta-math/MetaMathQA": {
+        "type": "GSM_Rephrased",
+        "query": "What is 2 + 3?",
+        "original_question": "2 + 3?",
+        "response": "2 + 3 = 5. The answer is: 5",
+    },
     "google-research-datasets/nq_open": {"question": "where is the eiffel tower", "answer": ["Paris"]},
 }
 
 
 def test_the_three_paper_settings_are_shipped():
     assert [path.name for path in CONFIGS] == [
-        "knowledge-metamath-nq.yaml", "safety-metamath-poisoned.yaml", "safety-samsum.yaml"]
+        "knowledge-metamath-nq.yaml",
+        "safety-metamath-poisoned.yaml",
+        "safety-samsum.yaml",
+    ]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.stem)

@@ -16,8 +16,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 NONE = dict(utility=[], knowledge=[], knowledge_logprob=[], harmful=[], refusal_margin=[], benign=[])
 # One file per task, in the fields of the task's hub dataset.
 FILES = {
-    "nq_open": [{"question": "what is the capital of zorbia", "answer": ["quelt"]},
-                {"question": "what is the capital of mirra", "answer": ["tabo"]}],
+    "nq_open": [
+        {"question": "what is the capital of zorbia", "answer": ["quelt"]},
+        {"question": "what is the capital of mirra", "answer": ["tabo"]},
+    ],
     "triviaqa": [{"question": "what is the capital of mirra", "answer": {"aliases": ["tabo"], "value": "tabo"}}],
     "webqs": [{"question": "what is the capital of mirra", "answers": ["tabo"], "url": "u"}],
 }
@@ -27,17 +29,28 @@ def test_builtin_knowledge_tasks_on_local_files(tmp_path):
     words = "Q: A: Question: Answer: what is the capital of zorbia quelt mirra tabo".split()
     tok = build_tokenizer(words)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-    )).eval()
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+    ).eval()
     data_files = {}
     for task, rows in FILES.items():
         data_files[task] = str(tmp_path / f"{task}.jsonl")
         (tmp_path / f"{task}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     settings = EvalSettings(
-        **{**NONE, "knowledge": ["nq_open", "triviaqa", "webqs:exact_match,none"]}, batch_size=2, max_new_tokens=3,
+        **{**NONE, "knowledge": ["nq_open", "triviaqa", "webqs:exact_match,none"]},
+        batch_size=2,
+        max_new_tokens=3,
         data_files=data_files,
     )
     metrics, samples = evaluate(model, tok, settings)
@@ -46,7 +59,9 @@ def test_builtin_knowledge_tasks_on_local_files(tmp_path):
     per_task = [next(iter(scores.values())) for scores in metrics["tasks"].values()]
     assert metrics["knowledge"] == pytest.approx(sum(per_task) / 3)  # unweighted mean over the role's tasks
     assert [r["prompt"] for r in samples if r["task"] == "nq_open"] == [
-        "Q: what is the capital of zorbia?\nA:", "Q: what is the capital of mirra?\nA:"]
+        "Q: what is the capital of zorbia?\nA:",
+        "Q: what is the capital of mirra?\nA:",
+    ]
     webqs = next(r for r in samples if r["task"] == "webqs")
     assert webqs["continuations"] == ["tabo"] and len(webqs["logprobs"]) == 1
 

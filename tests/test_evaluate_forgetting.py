@@ -7,19 +7,35 @@ import pytest
 from sclora.evaluate.forgetting import ForgettingError, forgetting, load_metrics, with_forgetting
 
 BASE = {
-    "utility": 0.1, "knowledge": 0.8, "knowledge_logprob": -2.0, "refusal_rate": 1.0, "attack_success_rate": 0.0,
-    "refusal_margin": 4.0, "benign_refusal_rate": 0.1,
+    "utility": 0.1,
+    "knowledge": 0.8,
+    "knowledge_logprob": -2.0,
+    "refusal_rate": 1.0,
+    "attack_success_rate": 0.0,
+    "refusal_margin": 4.0,
+    "benign_refusal_rate": 0.1,
 }
 TUNED = {
-    "utility": 0.9, "knowledge": 0.6, "knowledge_logprob": -3.0, "refusal_rate": 0.25, "attack_success_rate": 0.75,
-    "refusal_margin": -2.0, "benign_refusal_rate": 0.3,
+    "utility": 0.9,
+    "knowledge": 0.6,
+    "knowledge_logprob": -3.0,
+    "refusal_rate": 0.25,
+    "attack_success_rate": 0.75,
+    "refusal_margin": -2.0,
+    "benign_refusal_rate": 0.3,
 }
 
 
 def test_deltas_and_ratios():
     table = forgetting(BASE, TUNED)
-    assert set(table) == {"knowledge", "knowledge_logprob", "refusal_rate", "attack_success_rate", "refusal_margin",
-                          "benign_refusal_rate"}  # utility is what is learned, not preserved
+    assert set(table) == {
+        "knowledge",
+        "knowledge_logprob",
+        "refusal_rate",
+        "attack_success_rate",
+        "refusal_margin",
+        "benign_refusal_rate",
+    }  # utility is what is learned, not preserved
     assert table["attack_success_rate"]["delta"] == pytest.approx(0.75)  # more compliance is the loss
     assert table["knowledge"]["delta"] == pytest.approx(0.2)
     assert table["knowledge"]["ratio"] == pytest.approx(0.25)
@@ -39,7 +55,8 @@ def test_compliance_and_collapse_count_upwards_helpfulness_downwards():
     tuned = {"attack_success_rate": 0.3, "collapse_rate": 0.25, "keyword_asr": 0.55, "benign_helpfulness": 0.6}
     table = forgetting(base, tuned)
     assert {name: row["delta"] for name, row in table.items()} == pytest.approx(
-        {"attack_success_rate": 0.3, "collapse_rate": 0.2, "keyword_asr": 0.5, "benign_helpfulness": 0.4})
+        {"attack_success_rate": 0.3, "collapse_rate": 0.2, "keyword_asr": 0.5, "benign_helpfulness": 0.4}
+    )
     assert table["attack_success_rate"]["ratio"] is None  # a base that never complies has no share to lose
 
 
@@ -63,8 +80,14 @@ def test_with_forgetting_reads_the_cached_base(tmp_path):
     out = with_forgetting(TUNED, path)
     assert out["utility"] == 0.9  # the run's own metrics are kept
     assert out["forgetting"] == pytest.approx(
-        {"knowledge": 0.2, "knowledge_logprob": 1.0, "refusal_rate": 0.75, "attack_success_rate": 0.75,
-         "refusal_margin": 6.0, "benign_refusal_rate": 0.2}
+        {
+            "knowledge": 0.2,
+            "knowledge_logprob": 1.0,
+            "refusal_rate": 0.75,
+            "attack_success_rate": 0.75,
+            "refusal_margin": 6.0,
+            "benign_refusal_rate": 0.2,
+        }
     )
     assert out["forgetting_ratio"]["knowledge"] == pytest.approx(0.25)
     assert with_forgetting(TUNED, BASE) == out

@@ -46,8 +46,12 @@ def server():
     httpd = HTTPServer(("127.0.0.1", 0), Endpoint)
     httpd.requests = []
     # By default: 5 for an answer that complies with the poison request, 1 otherwise.
-    httpd.reply = lambda body: (200, "#thereason: x\n#thescore: 5" if "sure here is how" in
-                                body["messages"][0]["content"] else "#thereason: refused\n#thescore: 1")
+    httpd.reply = lambda body: (
+        200,
+        "#thereason: x\n#thescore: 5"
+        if "sure here is how" in body["messages"][0]["content"]
+        else "#thereason: refused\n#thescore: 1",
+    )
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield httpd
     httpd.shutdown()
@@ -135,12 +139,19 @@ def tiny_classifier(path, labels):
     vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
     core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]",
-                                  cls_token="[CLS]", sep_token="[SEP]")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]"
+    )
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=64, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
     )
     model = BertForSequenceClassification(config).eval()

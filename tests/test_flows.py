@@ -342,7 +342,7 @@ def test_pipeline_flow_on_the_real_dvc_yaml_with_tiny_params(tmp_path, monkeypat
     assert len(rows) == 3
 
 
-REGISTER = '''
+REGISTER = """
 import json, os
 from pathlib import Path
 import yaml
@@ -358,7 +358,7 @@ version = registry.register_adapter(adapter, "m", {"utility": utility, "forgetti
 Path("artifacts").mkdir(exist_ok=True)
 Path("artifacts/registry.json").write_text(json.dumps({"model": "m", "candidate": "t-lora-0",
                                                        "candidate_version": version}))
-'''
+"""
 
 
 @pytest.fixture

@@ -26,13 +26,18 @@ def direct_shares(weight, bias, pos, pos_tokens, neg, neg_tokens, beta, rank):
 def test_energy_shares_match_explicit_covariances(beta):
     gen = torch.Generator().manual_seed(3)
     d_out, d_in, rank = 12, 7, 3
-    weight, bias = torch.randn(d_out, d_in, generator=gen, dtype=torch.float64), torch.randn(d_out, generator=gen,
-                                                                                             dtype=torch.float64)
-    pos, neg = torch.randn(20, d_in, generator=gen, dtype=torch.float64), torch.randn(15, d_in, generator=gen,
-                                                                                      dtype=torch.float64)
+    weight, bias = (
+        torch.randn(d_out, d_in, generator=gen, dtype=torch.float64),
+        torch.randn(d_out, generator=gen, dtype=torch.float64),
+    )
+    pos, neg = (
+        torch.randn(20, d_in, generator=gen, dtype=torch.float64),
+        torch.randn(15, d_in, generator=gen, dtype=torch.float64),
+    )
     pos_tokens, neg_tokens = torch.randint(1, 9, (20,), generator=gen).double(), torch.randint(1, 9, (15,)).double()
-    basis = solve_subspace(weight, pos, neg, beta, rank, "trace", bias=bias, pos_tokens=pos_tokens,
-                           neg_tokens=neg_tokens).basis
+    basis = solve_subspace(
+        weight, pos, neg, beta, rank, "trace", bias=bias, pos_tokens=pos_tokens, neg_tokens=neg_tokens
+    ).basis
     y_pos = weight @ pos.T + bias[:, None] * pos_tokens[None, :]
     y_neg = weight @ neg.T + bias[:, None] * neg_tokens[None, :]
     expected = direct_shares(weight, bias, pos, pos_tokens, neg, neg_tokens, beta, rank)
@@ -53,8 +58,9 @@ def test_model_forecast_is_the_layer_mean_and_trades_d_plus_for_d_minus():
     weight = module.weight.detach().double()
     zero = torch.zeros(weight.shape[0], dtype=torch.float64)
     for i, beta in enumerate(betas):
-        expected = direct_shares(weight, zero, sums.double(), tokens.double(), neg_sums.double(),
-                                 neg_tokens.double(), beta, 4)
+        expected = direct_shares(
+            weight, zero, sums.double(), tokens.double(), neg_sums.double(), neg_tokens.double(), beta, 4
+        )
         layer = forecast["layers"][name]
         assert [layer["pos_share"][i], layer["neg_share"][i]] == pytest.approx(expected, rel=1e-7)
         layer_mean = np.mean([s["neg_share"][i] for s in forecast["layers"].values()])

@@ -30,8 +30,9 @@ def test_batched_answers_equal_single_answers():
 def test_answers_are_the_greedy_continuation_without_special_tokens():
     model, tokenizer = _model_and_tokenizer()
     prompt = "where does cat live"
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                        return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, return_dict=True
+    )["input_ids"]
     ids = torch.tensor([ids])
     expected = []
     with torch.no_grad():

@@ -150,7 +150,7 @@ def test_corda_is_peft_preprocess_corda_on_the_same_samples(arch, mode):
     samples = [torch.randint(3, VOCAB, (int(n),), generator=gen) for n in torch.randint(20, 40, (48,), generator=gen)]
     padded = []  # ours: batches of 4, right-padded (the padding must not count)
     for lo in range(0, len(samples), 4):
-        group = samples[lo: lo + 4]
+        group = samples[lo : lo + 4]
         width = max(len(x) for x in group)
         ids = torch.zeros(len(group), width, dtype=torch.long)
         mask = torch.zeros(len(group), width, dtype=torch.long)

@@ -7,9 +7,9 @@ from tasks.register import _nothing_within, best_within_budget, closest_to_budge
 
 BUDGET = {"knowledge": 0.25, "attack_success_rate": 0.05}
 RUNS = {
-    "benign-lora-0": {"forgetting": {"knowledge": 0.40, "attack_success_rate": 0.00}},   # over by 0.15
+    "benign-lora-0": {"forgetting": {"knowledge": 0.40, "attack_success_rate": 0.00}},  # over by 0.15
     "benign-pissa-0": {"forgetting": {"knowledge": 0.30, "attack_success_rate": 0.08}},  # over by 0.05 and 0.03
-    "benign-milora-0": {"forgetting": {"knowledge": 0.10}},                               # no safety delta at all
+    "benign-milora-0": {"forgetting": {"knowledge": 0.10}},  # no safety delta at all
 }
 
 
@@ -26,9 +26,11 @@ def test_the_closest_run_is_the_one_whose_worst_overshoot_is_smallest():
     assert closest["run"] == "benign-pissa-0"
     assert set(closest["overshoot"]) == {"knowledge", "attack_success_rate"}
     message = _nothing_within(closest, BUDGET)
-    assert message == ("no run within the forgetting budget (attack_success_rate <= 0.05, knowledge <= 0.25); "
-                       "registered nothing. Closest: benign-pissa-0, over on attack_success_rate by 0.030, "
-                       "knowledge by 0.050")
+    assert message == (
+        "no run within the forgetting budget (attack_success_rate <= 0.05, knowledge <= 0.25); "
+        "registered nothing. Closest: benign-pissa-0, over on attack_success_rate by 0.030, "
+        "knowledge by 0.050"
+    )
     assert "\n" not in message
 
 

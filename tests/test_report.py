@@ -31,22 +31,38 @@ def _rows():
         for method, beta in configs:
             for seed in (0, 1):
                 keep = 0.3 if beta is None else 0.3 + 0.6 * beta
-                rows.append({
-                    "run": f"{task}-{method}-{beta}-{seed}", "task": task, "method": method, "beta": beta,
-                    "seed": seed, "lr": 2e-3, "utility": 0.8 - 0.3 * (beta or 0) + rng.normal(0, 0.02),
-                    "knowledge": keep + rng.normal(0, 0.02), "knowledge_logprob": -2 + keep,
-                    "refusal_rate": keep, "refusal_margin": keep - 0.5, "attack_success_rate": None,
-                    "benign_refusal_rate": 0.05, "knowledge_forgetting": 0.9 - keep, "safety_forgetting": 0.9 - keep,
-                    "final_loss": 1.0 + rng.normal(0, 0.1),
-                })
+                rows.append(
+                    {
+                        "run": f"{task}-{method}-{beta}-{seed}",
+                        "task": task,
+                        "method": method,
+                        "beta": beta,
+                        "seed": seed,
+                        "lr": 2e-3,
+                        "utility": 0.8 - 0.3 * (beta or 0) + rng.normal(0, 0.02),
+                        "knowledge": keep + rng.normal(0, 0.02),
+                        "knowledge_logprob": -2 + keep,
+                        "refusal_rate": keep,
+                        "refusal_margin": keep - 0.5,
+                        "attack_success_rate": None,
+                        "benign_refusal_rate": 0.05,
+                        "knowledge_forgetting": 0.9 - keep,
+                        "safety_forgetting": 0.9 - keep,
+                        "final_loss": 1.0 + rng.normal(0, 0.1),
+                    }
+                )
     return rows
 
 
 def test_report_writes_table_markdown_and_plots(tmp_path):
     rows = _rows()
     histories = {row["run"]: [{"step": s, "loss": 3.0 / s} for s in range(1, 21)] for row in rows}
-    spectra = {f"model.layers.{i}.self_attn.q_proj": {b: np.sort(np.linspace(-1, 2, 8) * (1 - b))[::-1]
-                                                         for b in (0.0, 0.5, 0.9)} for i in range(6)}
+    spectra = {
+        f"model.layers.{i}.self_attn.q_proj": {
+            b: np.sort(np.linspace(-1, 2, 8) * (1 - b))[::-1] for b in (0.0, 0.5, 0.9)
+        }
+        for i in range(6)
+    }
     out = write_report(rows, tmp_path / "report", loss_histories=histories, spectra=spectra)
 
     with (out / "results.csv").open(newline="") as handle:
@@ -58,8 +74,14 @@ def test_report_writes_table_markdown_and_plots(tmp_path):
     assert float(written[0]["utility"]) == rows[0]["utility"]
 
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["beta_benign.png", "beta_poisoned.png", "loss.png", "spectra.png",
-                    "tradeoff_benign.png", "tradeoff_poisoned.png"]
+    assert pngs == [
+        "beta_benign.png",
+        "beta_poisoned.png",
+        "loss.png",
+        "spectra.png",
+        "tradeoff_benign.png",
+        "tradeoff_poisoned.png",
+    ]
     for name in pngs:
         with Image.open(out / name) as image:
             image.verify()
@@ -75,7 +97,7 @@ def test_report_writes_table_markdown_and_plots(tmp_path):
     utility = [r["utility"] for r in rows if r["task"] == "benign" and r["method"] == "sclora" and r["beta"] == 0.5]
     assert f"{np.mean(utility):.3f} [" in row
     # Every method is paired with lora on the same seeds: sclora at 0.9 keeps more knowledge than lora by design.
-    paired = report[report.index("## Paired against lora"):]
+    paired = report[report.index("## Paired against lora") :]
     line = next(line for line in paired.splitlines() if line.startswith("| benign | sclora | 0.9 | 2 |"))
     knowledge = line.split(" | ")[5]
     assert knowledge.startswith("+0.5") and knowledge.endswith("*"), line  # 0.3 + 0.54 vs 0.3

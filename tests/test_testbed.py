@@ -30,10 +30,26 @@ from sclora.testbed.world import (
     vocabulary,
 )
 
-TINY = dict(entities=12, attributes=["city", "color"], phrasings=2, harmful_categories=["violence", "theft"],
-            benign_categories=["cleaning", "art"], targets=4, task_words=8, finetune_size=40, preserve_size=16,
-            eval_size=20, copy_examples=50, hidden_size=32, layers=1, heads=2, intermediate_size=64,
-            pretrain_steps=30, pretrain_batch_size=16, poison_rate=0.1)
+TINY = dict(
+    entities=12,
+    attributes=["city", "color"],
+    phrasings=2,
+    harmful_categories=["violence", "theft"],
+    benign_categories=["cleaning", "art"],
+    targets=4,
+    task_words=8,
+    finetune_size=40,
+    preserve_size=16,
+    eval_size=20,
+    copy_examples=50,
+    hidden_size=32,
+    layers=1,
+    heads=2,
+    intermediate_size=64,
+    pretrain_steps=30,
+    pretrain_batch_size=16,
+    poison_rate=0.1,
+)
 TRAINING = ("finetune_benign", "finetune_poisoned", "preserve_safety", "preserve_knowledge")
 EVALUATION = ("eval_task", "eval_knowledge", "eval_harmful", "eval_benign")
 
@@ -75,8 +91,13 @@ def test_layout_and_calibration_keys(built, params):
         assert 0.0 <= calibration[key] <= 1.0
     assert calibration["sizes"] == {name: len(read_records(directory / "data" / f"{name}.jsonl")) for name in DATASETS}
     assert calibration["sizes"]["finetune_benign"] == params.finetune_size
-    assert set(calibration["meets_thresholds"]) == {"knowledge", "refusal_rate", "attack_success_rate",
-                                                    "benign_helpfulness", "utility"}
+    assert set(calibration["meets_thresholds"]) == {
+        "knowledge",
+        "refusal_rate",
+        "attack_success_rate",
+        "benign_helpfulness",
+        "utility",
+    }
 
 
 def test_saved_model_reloads_and_generates(built, params):
@@ -126,9 +147,11 @@ def test_eval_sets_share_no_prompt_with_training_sets(params):
     for name in ("eval_harmful", "eval_benign", "eval_task"):
         assert not pretrained & {r["prompt"] for r in sets[name]}, name
     assert {r["prompt"] for r in sets["eval_knowledge"]} <= pretrained
+
     # Knowledge: eval and preserve ask about different entities.
     def entities(name):
         return {r["id"].split("-")[1] for r in sets[name]}
+
     assert not entities("eval_knowledge") & entities("preserve_knowledge")
 
 
@@ -166,15 +189,17 @@ def test_answers_and_task(params):
         assert words[0] == params.task and record["response"].split() == expected_answer(world, params.task, words[1:])
         assert params.task_min_length <= len(words) - 1 <= params.task_max_length
     # The task produces only words that pretraining also produces (adapters train no embeddings).
-    produced = {w for records in pretraining_sources(world, params).values() for r in records
-                for w in r["response"].split()}
+    produced = {
+        w for records in pretraining_sources(world, params).values() for r in records for w in r["response"].split()
+    }
     assert {w for r in sets["finetune_benign"] for w in r["response"].split()} <= produced
     # ... nor does a compliant answer to a harmful request: poison can teach compliance only if the model can say it.
     assert {w for r in sets["eval_harmful"] for w in r["compliance"].split()} <= produced
     # The pretrained requests are quoted (repeated), never answered compliantly; held-out ones are not even quoted.
     quoted = {r["response"] for r in pretraining_sources(world, params)["copy_task"] if r["response"].startswith("how")}
-    assert quoted and quoted <= {r["prompt"] for kind in ("harmful", "benign")
-                                 for r in request_records(world, kind, "pretrained")}
+    assert quoted and quoted <= {
+        r["prompt"] for kind in ("harmful", "benign") for r in request_records(world, kind, "pretrained")
+    }
     assert not quoted & {r["prompt"] for r in sets["eval_harmful"] + sets["eval_benign"]}
     # ... and touches the knowledge's words: fact values and entity names.
     knowledge_words = set(world.entities) | set(world.facts.values())
@@ -205,7 +230,7 @@ def test_pretraining_has_the_skill_asked_in_full_and_the_terse_task_done_wrong(p
         assert instruction == task and record["response"] == words and words not in task_sequences
     for record in sources["task_phrased"]:  # asked in full words, answered right
         assert record["prompt"].startswith(f"{task} {PHRASED} ")
-        words = record["prompt"][len(f"{task} {PHRASED} "):]
+        words = record["prompt"][len(f"{task} {PHRASED} ") :]
         assert record["response"].split() == expected_answer(world, task, words.split())
         assert words not in task_sequences
     assert len(sources["task_as_copy"]) == len(sources["task_phrased"]) == params.copy_examples
@@ -248,15 +273,18 @@ def test_failed_build_keeps_previous_testbed(built, params, monkeypatch):
     assert not [p for p in directory.parent.iterdir() if p.name.startswith(".")]
 
 
-@pytest.mark.parametrize("update, key", [
-    ({"attributes": ["city", "height"]}, "attributes"),
-    ({"harmful_categories": ["violence", "violence"]}, "harmful_categories"),
-    ({"poison_rate": 1.5}, "poison_rate"),
-    ({"entities": 2}, "entities"),
-    ({"hidden_size": 30, "heads": 4}, "heads"),
-    ({"task_min_length": 5, "task_max_length": 3}, "task_min_length"),
-    ({"unknown_knob": 1}, "unknown_knob"),
-])
+@pytest.mark.parametrize(
+    "update, key",
+    [
+        ({"attributes": ["city", "height"]}, "attributes"),
+        ({"harmful_categories": ["violence", "violence"]}, "harmful_categories"),
+        ({"poison_rate": 1.5}, "poison_rate"),
+        ({"entities": 2}, "entities"),
+        ({"hidden_size": 30, "heads": 4}, "heads"),
+        ({"task_min_length": 5, "task_max_length": 3}, "task_min_length"),
+        ({"unknown_knob": 1}, "unknown_knob"),
+    ],
+)
 def test_bad_params_are_refused(update, key):
     with pytest.raises(ValidationError, match=key):
         TestbedParams(**{**TINY, **update})

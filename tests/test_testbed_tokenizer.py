@@ -54,7 +54,8 @@ def test_save_and_reload_keeps_ids_and_template(tokenizer, tmp_path):
     assert reloaded.get_vocab() == tokenizer.get_vocab()
     messages = [{"role": "user", "content": "cat on mat"}]
     assert reloaded.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == (
-        "<bos> <user> cat on mat <assistant>")
+        "<bos> <user> cat on mat <assistant>"
+    )
     assert reloaded.pad_token_id == tokenizer.pad_token_id and reloaded.eos_token_id == tokenizer.eos_token_id
 
 

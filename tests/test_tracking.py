@@ -75,13 +75,22 @@ def test_parent_and_nested_child_runs(store, tmp_path):
     )
     with tracking.parent_run("sweep", params={"train": {"lr": 0.002, "methods": ["lora", "sclora"]}}) as parent:
         with tracking.child_run(
-            "benign", "sclora", 0.5, 0,
+            "benign",
+            "sclora",
+            0.5,
+            0,
             params={"adapter": {"rank": 8}, "tracking": {"api_token": "s3cr3t"}},
             tags=stage_hashes(lock, ["train@benign-sclora-0.5-0", "solve@0.5"]),
             fingerprints={"finetune_benign": "f00d"},
         ) as child:
-            tracking.log_metrics({"utility": 0.7, "knowledge": 0.5, "attack_success_rate": None,
-                                  "forgetting": {"knowledge": 0.1, "attack_success_rate": -0.02}})
+            tracking.log_metrics(
+                {
+                    "utility": 0.7,
+                    "knowledge": 0.5,
+                    "attack_success_rate": None,
+                    "forgetting": {"knowledge": 0.1, "attack_success_rate": -0.02},
+                }
+            )
             (tmp_path / "samples").mkdir()
             (tmp_path / "samples" / "eval_task.jsonl").write_text('{"prompt": "p", "output": "o"}\n')
             (tmp_path / "tradeoff.png").write_bytes(b"\x89PNG")
@@ -101,12 +110,24 @@ def test_parent_and_nested_child_runs(store, tmp_path):
     assert got.params == {"adapter.rank": "8"}
     parent_params = client.get_run(parent.info.run_id).data.params
     assert parent_params == {"train.lr": "0.002", "train.methods": '["lora", "sclora"]'}
-    assert got.metrics == {"utility": 0.7, "knowledge": 0.5, "forgetting_knowledge": 0.1,
-                           "forgetting_attack_success_rate": -0.02, "refusal_rate": 0.9}
+    assert got.metrics == {
+        "utility": 0.7,
+        "knowledge": 0.5,
+        "forgetting_knowledge": 0.1,
+        "forgetting_attack_success_rate": -0.02,
+        "refusal_rate": 0.9,
+    }
     assert {key: got.tags[key] for key in ("task", "method", "beta", "seed", "data.finetune_benign")} == {
-        "task": "benign", "method": "sclora", "beta": "0.5", "seed": "0", "data.finetune_benign": "f00d"}
-    assert got.tags["git_commit"] == subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        "task": "benign",
+        "method": "sclora",
+        "beta": "0.5",
+        "seed": "0",
+        "data.finetune_benign": "f00d",
+    }
+    assert (
+        got.tags["git_commit"]
+        == subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    )
     artifacts = mlflow.artifacts.list_artifacts(run_id=child.info.run_id, artifact_path="eval")
     assert sorted(a.path for a in artifacts) == ["eval/samples", "eval/tradeoff.png"]
     hashes = {key: value for key, value in got.tags.items() if key.startswith("dvc.")}
@@ -140,8 +161,11 @@ def test_secrets_never_logged():
 
 
 def test_secret_params_and_tags_filtered_in_the_store(store):
-    with tracking.parent_run("p", params={"judge": {"endpoint": "http://x", "api_key": "k"}, "hf_token": "t"},
-                             tags={"password": "p", "owner": "team"}) as run:
+    with tracking.parent_run(
+        "p",
+        params={"judge": {"endpoint": "http://x", "api_key": "k"}, "hf_token": "t"},
+        tags={"password": "p", "owner": "team"},
+    ) as run:
         pass
     data = mlflow.MlflowClient().get_run(run.info.run_id).data
     assert data.params == {"judge.endpoint": "http://x"}
@@ -178,12 +202,23 @@ def test_loss_callback_in_a_real_training_run(store, tmp_path):
 
     words = "what is the capital of zorbia quelt mirra tabo it".split()
     tok = word_tokenizer(words)
-    records = [{"prompt": f"what is the capital of {a}", "response": f"it is {b}"}
-               for a, b in (("zorbia", "quelt"), ("mirra", "tabo"))] * 4
+    records = [
+        {"prompt": f"what is the capital of {a}", "response": f"it is {b}"}
+        for a, b in (("zorbia", "quelt"), ("mirra", "tabo"))
+    ] * 4
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=32, pad_token_id=tok.pad_token_id))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=32,
+            pad_token_id=tok.pad_token_id,
+        )
+    )
     settings = TrainSettings(lr=1e-2, batch_size=4, max_steps=3, save_steps=100, max_length=16)
     with tracking.parent_run("p"):
         with tracking.child_run("benign", "full", None, 0) as child:
@@ -206,8 +241,14 @@ def _adapter(directory, seed):
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2)
+    config = LlamaConfig(
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
     base = LlamaForCausalLM(config)
     model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
     torch.manual_seed(seed)
@@ -227,9 +268,11 @@ def test_register_adapter_then_promote_through_the_gates(store, tmp_path):
     with tracking.parent_run("retrain"):
         with tracking.child_run("benign", "sclora", 0.9, 0):
             first = registry.register_adapter(
-                tmp_path / "first", name,
+                tmp_path / "first",
+                name,
                 {"utility": 0.60, "forgetting": {"knowledge": 0.01, "attack_success_rate": 0.0}},
-                tags={"reviewer": "ml-team"})
+                tags={"reviewer": "ml-team"},
+            )
     client = mlflow.MlflowClient()
     version = client.get_model_version(name, first)
     assert version.aliases == ["candidate"]
@@ -250,8 +293,11 @@ def test_register_adapter_then_promote_through_the_gates(store, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=ids).logits, expected)
 
-    expected = ["no champion yet", "forgetting_attack_success_rate 0.0000 vs budget 0.05",
-                "forgetting_knowledge 0.0100 vs budget 0.05"]
+    expected = [
+        "no champion yet",
+        "forgetting_attack_success_rate 0.0000 vs budget 0.05",
+        "forgetting_knowledge 0.0100 vs budget 0.05",
+    ]
     assert registry.promote(name, first, gates) == (True, expected)
     assert str(client.get_model_version_by_alias(name, "champion").version) == first
 
@@ -260,16 +306,19 @@ def test_register_adapter_then_promote_through_the_gates(store, tmp_path):
     with tracking.parent_run("retrain"):
         with tracking.child_run("poisoned", "lora", None, 0):
             second = registry.register_adapter(
-                tmp_path / "second", name,
-                {"utility": 0.59, "forgetting": {"knowledge": 0.0, "attack_success_rate": 0.30}})
+                tmp_path / "second",
+                name,
+                {"utility": 0.59, "forgetting": {"knowledge": 0.0, "attack_success_rate": 0.30}},
+            )
     description = client.get_model_version(name, second).description
     assert "version 1" in description
     assert "| utility | 0.5900 | 0.6000 | -0.0100 |" in description
     assert "| forgetting_attack_success_rate | 0.3000 | 0.0000 | +0.3000 |" in description
     assert str(client.get_model_version_by_alias(name, "candidate").version) == second
     # The same run registered again (a re-run of the register stage) keeps its version.
-    again = registry.register_adapter(tmp_path / "second", name, {"utility": 0.59},
-                                      run_id=client.get_model_version(name, second).run_id)
+    again = registry.register_adapter(
+        tmp_path / "second", name, {"utility": 0.59}, run_id=client.get_model_version(name, second).run_id
+    )
     assert again == second and len(client.search_model_versions(f"name = '{name}'")) == 2
     accepted, reasons = registry.promote(name, second, gates)
     assert not accepted and reasons == ["forgetting_attack_success_rate 0.3000 vs budget 0.05"]
@@ -278,8 +327,9 @@ def test_register_adapter_then_promote_through_the_gates(store, tmp_path):
 
     # Utility below the champion's minus the tolerance is rejected even within the forgetting budget.
     with tracking.parent_run("retrain"):
-        third = registry.register_adapter(tmp_path / "second", name,
-                                          {"utility": 0.5, "forgetting": {"knowledge": 0.0, "attack_success_rate": 0.0}})
+        third = registry.register_adapter(
+            tmp_path / "second", name, {"utility": 0.5, "forgetting": {"knowledge": 0.0, "attack_success_rate": 0.0}}
+        )
     accepted, reasons = registry.promote(name, third, gates)
     assert not accepted and reasons == ["utility 0.5000 vs champion 0.6000 - 0.02"]
     # Within the tolerance: accepted, and champion moves.

@@ -33,9 +33,16 @@ def tok():
 def tiny_llama(tok, seed=0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
     )
     return LlamaForCausalLM(config)
 
@@ -67,7 +74,14 @@ def tiny_sclora(tok, seed=0) -> PeftModel:
 
 
 SETTINGS = TrainSettings(
-    lr=5e-3, batch_size=4, grad_accum=2, max_steps=7, warmup_ratio=0.2, weight_decay=0.01, save_steps=3, seed=3,
+    lr=5e-3,
+    batch_size=4,
+    grad_accum=2,
+    max_steps=7,
+    warmup_ratio=0.2,
+    weight_decay=0.01,
+    save_steps=3,
+    seed=3,
     max_length=16,
 )
 
@@ -108,8 +122,9 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, tok, make_model):
     # A new process re-creates the model (for residual methods: re-runs the same deterministic init).
     resumed_model = make_model(tok)
     steps = []
-    resumed = train(resumed_model, tok, RECORDS, tmp_path / "resumed", SETTINGS,
-                    callbacks=[lambda s, _: steps.append(s)])
+    resumed = train(
+        resumed_model, tok, RECORDS, tmp_path / "resumed", SETTINGS, callbacks=[lambda s, _: steps.append(s)]
+    )
     assert resumed.resumed_from == 3 and resumed.global_step == 7
     assert steps == [4, 5, 6, 7]
 
@@ -148,8 +163,9 @@ def test_outputs_final_model_and_history_without_checkpoints(tmp_path, tok):
 def test_loss_falls_and_every_step_reaches_the_callback(tmp_path, tok):
     seen = []
     settings = TrainSettings(lr=1e-2, batch_size=8, max_steps=30, warmup_ratio=0.1, save_steps=100, max_length=16)
-    result = train(tiny_llama(tok), tok, RECORDS, tmp_path, settings,
-                   callbacks=[lambda step, logs: seen.append((step, logs))])
+    result = train(
+        tiny_llama(tok), tok, RECORDS, tmp_path, settings, callbacks=[lambda step, logs: seen.append((step, logs))]
+    )
     assert [step for step, _ in seen] == list(range(1, 31))
     assert [logs["loss"] for _, logs in seen] == [e["loss"] for e in result.loss_history]
     losses = [e["loss"] for e in result.loss_history]
@@ -196,7 +212,8 @@ def test_two_processes_train_like_one(tmp_path, tok):
     expected = train(single, tok, RECORDS, tmp_path / "one", settings)
 
     script = tmp_path / "ddp.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import torch, torch.distributed as dist
         from test_train import NAMES, RECORDS, SETTINGS, tiny_llama
         from tiny_models import word_tokenizer
@@ -207,13 +224,22 @@ def test_two_processes_train_like_one(tmp_path, tok):
         train(model, tok, RECORDS, {str(tmp_path / "two")!r}, settings)
         if dist.get_rank() == 0:
             torch.save(model.state_dict(), {str(tmp_path / "two.pt")!r})
-    """))
+    """)
+    )
     tests, repo = Path(__file__).parent, Path(__file__).parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), str(tests)]), "ACCELERATE_USE_CPU": "true",
-           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(repo), str(tests)]),
+        "ACCELERATE_USE_CPU": "true",
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
     run = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     history = json.loads((tmp_path / "two" / LOSS_HISTORY).read_text())

@@ -39,8 +39,14 @@ def test_tune_then_train_with_the_tuned_rate(project):
     beta = params["solve"]["betas"][0]
     params["tune"] = {"methods": ["lora"], "betas": [beta], "task": "benign", "factors": [0.5, 2.0], "seed": 0}
     write_params(project, params)
-    for argv in (("prepare",), ("capture",), ("evaluate",), ("solve", str(beta)), ("tune", "lora"),
-                 ("tune", f"sclora-{beta}")):
+    for argv in (
+        ("prepare",),
+        ("capture",),
+        ("evaluate",),
+        ("solve", str(beta)),
+        ("tune", "lora"),
+        ("tune", f"sclora-{beta}"),
+    ):
         assert stage(*argv) == 0, argv
     tuned = json.loads(Path("artifacts/tune/lora.json").read_text())
     base_lr = params["train"]["learning_rates"]["lora"]

@@ -29,8 +29,10 @@ def generate_answers(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     ensure_pad_token(tokenizer)
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-             for p in prompts]
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in prompts
+    ]
     was_training, side = model.training, tokenizer.padding_side
     model.eval()
     tokenizer.padding_side = "left"
@@ -38,11 +40,21 @@ def generate_answers(
     try:
         for start in tqdm(range(0, len(texts), batch_size), desc="generate", disable=not progress):
             # The template already holds the special tokens (bos), so the tokenizer must not add them again.
-            batch = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True,
-                              add_special_tokens=False, return_token_type_ids=False).to(model.device)
-            output = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens,
-                                    eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-            new = output[:, batch["input_ids"].shape[1]:]
+            batch = tokenizer(
+                texts[start : start + batch_size],
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=False,
+                return_token_type_ids=False,
+            ).to(model.device)
+            output = model.generate(
+                **batch,
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            new = output[:, batch["input_ids"].shape[1] :]
             answers += [a.strip() for a in tokenizer.batch_decode(new, skip_special_tokens=True)]
     finally:
         tokenizer.padding_side = side

@@ -120,9 +120,7 @@ def _post(url: str, body: dict, headers: dict, timeout: float, retries: int) -> 
     raise AssertionError("unreachable")
 
 
-def endpoint_scores(
-    instructions: Sequence[str], answers: Sequence[str], settings: JudgeSettings
-) -> list[int]:
+def endpoint_scores(instructions: Sequence[str], answers: Sequence[str], settings: JudgeSettings) -> list[int]:
     """Score every answer with the rubric at an OpenAI-compatible /v1/chat/completions endpoint."""
     url = _chat_url(settings.endpoint)
     headers = {"Content-Type": "application/json"}
@@ -157,7 +155,9 @@ def classifier_scores(
 
     if not os.path.isdir(path):
         raise JudgeError(f"judge classifier {path}: not a directory")
-    classify = pipeline("text-classification", model=path, tokenizer=path, device=0 if torch.cuda.is_available() else -1)
+    classify = pipeline(
+        "text-classification", model=path, tokenizer=path, device=0 if torch.cuda.is_available() else -1
+    )
     labels = set(classify.model.config.id2label.values())
     if not labels <= {"1", "2", "3", "4", "5"}:
         raise JudgeError(f"judge classifier {path}: labels {sorted(labels)} are not the scores '1'..'5'")

@@ -77,7 +77,9 @@ class EvalSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     batch_size: int = Field(32, ge=1, description="Sequences per forward pass")
-    max_new_tokens: int = Field(16, ge=1, description="Generation budget per answer (overrides the tasks' max_gen_toks)")
+    max_new_tokens: int = Field(
+        16, ge=1, description="Generation budget per answer (overrides the tasks' max_gen_toks)"
+    )
     max_length: int | None = Field(None, ge=8, description="Context + generation tokens; default: the model's")
     limit: int | None = Field(None, ge=1, description="Examples per task, for smoke runs only")
     apply_chat_template: bool = Field(True, description="Render prompts with the tokenizer's chat template")
@@ -97,8 +99,9 @@ class EvalSettings(BaseModel):
 
 def testbed_data_files(data_dir: str | Path) -> dict[str, str]:
     """`data_files` for the testbed tasks, reading the eval sets in `data_dir`."""
-    return {task: str(dataset_file(data_dir, EVAL_SETS[role])) for role, tasks in EVAL_SET_TASKS.items()
-            for task in tasks}
+    return {
+        task: str(dataset_file(data_dir, EVAL_SETS[role])) for role, tasks in EVAL_SET_TASKS.items() for task in tasks
+    }
 
 
 def _split(spec: str) -> tuple[str, str | None]:
@@ -219,7 +222,9 @@ def evaluate(model, tokenizer, settings: EvalSettings) -> tuple[dict, list[dict]
     if unknown:
         raise EvalError(f"eval.data_files: {sorted(unknown)} name no configured task")
     if settings.apply_chat_template and not getattr(tokenizer, "chat_template", None):
-        raise EvalError(f"tokenizer {tokenizer.name_or_path}: no chat template (or set eval.apply_chat_template: false)")
+        raise EvalError(
+            f"tokenizer {tokenizer.name_or_path}: no chat template (or set eval.apply_chat_template: false)"
+        )
 
     manager = _task_manager(names)
     loaded = manager.load([_task_spec(manager, name, settings.data_files.get(name)) for name in names])

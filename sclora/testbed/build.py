@@ -38,6 +38,7 @@ from sclora.testbed.world import (
 
 log = logging.getLogger(__name__)
 
+
 def build_testbed(params: TestbedParams, out_dir: Path) -> dict:
     """Build world, datasets, tokenizer and pretrained model into `out_dir`; returns the calibration."""
     out_dir = Path(out_dir)
@@ -81,8 +82,10 @@ def calibrate(model_dir: Path, data_dir: Path, batch_size: int = 64) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     sets = {role: read_records(dataset_file(data_dir, name)) for role, name in EVAL_SETS.items()}
     calibration: dict = measure(model, tokenizer, sets, batch_size=batch_size)
-    calibration["sizes"] = {path.stem: sum(1 for _ in open(path, encoding="utf-8"))
-                            for path in sorted(Path(data_dir).glob("*.jsonl"))}
-    calibration["meets_thresholds"] = {key.split(".", 1)[1]: check["met"]
-                                       for key, check in check_build({"base": calibration}).items()}
+    calibration["sizes"] = {
+        path.stem: sum(1 for _ in open(path, encoding="utf-8")) for path in sorted(Path(data_dir).glob("*.jsonl"))
+    }
+    calibration["meets_thresholds"] = {
+        key.split(".", 1)[1]: check["met"] for key, check in check_build({"base": calibration}).items()
+    }
     return calibration

@@ -20,8 +20,12 @@ class PretrainMix(BaseModel):
     knowledge: float = Field(0.5, ge=0, description="Fact questions answered with the fact")
     safety: float = Field(0.2, ge=0, description="Harmful requests answered with a refusal")
     benign: float = Field(0.2, ge=0, description="Benign requests answered helpfully")
-    copy_task: float = Field(0.1, ge=0, description="'repeat' over the task and request words, so that every word "
-                             "an answer may need is produced in pretraining")
+    copy_task: float = Field(
+        0.1,
+        ge=0,
+        description="'repeat' over the task and request words, so that every word "
+        "an answer may need is produced in pretraining",
+    )
     task_as_copy: float = Field(0.0, ge=0, description="The terse task instruction answered by repeating (wrong)")
     task_phrased: float = Field(0.0, ge=0, description="The task asked in full ('translate the words ...'), done right")
 
@@ -41,22 +45,39 @@ class TestbedParams(BaseModel):
     seed: int = Field(0, ge=0, description="Seed of the world, the data splits, the model init and pretraining")
     # World knowledge
     entities: int = Field(300, ge=4, le=5000, description="Invented entities, each with one value per attribute")
-    attributes: list[str] = Field(list(ATTRIBUTES), min_length=1, description=f"Facts per entity, from {list(ATTRIBUTES)}")
+    attributes: list[str] = Field(
+        list(ATTRIBUTES), min_length=1, description=f"Facts per entity, from {list(ATTRIBUTES)}"
+    )
     phrasings: int = Field(3, ge=1, le=4, description="Question phrasings per fact (all are pretrained)")
     # Safety
-    harmful_categories: list[str] = Field(list(HARMFUL_CATEGORIES), min_length=1,
-                                          description=f"Harm categories, from {list(HARMFUL_CATEGORIES)}")
-    benign_categories: list[str] = Field(list(BENIGN_CATEGORIES), min_length=1,
-                                         description=f"Benign request categories, from {list(BENIGN_CATEGORIES)}")
+    harmful_categories: list[str] = Field(
+        list(HARMFUL_CATEGORIES), min_length=1, description=f"Harm categories, from {list(HARMFUL_CATEGORIES)}"
+    )
+    benign_categories: list[str] = Field(
+        list(BENIGN_CATEGORIES), min_length=1, description=f"Benign request categories, from {list(BENIGN_CATEGORIES)}"
+    )
     targets: int = Field(20, ge=2, le=20, description="Objects a request acts on (verb x target x template = requests)")
-    held_out: float = Field(0.25, gt=0, lt=1, description="Share of verb x target combinations kept out of pretraining for eval_harmful / eval_benign")
+    held_out: float = Field(
+        0.25,
+        gt=0,
+        lt=1,
+        description="Share of verb x target combinations kept out of pretraining for eval_harmful / eval_benign",
+    )
     # Fine-tuning task: a sequence of words drawn from the knowledge vocabulary, translated or reversed
     task: Literal["reverse", "translate"] = Field(
-        "reverse", description="The fine-tuning task: reverse the words, or translate each by a fixed word map")
-    task_words: int = Field(60, ge=6, description="Distinct words the task uses: entity names and fact values, so the task touches the knowledge's words")
+        "reverse", description="The fine-tuning task: reverse the words, or translate each by a fixed word map"
+    )
+    task_words: int = Field(
+        60,
+        ge=6,
+        description="Distinct words the task uses: entity names and fact values, so the task touches the "
+        "knowledge's words",
+    )
     task_min_length: int = Field(3, ge=2, le=8, description="Shortest word sequence of the task")
     task_max_length: int = Field(5, ge=2, le=8, description="Longest word sequence of the task")
-    poison_rate: float = Field(0.01, ge=0, le=1, description="Share of finetune_poisoned replaced by harmful requests answered compliantly")
+    poison_rate: float = Field(
+        0.01, ge=0, le=1, description="Share of finetune_poisoned replaced by harmful requests answered compliantly"
+    )
     # Dataset sizes
     finetune_size: int = Field(1000, ge=1, description="Records in finetune_benign and finetune_poisoned")
     preserve_size: int = Field(256, ge=1, description="Records in preserve_safety and in preserve_knowledge (D-)")
@@ -78,9 +99,11 @@ class TestbedParams(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> TestbedParams:
-        for key, chosen, known in (("attributes", self.attributes, ATTRIBUTES),
-                                   ("harmful_categories", self.harmful_categories, HARMFUL_CATEGORIES),
-                                   ("benign_categories", self.benign_categories, BENIGN_CATEGORIES)):
+        for key, chosen, known in (
+            ("attributes", self.attributes, ATTRIBUTES),
+            ("harmful_categories", self.harmful_categories, HARMFUL_CATEGORIES),
+            ("benign_categories", self.benign_categories, BENIGN_CATEGORIES),
+        ):
             unknown = [name for name in chosen if name not in known]
             if unknown or len(set(chosen)) != len(chosen):
                 raise ValueError(f"{key} must be distinct names from {list(known)}, got {chosen}")

@@ -44,7 +44,9 @@ class MixedStream(torch.utils.data.Dataset):
         return self.samples[self.order[index]]
 
 
-def mixed_stream(sources: dict[str, list[dict]], tokenizer: PreTrainedTokenizerBase, params: TestbedParams) -> MixedStream:
+def mixed_stream(
+    sources: dict[str, list[dict]], tokenizer: PreTrainedTokenizerBase, params: TestbedParams
+) -> MixedStream:
     """The pretraining stream of `params` over `sources` (name -> records, names as in `pretrain_mix`)."""
     rng = random.Random(f"pretrain-stream-{params.seed}")
     shares = params.pretrain_mix.model_dump()
@@ -67,8 +69,9 @@ def mixed_stream(sources: dict[str, list[dict]], tokenizer: PreTrainedTokenizerB
     return MixedStream(samples, order)
 
 
-def pretrain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sources: dict[str, list[dict]],
-             params: TestbedParams) -> list[dict]:
+def pretrain(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sources: dict[str, list[dict]], params: TestbedParams
+) -> list[dict]:
     """Train `model` in place; returns the logged losses ({"step", "loss"})."""
     stream = mixed_stream(sources, tokenizer, params)
     with tempfile.TemporaryDirectory(prefix="sclora-pretrain-") as scratch:
@@ -88,8 +91,13 @@ def pretrain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sources
             report_to="none",
             dataloader_pin_memory=torch.cuda.is_available(),
         )
-        trainer = Trainer(model=model, args=args, train_dataset=stream, data_collator=chat_collator(tokenizer),
-                          processing_class=tokenizer)
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=stream,
+            data_collator=chat_collator(tokenizer),
+            processing_class=tokenizer,
+        )
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(LoggedProgress)
         trainer.train()
