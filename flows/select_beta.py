@@ -36,7 +36,7 @@ from tasks.forecast import load_forecast
 
 SELECT_DIR = ARTIFACTS / "select"
 VARIANT = "sclora"
-FIRST_STAGES = ("forecast", "evaluate")  # with everything upstream: what every probe needs, and no training
+FIRST_STAGES = ("forecast", "evaluate_base")  # with everything upstream: what every probe needs, and no training
 
 
 def probe_overrides(params: Params, betas: list[float]) -> list[str]:

@@ -27,7 +27,7 @@ from flows.stages import PARAMS_FILE, StageFailed, prepare_params, run_logged, s
 from sclora.config import load_params
 
 PIPELINE_FLOW = "sclora-pipeline"
-SHARED_STAGES = ("capture", "evaluate")  # with everything upstream: what every point of a pool sweep reuses
+SHARED_STAGES = ("capture", "evaluate_base")  # with everything upstream: what every point of a pool sweep reuses
 
 
 def grid_points(grid: dict[str, list]) -> list[list[str]]:

@@ -22,7 +22,7 @@ STAGES = (
     "tune",
     "plan",
     "train",
-    "evaluate",
+    "evaluate_base",
     "register",
     "report",
     "calibrate",

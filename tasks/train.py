@@ -43,7 +43,7 @@ from tasks.artifacts import (
     write_json,
 )  # fmt: skip
 from tasks.dvc_lock import locked_stages, stage_hashes
-from tasks.evaluate import base_metrics_path, evaluate_run
+from tasks.evaluate_base import base_metrics_path, evaluate_run
 from tasks.plan import check_plan
 
 REQUEST = "request.json"  # what the checkpoints were made from; a different request starts over
@@ -164,7 +164,7 @@ def _locked_stages(spec: RunSpec) -> list[str]:
     if not lock.is_file():
         return []
     locked = locked_stages(lock)
-    wanted = ["testbed", "prepare", "capture", "evaluate"]
+    wanted = ["testbed", "prepare", "capture", "evaluate_base"]
     if spec.method in SCLORA_VARIANTS:
         wanted.append(f"solve@{spec.beta}")
     return [stage for stage in wanted if stage in locked]

@@ -21,7 +21,7 @@ from sclora.evaluate.suite import ROLES, EvalError, EvalSettings, evaluate
 from sclora.models import load_model, load_tokenizer
 from sclora.train import train
 from tasks.artifacts import CHECKPOINTS, RunSpec, tune_item, tune_path, write_json
-from tasks.evaluate import eval_settings
+from tasks.evaluate_base import eval_settings
 from tasks.train import initialised_model, task_records
 
 CURVE = ("utility", "knowledge", "attack_success_rate", "refusal_rate", "collapse_rate", "benign_helpfulness")

@@ -11,7 +11,7 @@ from flows.cli import main
 from sclora.config import load_params
 from sclora.evaluate.suite import LM_EVAL_TASKS_DIR, ROLES, _split, _task_manager
 from sclora.methods import NAMES, PAPER_BASELINES
-from tasks.evaluate import eval_settings
+from tasks.evaluate_base import eval_settings
 from tasks.prepare import _mapped, load_source
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

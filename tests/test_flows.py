@@ -323,7 +323,7 @@ def test_pipeline_flow_on_the_real_dvc_yaml_with_tiny_params(tmp_path, monkeypat
 
     # Two stages at a time: concurrent stage processes share DVC's lock, the MLflow store and the HF caches.
     result = pipeline(params_file=str(tiny), overrides=("train.max_steps=2",), workdir=str(work), jobs=2)
-    assert result["stages"] == ["testbed", "prepare", "capture", "solve@0.8", "forecast", "plan", "evaluate",
+    assert result["stages"] == ["testbed", "prepare", "capture", "solve@0.8", "forecast", "plan", "evaluate_base",
                                 "train@benign-lora-0", "train@benign-pissa-0", "train_sclora@benign-sclora-0.8-0",
                                 "register", "report"]  # fmt: skip
     with open(result["results"], newline="") as handle:

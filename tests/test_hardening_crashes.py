@@ -63,7 +63,7 @@ def test_killed_capture_resumes_to_identical_bytes(project):
 
 
 def test_killed_training_resumes_to_identical_weights_and_metrics(project, monkeypatch):
-    for name in ("prepare", "capture", "evaluate"):
+    for name in ("prepare", "capture", "evaluate_base"):
         assert stage(name) == 0
     run = Path("artifacts/runs/benign-pissa-0")
     assert stage("train", run.name) == 0
@@ -94,15 +94,15 @@ def test_killed_training_resumes_to_identical_weights_and_metrics(project, monke
 
 def test_killed_evaluation_leaves_nothing_and_reruns_to_identical_metrics(project):
     assert stage("prepare") == 0
-    assert stage("evaluate") == 0
+    assert stage("evaluate_base") == 0
     base = Path("artifacts/eval/base")
     reference = {path.name: path.read_bytes() for path in base.iterdir()}
     shutil.rmtree(base)
-    killed = run_stage(project, "evaluate", prelude=kill_after(
+    killed = run_stage(project, "evaluate_base", prelude=kill_after(
         "importlib.import_module('lm_eval.models.huggingface').HFLM", "generate_until", 1))  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not base.exists()  # the killed evaluation wrote into its staging directory only
-    assert stage("evaluate") == 0
+    assert stage("evaluate_base") == 0
     assert {path.name: path.read_bytes() for path in base.iterdir()} == reference
     assert not partials(project)
 

@@ -84,7 +84,7 @@ def test_trust_remote_code_comes_from_params(project, monkeypatch, trusted):
 
         monkeypatch.setattr(owner, "from_pretrained", classmethod(recorded))
     overrides = ["-S", f"model.trust_remote_code={str(trusted).lower()}"]
-    for name in ("prepare", "capture", "evaluate"):
+    for name in ("prepare", "capture", "evaluate_base"):
         assert stage(name, *overrides) == 0
     assert {cls for cls, _ in seen} == {"AutoTokenizer", "AutoModelForCausalLM"}
     assert all(value is trusted for _, value in seen), seen
@@ -106,7 +106,7 @@ def test_code_shipped_with_the_weights_does_not_run_by_default(project):
 def test_secrets_stay_in_the_environment(project, monkeypatch):
     for name in ("OPENAI_API_KEY", "MLFLOW_TRACKING_PASSWORD", "HF_TOKEN"):
         monkeypatch.setenv(name, SECRET)
-    for name in ("prepare", "evaluate"):
+    for name in ("prepare", "evaluate_base"):
         assert stage(name) == 0
     assert stage("train", "benign-lora-0") == 0
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")

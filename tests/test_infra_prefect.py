@@ -168,7 +168,7 @@ def test_a_sweep_on_the_process_pool_shares_the_capture_through_the_dvc_remote(t
     # ... and each point, in its own checkout of that experiment, pulled it instead of running it.
     for run in points:
         logs = run_logs(api, run.id)
-        for shared in ("capture", "evaluate"):
+        for shared in ("capture", "evaluate_base"):
             assert f"Stage '{shared}' didn't change, skipping" in logs, (run.name, shared)
             assert f"Running stage '{shared}'" not in logs, (run.name, shared)
         assert "Running stage 'train@benign-lora-0'" in logs, run.name

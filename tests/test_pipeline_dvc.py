@@ -27,7 +27,7 @@ def pipeline(tiny_repro) -> tuple[Path, dict, str]:
 
 def test_repro_runs_every_stage_and_writes_its_outputs(pipeline):
     work, _, output = pipeline
-    stages = ["testbed", "prepare", "capture", "solve@0.8", "plan", "evaluate", "train@benign-lora-0",
+    stages = ["testbed", "prepare", "capture", "solve@0.8", "forecast", "plan", "evaluate_base", "train@benign-lora-0",
               "train@benign-pissa-0", "train_sclora@benign-sclora-0.8-0", "register", "report"]  # fmt: skip
     for stage in stages:
         assert f"Running stage '{stage}'" in output, stage

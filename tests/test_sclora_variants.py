@@ -24,7 +24,7 @@ def test_frozen_basis_stays_the_subspace_through_training(project):
     for argv in (
         ("prepare",),
         ("capture",),
-        ("evaluate",),
+        ("evaluate_base",),
         ("solve", str(beta)),
         ("train", f"benign-sclora_frozen-{beta}-0"),
         ("train", f"benign-sclora-{beta}-0"),

@@ -42,7 +42,7 @@ def test_tune_then_train_with_the_tuned_rate(project):
     for argv in (
         ("prepare",),
         ("capture",),
-        ("evaluate",),
+        ("evaluate_base",),
         ("solve", str(beta)),
         ("tune", "lora"),
         ("tune", f"sclora-{beta}"),

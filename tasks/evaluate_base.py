@@ -1,4 +1,4 @@
-"""Stage `evaluate`: the base model once -> artifacts/eval/base/{metrics.json, samples.jsonl}.
+"""Stage `evaluate_base`: the base model once -> artifacts/eval/base/{metrics.json, samples.jsonl}.
 
 Every trained run is evaluated inside its own `train` item (`evaluate_run` below), on the
 exported adapter over the original base, with forgetting against these base metrics.
