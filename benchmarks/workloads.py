@@ -102,7 +102,7 @@ def testbed(params_path: str | Path = ROOT / "params.yaml", task: str = "benign"
         random.Random(0).shuffle(rows)
         return rows[:count]
 
-    task_source = params.data.tasks[task]
+    task_source = params.data.finetune[task]
     adapter = params.adapter
     return Testbed(
         model_dir=model_dir,

@@ -42,7 +42,7 @@ FIRST_STAGES = ("forecast", "evaluate_base")  # with everything upstream: what e
 def probe_overrides(params: Params, betas: list[float]) -> list[str]:
     """The -S overrides of a probe round: sclora alone on select.task, select.seeds, the betas probed so far."""
     select = params.select
-    dropped = [f"~data.tasks.{task}" for task in params.data.tasks if task != select.task]
+    dropped = [f"~data.finetune.{task}" for task in params.data.finetune if task != select.task]
     return [*dropped, "train.methods=[]", f"train.sclora_variants=[{VARIANT}]", f"train.seeds={list(select.seeds)}",
             "tune.methods=[]", "tune.betas=[]", "train.lr_source=params.yaml",
             f"solve.betas=[{', '.join(beta_name(b) for b in sorted(betas))}]"]  # fmt: skip
@@ -162,8 +162,8 @@ def select_beta(
     root = Path(workdir).resolve()
     params = prepare_params(root, params_file, tuple(overrides))
     select = params.select
-    if select.task not in params.data.tasks:
-        raise ValueError(f"select.task: '{select.task}' is not in data.tasks ({', '.join(params.data.tasks)})")
+    if select.task not in params.data.finetune:
+        raise ValueError(f"select.task: '{select.task}' is not in data.finetune ({', '.join(params.data.finetune)})")
     stage_task = run_stage.with_options(retries=retries)
     probed: list[float] = []
     # Every round starts from the params as given (file and overrides), not from the last round's params.yaml.

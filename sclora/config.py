@@ -112,7 +112,7 @@ class DataParams(Section):
         min_length=1,
         description="Every dataset the pipeline reads, by name",
     )
-    tasks: dict[str, str] = Field(
+    finetune: dict[str, str] = Field(
         default_factory=lambda: {"benign": "finetune_benign", "poisoned": "finetune_poisoned"},
         min_length=1,
         description="Fine-tuning tasks (D+): task name -> source name",
@@ -132,7 +132,7 @@ class DataParams(Section):
 
     @model_validator(mode="after")
     def _names_known(self) -> DataParams:
-        named = [(f"tasks.{task}", source) for task, source in self.tasks.items()]
+        named = [(f"finetune.{task}", source) for task, source in self.finetune.items()]
         named += [(f"preserve.{i}", source) for i, source in enumerate(self.preserve)]
         named += [(f"eval.{role}", source) for role, source in self.eval.items()]
         named += [("validation", self.validation)] if self.validation is not None else []
@@ -212,7 +212,7 @@ class TuneParams(Section):
 
     methods: list[Baseline] = Field([], description="Baselines to tune; [] (the quick run) tunes none")
     betas: list[Annotated[float, Field(ge=0, le=1)]] = Field([], description="sclora betas to tune (of solve.betas)")
-    task: str = Field("benign", description="The task (of data.tasks) trained at each rate")
+    task: str = Field("benign", description="The task (of data.finetune) trained at each rate")
     factors: list[Annotated[float, Field(gt=0)]] = Field(
         [0.25, 0.5, 1.0, 2.0, 4.0], min_length=1, description="Rates tried: these times the method's params rate"
     )
@@ -222,7 +222,7 @@ class TuneParams(Section):
 class SelectParams(Section):
     """Beta for a forgetting budget (flow `select_beta`): the beta that learns most within the budget."""
 
-    task: str = Field("poisoned", description="The task (of data.tasks) each probe trains on (checked by the flow)")
+    task: str = Field("poisoned", description="The task (of data.finetune) each probe trains on (checked by the flow)")
     forgetting_budget: dict[str, float] = Field(
         default_factory=lambda: {"knowledge": 0.25, "attack_success_rate": 0.05},
         min_length=1,
@@ -280,8 +280,8 @@ class Params(Section):
     @model_validator(mode="after")
     def _tuning_covers_what_it_feeds(self) -> Params:
         tune = self.tune
-        if (tune.methods or tune.betas) and tune.task not in self.data.tasks:
-            raise ValueError(f"tune.task: '{tune.task}' is not in data.tasks ({', '.join(self.data.tasks)})")
+        if (tune.methods or tune.betas) and tune.task not in self.data.finetune:
+            raise ValueError(f"tune.task: '{tune.task}' is not in data.finetune ({', '.join(self.data.finetune)})")
         if (tune.methods or tune.betas) and self.data.validation is None:
             raise ValueError("data.validation: tuning needs a validation source")
         if not set(tune.betas) <= set(self.solve.betas):

@@ -78,13 +78,13 @@ def all_runs(params: Params) -> list[RunSpec]:
     """Every run the params ask for, in dvc.yaml's order (train, then train_sclora)."""
     runs = [
         RunSpec(task, method, seed)
-        for task in params.data.tasks
+        for task in params.data.finetune
         for method in params.train.methods
         for seed in params.train.seeds
     ]
     runs += [
         RunSpec(task, variant, seed, beta)
-        for task in params.data.tasks
+        for task in params.data.finetune
         for variant in params.train.sclora_variants
         for beta in params.solve.betas
         for seed in params.train.seeds

@@ -31,7 +31,7 @@ def run(params: Params) -> dict:
     ensure_pad_token(tokenizer)
     model = load_model(params.model.path, dtype=params.model.dtype, trust_remote_code=params.model.trust_remote_code)
     wanted = {CAPTURE / NEG: sample(params.data.preserve, params.capture.samples_neg)}
-    for task, source in params.data.tasks.items():
+    for task, source in params.data.finetune.items():
         wanted[pos_capture_dir(task)] = sample([source], params.capture.samples_pos)
     for stale in CAPTURE.glob("*"):
         if stale not in wanted and stale.is_dir():  # a task the params no longer name

@@ -27,7 +27,7 @@ def run(params: Params) -> dict:
     betas = forecast_grid(params.solve.forecast_step)
     tasks = {task: energy_forecast(model, config, CaptureStats.load(pos_capture_dir(task)), neg, betas,
                                    rank=adapter.rank, normalize=params.solve.normalize)
-             for task in params.data.tasks}  # fmt: skip
+             for task in params.data.finetune}  # fmt: skip
     with staged_dir(FORECAST) as staging:
         write_json(staging / FORECAST_JSON, {"rank": adapter.rank, "normalize": params.solve.normalize, "tasks": tasks})
         with (staging / "forecast.csv").open("w", newline="", encoding="utf-8") as handle:

@@ -43,12 +43,12 @@ def plan_path(spec: RunSpec) -> Path:
 def run_inputs(params: Params, spec: RunSpec) -> dict:
     """Everything in `params` (and, for CorDA, the capture) that decides the result of run `spec`."""
     data = params.data
-    sources = sorted({data.tasks[spec.task], *data.eval.values()})
+    sources = sorted({data.finetune[spec.task], *data.eval.values()})
     inputs = {
         "run": spec.name, "task": spec.task, "method": spec.method, "beta": spec.beta, "seed": spec.seed,
         "train": run_settings(params, spec).model_dump(mode="json"),
         "model": params.model.model_dump(mode="json"),
-        "data": {"task_source": data.tasks[spec.task], "eval": dict(data.eval),
+        "data": {"task_source": data.finetune[spec.task], "eval": dict(data.eval),
                  "sources": {name: data.sources[name].model_dump(mode="json") for name in sources}},
         "eval": params.eval.model_dump(mode="json"),
     }  # fmt: skip

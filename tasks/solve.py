@@ -21,7 +21,7 @@ def run(params: Params, item: str) -> dict:
     neg = CaptureStats.load(CAPTURE / NEG)
     spectra = {}
     with staged_dir(solve_dir(beta)) as staging:
-        for task in params.data.tasks:
+        for task in params.data.finetune:
             pos = CaptureStats.load(pos_capture_dir(task))
             subspaces = sclora_subspaces(
                 model, config, pos, neg, beta, rank=adapter.rank, normalize=params.solve.normalize

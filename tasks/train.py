@@ -57,7 +57,7 @@ def run(params: Params, item: str) -> dict:
     settings = run_settings(params, spec)
     model_params = params.model
     tokenizer = load_tokenizer(model_params.path, trust_remote_code=model_params.trust_remote_code)
-    source = params.data.tasks[spec.task]
+    source = params.data.finetune[spec.task]
     records = task_records(source)
     fingerprints = read_json(FINGERPRINTS, "prepared data fingerprints")
 
@@ -155,7 +155,7 @@ def _exported_model(params: Params, spec: RunSpec, export: Path) -> torch.nn.Mod
 
 
 def _sources(params: Params, spec: RunSpec) -> list[str]:
-    return [params.data.tasks[spec.task], *params.data.preserve, *params.data.eval.values()]
+    return [params.data.finetune[spec.task], *params.data.preserve, *params.data.eval.values()]
 
 
 def _locked_stages(spec: RunSpec) -> list[str]:

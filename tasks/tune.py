@@ -32,7 +32,7 @@ def run(params: Params, item: str) -> dict:
     tune, model_params = params.tune, params.model
     base = params.train.settings_for(spec.method, spec.seed)
     tokenizer = load_tokenizer(model_params.path, trust_remote_code=model_params.trust_remote_code)
-    records = task_records(params.data.tasks[spec.task])
+    records = task_records(params.data.finetune[spec.task])
     validation, held_out = validation_settings(params), eval_settings(params)
     points = []
     for factor in tune.factors:

@@ -45,7 +45,7 @@ def tiny_params(tmp: Path) -> dict:
     """params.yaml on a tiny grid: one task, lora and pissa, SC-LoRA at one beta, a few steps; MLflow in `tmp`."""
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     params["testbed"] = TINY_TESTBED
-    params["data"]["tasks"] = {"benign": "finetune_benign"}
+    params["data"]["finetune"] = {"benign": "finetune_benign"}
     params["adapter"].update(rank=2, alpha=4.0)
     params["capture"].update(samples_pos=16, samples_neg=16, batch_size=8, samples_per_shard=8, covariance=True)
     params["solve"]["betas"] = [0.8]

@@ -35,7 +35,7 @@ def _write(tmp_path, tree) -> Path:
         ({"trainning": {}}, "unknown key 'trainning'"),
         ({"train": {"methods": ["lora", "dora"]}}, "train.methods.1"),
         ({"train": {"methods": ["sclora"]}}, "train.methods.0"),
-        ({"data": {"tasks": {"x": "nope"}}}, "unknown source 'nope'"),
+        ({"data": {"finetune": {"x": "nope"}}}, "unknown source 'nope'"),
         ({"data": {"sources": {"a": {"path": "a.jsonl", "hf_name": "b"}}}}, "exactly one of"),
         ({"train": {"lr": 0}}, "train.lr"),
         ({"train": {"learning_rates": {"lora": -1e-3}}}, "learning_rates.lora"),
@@ -109,11 +109,11 @@ def test_sclora_variants_are_runs_per_beta(tmp_path):
 
 def test_sclora_alone_and_deleting_overrides(tmp_path):
     path = tmp_path / "params.yaml"
-    path.write_text("data:\n  tasks: {benign: finetune_benign, poisoned: finetune_poisoned}\n", encoding="utf-8")
-    params = load_params(path, ["train.methods=[]", "~data.tasks.benign"])
-    assert params.train.methods == [] and params.data.tasks == {"poisoned": "finetune_poisoned"}
-    with pytest.raises(ParamsError, match="no key data.tasks.nope to delete"):
-        load_params(path, ["~data.tasks.nope"])
+    path.write_text("data:\n  finetune: {benign: finetune_benign, poisoned: finetune_poisoned}\n", encoding="utf-8")
+    params = load_params(path, ["train.methods=[]", "~data.finetune.benign"])
+    assert params.train.methods == [] and params.data.finetune == {"poisoned": "finetune_poisoned"}
+    with pytest.raises(ParamsError, match="no key data.finetune.nope to delete"):
+        load_params(path, ["~data.finetune.nope"])
 
 
 def test_params_accept_every_method_of_the_table(tmp_path):

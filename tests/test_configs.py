@@ -97,7 +97,7 @@ def test_each_setting_names_its_model_task_and_preserved_knowledge():
         assert params.model.path == "meta-llama/Llama-2-7b-chat-hf"
         assert params.data.preserve == ["preserve_safety"] and params.eval.harmful == ["hex_phi"]
     assert by_name["safety-samsum"].eval.utility == ["samsum"]
-    assert list(by_name["safety-metamath-poisoned"].data.tasks) == ["poisoned"]
+    assert list(by_name["safety-metamath-poisoned"].data.finetune) == ["poisoned"]
     knowledge = by_name["knowledge-metamath-nq"]
     assert knowledge.model.path == "meta-llama/Llama-2-7b-hf"
     assert knowledge.data.sources["nq_open"].hf_name == "google-research-datasets/nq_open"

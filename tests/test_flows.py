@@ -452,7 +452,7 @@ def test_select_beta_on_the_real_dvc_yaml_probes_registers_and_says_when_a_budge
 
     params = tiny_params(tmp_path)
     params["train"]["max_steps"] = 2
-    params["data"]["tasks"]["poisoned"] = "finetune_poisoned"  # dropped by every round: probes train select.task
+    params["data"]["finetune"]["poisoned"] = "finetune_poisoned"  # dropped by every round: probes train select.task
     params["select"].update(task="benign", seeds=[0, 1], max_runs=2, forgetting_budget={"knowledge": 1.0})
     work, _ = real_repo(tmp_path, monkeypatch, params)
 

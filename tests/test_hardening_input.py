@@ -139,8 +139,8 @@ CASES = [
         "unknown source of a task",
         [],
         ["prepare"],
-        lambda: ["data.tasks={benign: nowhere}"],
-        "data: tasks.benign: unknown source 'nowhere'",
+        lambda: ["data.finetune={benign: nowhere}"],
+        "data: finetune.benign: unknown source 'nowhere'",
     ),
     # model
     ("missing model path", [], ["prepare"], lambda: ["model.path=models/none"], "models/none: no model directory"),
