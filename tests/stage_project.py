@@ -17,7 +17,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 
-# The testbed's own tiny world (tests/test_testbed.py), with fewer pretraining steps.
+# The testbed's tiny world (tests/test_testbed.py pretrains it longer).
 TINY_TESTBED = dict(
     entities=12,
     attributes=["city", "color"],

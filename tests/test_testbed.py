@@ -7,6 +7,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the build must never need a hub
 
 import pytest
 from pydantic import ValidationError
+from stage_project import TINY_TESTBED
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import sclora.testbed.build as build_module
@@ -30,26 +31,7 @@ from sclora.testbed.world import (
     vocabulary,
 )
 
-TINY = dict(
-    entities=12,
-    attributes=["city", "color"],
-    phrasings=2,
-    harmful_categories=["violence", "theft"],
-    benign_categories=["cleaning", "art"],
-    targets=4,
-    task_words=8,
-    finetune_size=40,
-    preserve_size=16,
-    eval_size=20,
-    copy_examples=50,
-    hidden_size=32,
-    layers=1,
-    heads=2,
-    intermediate_size=64,
-    pretrain_steps=30,
-    pretrain_batch_size=16,
-    poison_rate=0.1,
-)
+TINY = dict(TINY_TESTBED, pretrain_steps=30)  # enough pretraining for the base model's own checks
 TRAINING = ("finetune_benign", "finetune_poisoned", "preserve_safety", "preserve_knowledge")
 EVALUATION = ("eval_task", "eval_knowledge", "eval_harmful", "eval_benign")
 
