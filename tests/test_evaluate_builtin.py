@@ -5,7 +5,8 @@ import os
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny_models import tiny_llama_config
+from transformers import LlamaForCausalLM
 
 from sclora.evaluate.suite import EvalError, EvalSettings, evaluate
 from sclora.testbed.tokenizer import build_tokenizer
@@ -29,20 +30,7 @@ def test_builtin_knowledge_tasks_on_local_files(tmp_path):
     words = "Q: A: Question: Answer: what is the capital of zorbia quelt mirra tabo".split()
     tok = build_tokenizer(words)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-            pad_token_id=tok.pad_token_id,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
-    ).eval()
+    model = LlamaForCausalLM(tiny_llama_config(tok)).eval()
     data_files = {}
     for task, rows in FILES.items():
         data_files[task] = str(tmp_path / f"{task}.jsonl")

@@ -9,7 +9,8 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from rouge_score import rouge_scorer
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny_models import tiny_llama_config
+from transformers import LlamaForCausalLM
 
 from sclora.evaluate.scoring import exact_match, is_refusal, opens_with, safety_outcome
 from sclora.evaluate.suite import EvalError, EvalSettings, evaluate, write_results
@@ -81,18 +82,7 @@ def tok():
 
 def tiny_llama(tok):
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
+    config = tiny_llama_config(tok)
     return LlamaForCausalLM(config).eval()
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from tiny_models import word_tokenizer
-from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
+from tiny_models import tiny_llama_config, word_tokenizer
+from transformers import LlamaForCausalLM, TrainerCallback
 
 from sclora.capture import capture
 from sclora.data import chat_batches
@@ -32,18 +32,7 @@ def tok():
 
 def tiny_llama(tok, seed=0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
+    config = tiny_llama_config(tok)
     return LlamaForCausalLM(config)
 
 

@@ -81,3 +81,19 @@ def data_args(method: str, model, arch: str) -> dict:
 def word_tokenizer(words) -> PreTrainedTokenizerFast:
     """The testbed's word-level tokenizer and chat template."""
     return build_tokenizer(sorted(set(words)))
+
+
+def tiny_llama_config(tok) -> LlamaConfig:
+    """A 1-layer Llama of hidden size 32 over `tok`'s vocabulary and special tokens."""
+    return LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
