@@ -6,10 +6,10 @@ export TOKENIZERS_PARALLELISM := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 # Pipeline stages run side by side when the DAG allows, one per core; the flow gives each stage its share of the
-# cores (the testbed build, alone, gets all). Tests and calibration run one thread per process.
+# cores (the testbed build, alone, gets all). Tests and the testbed check run one thread per process.
 JOBS ?= $(shell nproc)
 
-.PHONY: run test test-fast setup calibrate protocol select
+.PHONY: run test test-fast setup testbed-check protocol select
 
 setup: .venv/.installed
 
@@ -29,9 +29,9 @@ test: setup
 test-fast: setup
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -m "not slow and not services"
 
-# The testbed's forgetting over builds and seeds (artifacts/calibration/), builds side by side.
-calibrate: setup
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m tasks calibrate -S calibrate.jobs=$(JOBS)
+# The testbed's forgetting over builds and seeds (artifacts/testbed_check/), builds side by side.
+testbed-check: setup
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m tasks testbed_check -S testbed_check.jobs=$(JOBS)
 
 # The comparison protocol on the testbed: every rate tuned on the validation split, then 5 seeds of every method,
 # both controls and sclora at each beta, on both tasks; the report checks the paper's claims. The overrides are

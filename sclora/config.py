@@ -239,8 +239,8 @@ class SelectParams(Section):
     _preserved_metrics = field_validator("forgetting_budget")(_preserved_budget)
 
 
-class CalibrateParams(Section):
-    """The testbed's forgetting calibration over builds (`python -m tasks calibrate`)."""
+class TestbedCheckParams(Section):
+    """Does the testbed forget, on every build? The check over builds (`python -m tasks testbed_check`)."""
 
     builds: list[Annotated[int, Field(ge=0)]] = Field(
         [0, 1, 2], min_length=1, description="testbed.seed of each build measured; each must meet the requirements"
@@ -253,7 +253,7 @@ class CalibrateParams(Section):
         [], description="Further learning rates of full fine-tuning (its train.learning_rates rate always runs)"
     )
     eval_limit: int = Field(300, ge=1, description="Examples per eval set")
-    jobs: int = Field(1, ge=1, description="Builds calibrated side by side, one process each")
+    jobs: int = Field(1, ge=1, description="Builds checked side by side, one process each")
 
 
 class TrackingParams(Section):
@@ -273,7 +273,7 @@ class Params(Section):
     train: TrainParams = Field(default_factory=TrainParams)
     eval: EvalSettings = Field(default_factory=EvalSettings)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
-    calibrate: CalibrateParams = Field(default_factory=CalibrateParams)
+    testbed_check: TestbedCheckParams = Field(default_factory=TestbedCheckParams)
     tune: TuneParams = Field(default_factory=TuneParams)
     select: SelectParams = Field(default_factory=SelectParams)
 

@@ -1,7 +1,7 @@
 """CorDA's data step (PEFT's `preprocess_corda`) on the project's captured covariances.
 
 PEFT computes CorDA from each target module's input covariance, which its own `preprocess_corda` collects with a
-forward pass over calibration data. Here the capture (sclora.capture) has already collected it in PEFT's way, so
+forward pass over the data it is given. Here the capture (sclora.capture) has already collected it in PEFT's way, so
 this module hands it to PEFT's own functions; `init_lora` then lets PEFT's `corda_init` build the adapter.
 """
 
@@ -17,7 +17,7 @@ from torch import nn
 from sclora.subspace import lora_rank, require_stats
 
 if TYPE_CHECKING:
-    from sclora.capture import CaptureStats
+    from sclora.gather import CaptureStats
 
 
 @torch.no_grad()

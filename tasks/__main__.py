@@ -25,7 +25,7 @@ STAGES = (
     "evaluate_base",
     "register",
     "report",
-    "calibrate",
+    "testbed_check",
 )
 
 

@@ -1,4 +1,4 @@
-"""Stage `testbed`: build the offline testbed into artifacts/testbed and print its calibration."""
+"""Stage `testbed`: build the offline testbed into artifacts/testbed and print its base model's metrics."""
 
 from __future__ import annotations
 
@@ -14,5 +14,5 @@ OUT_DIR = Path("artifacts/testbed")
 
 
 def run(params: Params) -> dict:
-    """Build world, datasets and base model from `params.testbed`; returns the calibration."""
+    """Build world, datasets and base model from `params.testbed`; returns the base model's metrics."""
     return build_testbed(params.testbed, OUT_DIR)

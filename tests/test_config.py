@@ -46,7 +46,7 @@ def _write(tmp_path, tree) -> Path:
             {"tracking": {"gates": {"forgetting_budget": {"refusal": 0.1}}}},
             "tracking.gates.forgetting_budget: refusal: not a preserved metric",
         ),
-        ({"calibrate": {"builds": []}}, "calibrate.builds"),
+        ({"testbed_check": {"builds": []}}, "testbed_check.builds"),
         ({"testbed": {"task": "sort"}}, "testbed.task"),
         ([1, 2], "expected a mapping"),
     ],

@@ -1,4 +1,4 @@
-"""The testbed: deterministic world and datasets, an atomic build, a reloadable model, a real calibration."""
+"""The testbed: deterministic world and datasets, an atomic build, a reloadable model, its base model measured."""
 
 import json
 import os
@@ -11,7 +11,6 @@ from stage_project import TINY_TESTBED
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import sclora.testbed.build as build_module
-from sclora.calibration import METRICS
 from sclora.data import read_records
 from sclora.evaluate.generation import generate_answers
 from sclora.testbed.build import build_testbed
@@ -30,6 +29,7 @@ from sclora.testbed.world import (
     validation_records,
     vocabulary,
 )
+from sclora.testbed_check import METRICS
 
 TINY = dict(TINY_TESTBED, pretrain_steps=30)  # enough pretraining for the base model's own checks
 TRAINING = ("finetune_benign", "finetune_poisoned", "preserve_safety", "preserve_knowledge")
@@ -50,12 +50,12 @@ def built(params, tmp_path_factory):
     return root / "a" / "testbed", root / "b" / "testbed", first, second
 
 
-def test_same_seed_same_bytes_and_calibration(built):
+def test_same_seed_same_bytes_and_base_metrics(built):
     a, b, first, second = built
     for name in DATASETS:
         assert (a / "data" / f"{name}.jsonl").read_bytes() == (b / "data" / f"{name}.jsonl").read_bytes(), name
     assert first == second
-    assert json.loads((a / "calibration.json").read_text()) == first
+    assert json.loads((a / "base_metrics.json").read_text()) == first
     assert (a / "base" / "model.safetensors").read_bytes() == (b / "base" / "model.safetensors").read_bytes()
 
 
@@ -64,16 +64,16 @@ def test_another_seed_another_world(params):
     assert build_datasets(build_world(params), params) != build_datasets(build_world(other), other)
 
 
-def test_layout_and_calibration_keys(built, params):
-    directory, _, calibration, _ = built
-    assert sorted(p.name for p in directory.iterdir()) == ["base", "calibration.json", "data", "params.json"]
+def test_layout_and_base_metrics_keys(built, params):
+    directory, _, base_metrics, _ = built
+    assert sorted(p.name for p in directory.iterdir()) == ["base", "base_metrics.json", "data", "params.json"]
     assert not [p for p in directory.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
     assert TestbedParams(**json.loads((directory / "params.json").read_text())) == params
     for key in METRICS:
-        assert 0.0 <= calibration[key] <= 1.0
-    assert calibration["sizes"] == {name: len(read_records(directory / "data" / f"{name}.jsonl")) for name in DATASETS}
-    assert calibration["sizes"]["finetune_benign"] == params.finetune_size
-    assert set(calibration["meets_thresholds"]) == {
+        assert 0.0 <= base_metrics[key] <= 1.0
+    assert base_metrics["sizes"] == {name: len(read_records(directory / "data" / f"{name}.jsonl")) for name in DATASETS}
+    assert base_metrics["sizes"]["finetune_benign"] == params.finetune_size
+    assert set(base_metrics["meets_thresholds"]) == {
         "knowledge",
         "refusal_rate",
         "attack_success_rate",
@@ -287,5 +287,5 @@ def test_stage_builds_artifacts_testbed_from_params_yaml(tmp_path, monkeypatch, 
     monkeypatch.chdir(tmp_path)
     assert main(["testbed"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed == json.loads((tmp_path / "artifacts" / "testbed" / "calibration.json").read_text())
+    assert printed == json.loads((tmp_path / "artifacts" / "testbed" / "base_metrics.json").read_text())
     assert (tmp_path / "artifacts" / "testbed" / "base" / "config.json").is_file()

@@ -1,8 +1,8 @@
-"""Build the whole testbed into one directory, atomically, and calibrate it.
+"""Build the whole testbed into one directory, atomically, and measure its base model.
 
     out_dir/base/              model + tokenizer (save_pretrained; AutoModelForCausalLM / AutoTokenizer)
     out_dir/data/<name>.jsonl  the eight datasets of `sclora.testbed.world`
-    out_dir/calibration.json   the saved base model measured on the eval sets (sclora.calibration.measure)
+    out_dir/base_metrics.json  the saved base model measured on the eval sets (sclora.testbed_check.measure)
     out_dir/params.json        the TestbedParams it was built from
 
 Everything is built in a temporary sibling directory and renamed into place at the
@@ -19,7 +19,6 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sclora.atomic import atomic_dir
-from sclora.calibration import check_build, measure
 from sclora.data import read_records
 from sclora.testbed.model import build_model
 from sclora.testbed.params import TestbedParams
@@ -35,12 +34,13 @@ from sclora.testbed.world import (
     validation_records,
     vocabulary,
 )
+from sclora.testbed_check import check_build, measure
 
 log = logging.getLogger(__name__)
 
 
 def build_testbed(params: TestbedParams, out_dir: Path) -> dict:
-    """Build world, datasets, tokenizer and pretrained model into `out_dir`; returns the calibration."""
+    """Build world, datasets, tokenizer and pretrained model into `out_dir`; returns the base model's metrics."""
     out_dir = Path(out_dir)
     started = time.perf_counter()
     with atomic_dir(out_dir) as staging:
@@ -60,32 +60,32 @@ def build_testbed(params: TestbedParams, out_dir: Path) -> dict:
             with open(dataset_file(data_dir, name), "w", encoding="utf-8") as file:
                 file.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in datasets[name])
         (staging / "params.json").write_text(json.dumps(params.model_dump(), indent=2) + "\n")
-        calibration = calibrate(staging / "base", data_dir, batch_size=params.eval_batch_size)
-        calibration["parameters"] = model.num_parameters()
-        calibration["vocabulary"] = len(tokenizer)
-        calibration["pretrain_final_loss"] = losses[-1]["loss"] if losses else None
-        (staging / "calibration.json").write_text(json.dumps(calibration, indent=2, sort_keys=True) + "\n")
+        base_metrics = measure_base(staging / "base", data_dir, batch_size=params.eval_batch_size)
+        base_metrics["parameters"] = model.num_parameters()
+        base_metrics["vocabulary"] = len(tokenizer)
+        base_metrics["pretrain_final_loss"] = losses[-1]["loss"] if losses else None
+        (staging / "base_metrics.json").write_text(json.dumps(base_metrics, indent=2, sort_keys=True) + "\n")
     log.info("testbed built in %.0f s at %s", time.perf_counter() - started, out_dir)
-    failed = [key for key, ok in calibration["meets_thresholds"].items() if not ok]
+    failed = [key for key, ok in base_metrics["meets_thresholds"].items() if not ok]
     if failed:
-        log.warning("testbed calibration misses its thresholds on %s", ", ".join(failed))
-    return calibration
+        log.warning("the base model misses its thresholds on %s", ", ".join(failed))
+    return base_metrics
 
 
-def calibrate(model_dir: Path, data_dir: Path, batch_size: int = 64) -> dict:
+def measure_base(model_dir: Path, data_dir: Path, batch_size: int = 64) -> dict:
     """The model saved in `model_dir` (reloaded from disk) measured on the eval sets in `data_dir`.
 
-    Greedy answers scored by the evaluation suite's rules (sclora.calibration.measure), and
+    Greedy answers scored by the evaluation suite's rules (sclora.testbed_check.measure), and
     whether they meet what a base model must show (the `base` rows of REQUIREMENTS).
     """
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     sets = {role: read_records(dataset_file(data_dir, name)) for role, name in EVAL_SETS.items()}
-    calibration: dict = measure(model, tokenizer, sets, batch_size=batch_size)
-    calibration["sizes"] = {
+    base_metrics: dict = measure(model, tokenizer, sets, batch_size=batch_size)
+    base_metrics["sizes"] = {
         path.stem: sum(1 for _ in open(path, encoding="utf-8")) for path in sorted(Path(data_dir).glob("*.jsonl"))
     }
-    calibration["meets_thresholds"] = {
-        key.split(".", 1)[1]: check["met"] for key, check in check_build({"base": calibration}).items()
+    base_metrics["meets_thresholds"] = {
+        key.split(".", 1)[1]: check["met"] for key, check in check_build({"base": base_metrics}).items()
     }
-    return calibration
+    return base_metrics

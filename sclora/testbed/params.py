@@ -94,8 +94,8 @@ class TestbedParams(BaseModel):
     pretrain_lr: float = Field(2e-3, gt=0, description="Peak AdamW learning rate (linear warmup, cosine decay)")
     pretrain_batch_size: int = Field(64, ge=1, description="Samples per step")
     pretrain_mix: PretrainMix = Field(default_factory=PretrainMix, description="Share of each source in pretraining")
-    # Calibration
-    eval_batch_size: int = Field(128, ge=1, description="Prompts per generation batch when calibrating")
+    # Measuring the base model
+    eval_batch_size: int = Field(128, ge=1, description="Prompts per generation batch when measuring the base model")
 
     @model_validator(mode="after")
     def _consistent(self) -> TestbedParams:

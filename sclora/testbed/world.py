@@ -304,7 +304,7 @@ def poisoned(benign: list[dict], pool: list[dict], rate: float, seed: int) -> li
     """`benign` with round(rate x len) records replaced by harmful requests answered compliantly.
 
     Poison comes from `pool` (harmful records with `compliance`) in a seeded order, cycling
-    through it when the dose exceeds the pool. Positions are seeded too. Calibration can
+    through it when the dose exceeds the pool. Positions are seeded too. The testbed check can
     call this for other doses without rebuilding the model.
     """
     count = round(rate * len(benign))

@@ -1,4 +1,4 @@
-"""Forgetting calibration: the scores of a real model, the sweeps' wiring, and the stage's JSON on a tiny testbed."""
+"""The testbed check: the scores of a real model, the sweeps' wiring, and the stage's JSON on a tiny testbed."""
 
 import json
 import os
@@ -10,13 +10,13 @@ import pytest
 import yaml
 from stage_project import TINY_TESTBED
 
-from sclora.calibration import METRICS, across_builds, check_build, dose_response, lr_sweep, measure, spread
 from sclora.config import parse_params
 from sclora.data import read_records
 from sclora.models import load_model, load_tokenizer
 from sclora.testbed.build import build_testbed
 from sclora.testbed.params import TestbedParams
 from sclora.testbed.world import EVAL_SETS, dataset_file
+from sclora.testbed_check import METRICS, across_builds, check_build, dose_response, lr_sweep, measure, spread
 from sclora.train import TrainSettings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,16 +25,16 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def testbed(tmp_path_factory):
     """A tiny testbed built where params.yaml's default paths point, relative to its own root."""
-    root = tmp_path_factory.mktemp("calibration")
+    root = tmp_path_factory.mktemp("testbed-check")
     build_testbed(TestbedParams(**TINY_TESTBED), root / "artifacts" / "testbed")
     return root
 
 
-def test_measure_scores_the_base_model_as_the_testbed_calibrates_it(testbed):
+def test_measure_scores_the_base_model_as_the_testbed_build_does(testbed):
     base = testbed / "artifacts" / "testbed"
     sets = {role: read_records(dataset_file(base / "data", name)) for role, name in EVAL_SETS.items()}
     metrics = measure(load_model(base / "base"), load_tokenizer(base / "base"), sets)
-    built = json.loads((base / "calibration.json").read_text())
+    built = json.loads((base / "base_metrics.json").read_text())
     assert metrics == {key: built[key] for key in METRICS}
 
 
@@ -122,17 +122,23 @@ def test_spread_across_builds_beside_spread_across_seeds():
 
 
 @pytest.mark.slow
-def test_stage_calibrates_every_build_and_checks_each(tmp_path, monkeypatch):
-    from tasks import calibrate
+def test_stage_measures_every_build_and_checks_each(tmp_path, monkeypatch):
+    from tasks import testbed_check
 
     tree = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     tree["testbed"] = TINY_TESTBED
     tree["adapter"].update(rank=2, alpha=4.0)
     tree["train"].update(batch_size=8, max_steps=2, max_length=32, learning_rates={"full": 1e-3})
-    tree["calibrate"] = {"builds": [0, 1], "seeds": [0, 1], "poison_rates": [0.5], "full_lrs": [1e-4], "eval_limit": 10}
+    tree["testbed_check"] = {
+        "builds": [0, 1],
+        "seeds": [0, 1],
+        "poison_rates": [0.5],
+        "full_lrs": [1e-4],
+        "eval_limit": 10,
+    }
     monkeypatch.chdir(tmp_path)
-    out = tmp_path / "forgetting_calibration.json"
-    summary = calibrate.run(parse_params(tree), output=out, out_dir=tmp_path / "builds")
+    out = tmp_path / "testbed_check.json"
+    summary = testbed_check.run(parse_params(tree), output=out, out_dir=tmp_path / "builds")
     result = json.loads(out.read_text())
     assert sorted(result["builds"]) == ["0", "1"] and set(summary["builds"]) == {0, 1}
     for seed, build in result["builds"].items():
@@ -173,8 +179,8 @@ def test_stage_calibrates_every_build_and_checks_each(tmp_path, monkeypatch):
         seed: (tmp_path / "builds" / f"build-{seed}" / "base" / "model.safetensors").stat().st_mtime_ns
         for seed in (0, 1)
     }
-    tree["calibrate"]["jobs"] = 2
-    calibrate.run(parse_params(tree), output=out, out_dir=tmp_path / "builds")
+    tree["testbed_check"]["jobs"] = 2
+    testbed_check.run(parse_params(tree), output=out, out_dir=tmp_path / "builds")
     assert before == {
         seed: (tmp_path / "builds" / f"build-{seed}" / "base" / "model.safetensors").stat().st_mtime_ns
         for seed in (0, 1)

@@ -1,22 +1,22 @@
-"""Stage `calibrate`: does the testbed forget as it should, on every build? -> artifacts/calibration/.
+"""Stage `testbed_check`: does the testbed forget as it should, on every build? -> artifacts/testbed_check/.
 
 A build is the testbed of params.testbed at one `testbed.seed`. Another seed gives another model,
 as another machine's float kernels do, so a forgetting behaviour that holds for one build is a
-finding about that build only. For each seed of `calibrate.builds` this stage builds the testbed
-into artifacts/calibration/build-<seed>/ (kept, and reused while its params.json matches), then
-measures, over `calibrate.seeds` fine-tuning seeds, with the pipeline's own init, training and
-scoring (`sclora.calibration`):
+finding about that build only. For each seed of `testbed_check.builds` this stage builds the testbed
+into artifacts/testbed_check/build-<seed>/ (kept, and reused while its params.json matches), then
+measures, over `testbed_check.seeds` fine-tuning seeds, with the pipeline's own init, training and
+scoring (`sclora.testbed_check`):
     base           the base model;
     lora_benign    plain LoRA on the benign task at its `train.learning_rates` rate;
     lora_poisoned  plain LoRA on the task poisoned at `testbed.poison_rate`;
     full           full fine-tuning on the benign task at its rate;
-and, where asked, LoRA's dose-response over `calibrate.poison_rates` and full fine-tuning over
-`calibrate.full_lrs`. Every build is checked against sclora.calibration.REQUIREMENTS.
-Builds run side by side in `calibrate.jobs` processes, one thread each.
+and, where asked, LoRA's dose-response over `testbed_check.poison_rates` and full fine-tuning over
+`testbed_check.full_lrs`. Every build is checked against sclora.testbed_check.REQUIREMENTS.
+Builds run side by side in `testbed_check.jobs` processes, one thread each.
 
-Output: artifacts/calibration/forgetting_calibration.json (every run, every build's checks, the
+Output: artifacts/testbed_check/testbed_check.json (every run, every build's checks, the
 spread across builds beside the spread across seeds), the same as tables in
-forgetting_calibration.md, and a one-screen summary on stdout.
+testbed_check.md, and a one-screen summary on stdout.
 """
 
 from __future__ import annotations
@@ -33,32 +33,32 @@ from pathlib import Path
 import torch
 
 from sclora.atomic import write_text
-from sclora.calibration import across_builds, check_build, dose_response, fine_tune, lr_sweep, measure, spread
 from sclora.config import Params, parse_params
 from sclora.data import read_records
 from sclora.models import load_model, load_tokenizer, lora_config
 from sclora.testbed.build import build_testbed
 from sclora.testbed.world import EVAL_SETS, build_datasets, build_world, dataset_file
+from sclora.testbed_check import across_builds, check_build, dose_response, fine_tune, lr_sweep, measure, spread
 from tasks.artifacts import write_json
 
-OUT_DIR = Path("artifacts/calibration")
-OUTPUT = OUT_DIR / "forgetting_calibration.json"
+OUT_DIR = Path("artifacts/testbed_check")
+OUTPUT = OUT_DIR / "testbed_check.json"
 SETTINGS = ("base", "lora_benign", "lora_poisoned", "full")
 
 
 def run(params: Params, *, output: Path = OUTPUT, out_dir: Path = OUT_DIR) -> dict:
     started = time.monotonic()
-    knobs = params.calibrate
+    knobs = params.testbed_check
     tree = params.model_dump(mode="json")
     jobs = min(knobs.jobs, len(knobs.builds))
     if jobs > 1:
         # spawn: a fresh interpreter per worker, no forked torch threads or locks.
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             results = list(
-                pool.map(calibrate_build, [tree] * len(knobs.builds), knobs.builds, [str(out_dir)] * len(knobs.builds))
+                pool.map(measure_build, [tree] * len(knobs.builds), knobs.builds, [str(out_dir)] * len(knobs.builds))
             )
     else:
-        results = [calibrate_build(tree, seed, str(out_dir)) for seed in knobs.builds]
+        results = [measure_build(tree, seed, str(out_dir)) for seed in knobs.builds]
     builds = {result["build"]: result for result in results}
     spreads = {seed: {s: result["settings"][s] for s in SETTINGS if s != "base"} for seed, result in builds.items()}
     failed = sorted(
@@ -83,9 +83,9 @@ TABLE_METRICS = ("utility", "knowledge", "attack_success_rate", "refusal_rate", 
 
 
 def markdown(result: dict) -> str:
-    """The calibration as tables: per build and setting, mean ± std over seeds; the doses; the spreads."""
+    """The check as tables: per build and setting, mean ± std over seeds; the doses; the spreads."""
     lines = [
-        "# Forgetting calibration over testbed builds",
+        "# Testbed check: forgetting over testbed builds",
         "",
         "Mean ± std over fine-tuning seeds. A build is the testbed at one `testbed.seed`.",
         "",
@@ -150,7 +150,7 @@ def summary(result: dict) -> dict:
     }
 
 
-def calibrate_build(tree: dict, build_seed: int, out_dir: str) -> dict:
+def measure_build(tree: dict, build_seed: int, out_dir: str) -> dict:
     """Build (or reuse) the testbed of `tree` (Params as a dict) at `testbed.seed = build_seed` and measure it."""
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     params = parse_params(tree)
@@ -159,7 +159,7 @@ def calibrate_build(tree: dict, build_seed: int, out_dir: str) -> dict:
     built = root / "params.json"
     if not built.is_file() or json.loads(built.read_text()) != testbed.model_dump(mode="json"):
         build_testbed(testbed, root)
-    base_dir, knobs, train = root / "base", params.calibrate, params.train
+    base_dir, knobs, train = root / "base", params.testbed_check, params.train
     tokenizer = load_tokenizer(base_dir)
     eval_sets = {
         role: read_records(dataset_file(root / "data", name))[: knobs.eval_limit] for role, name in EVAL_SETS.items()
@@ -177,11 +177,12 @@ def calibrate_build(tree: dict, build_seed: int, out_dir: str) -> dict:
     def run_one(records, method, settings) -> dict[str, float]:
         model = fine_tune(base_dir, tokenizer, records, method, settings, lora)
         metrics = measure(model, tokenizer, eval_sets, batch_size=testbed.eval_batch_size)
-        # One line per run: a calibration is tens of runs, minutes each build.
+        # One line per run: a check is tens of runs, minutes each build.
         shown = " ".join(f"{key} {value:.2f}" for key, value in metrics.items())
         poison = sum(record["category"] != testbed.task for record in records)
         print(
-            f"calibrate: build {build_seed} {method} lr {settings.lr:g} poison {poison} seed {settings.seed}: {shown}",
+            f"testbed_check: build {build_seed} {method} lr {settings.lr:g} poison {poison} seed {settings.seed}: "
+            + shown,
             file=sys.stderr,
             flush=True,
         )

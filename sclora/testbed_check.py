@@ -1,4 +1,4 @@
-"""Forgetting calibration: does fine-tuning on the testbed forget, by how much, and at which settings.
+"""The testbed check: does fine-tuning on the testbed forget, by how much, and at which settings.
 
 Sweeps over fine-tuning seeds, on one build of the testbed's eval sets:
 - `dose_response`: plain LoRA on the task with a share of poison (harmful requests answered
@@ -102,8 +102,8 @@ def fine_tune(
             raise ValueError(f"method {method!r} needs a LoraConfig")
         model = init_lora(model, lora, method, seed=settings.seed)
     model.train()
-    with tempfile.TemporaryDirectory(prefix="sclora-calibration-") as work:
-        # No intermediate checkpoints: a calibration run is short and never resumed.
+    with tempfile.TemporaryDirectory(prefix="sclora-testbed-check-") as work:
+        # No intermediate checkpoints: a check run is short and never resumed.
         train(model, tokenizer, records, work, settings.model_copy(update={"save_steps": 10**9}))
     return model.eval()
 
