@@ -18,7 +18,7 @@ import torch
 import sclora
 from benchmarks import workloads
 from benchmarks.record import arguments, goal, parse, peak_memory, timed, write_result
-from sclora.capture import CaptureStats, resolve_targets
+from sclora.gather import CaptureStats, resolve_targets
 
 NAME = "solve_scale"
 GOAL = "< 60"

@@ -15,9 +15,9 @@ import torch
 from peft import LoraConfig
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from sclora.capture import CaptureStats
 from sclora.config import Params, load_params
 from sclora.data import chat_batches, read_records
+from sclora.gather import CaptureStats
 from sclora.inits import init_lora
 from sclora.models import load_model, load_tokenizer, lora_config
 from sclora.subspace import Subspace

@@ -31,8 +31,7 @@ from sclora.atomic import write_text
 from sclora.config import Params
 from sclora.forecast import rank_correlation, share_at
 from sclora.selection import Probe, Selection, first_beta, search
-from tasks.artifacts import ARTIFACTS, METRICS, RUN_FILE, RunSpec, beta_name, read_json, write_json
-from tasks.forecast import load_forecast
+from tasks.artifacts import ARTIFACTS, METRICS, RUN_FILE, RunSpec, beta_name, load_forecast, read_json, write_json
 
 SELECT_DIR = ARTIFACTS / "select"
 VARIANT = "sclora"

@@ -1,6 +1,7 @@
 """sclora: knowledge-preserving LoRA fine-tuning (SC-LoRA, arXiv 2505.23724) as a production pipeline.
 
-gather (`capture`) -> solve (`solve_subspace`) -> apply (`init_lora`) -> train (`train`) -> share (`export_lora`).
+gather (`capture`, sclora/gather.py) -> solve (`solve_subspace`, subspace.py) -> apply (`init_lora`, inits.py)
+-> train (`train`) -> share (`export_lora`).
 
 The names below are imported on first use: every pipeline stage is its own process, and importing PEFT,
 transformers and MLflow for names a stage never touches costs seconds each time.
@@ -8,13 +9,11 @@ transformers and MLflow for names a stage never touches costs seconds each time.
 
 from importlib import import_module
 
-# Bound eagerly: the function `sclora.capture` shares its name with the module `sclora.capture`, and an import
-# of the module after this line does not rebind the package attribute (it is already loaded).
-from sclora.capture import CaptureStats, capture  # noqa: F401 - the package's attributes
-
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "CaptureStats": "sclora.gather",
+    "capture": "sclora.gather",
     "DataError": "sclora.data",
     "chat_batches": "sclora.data",
     "encode_chat": "sclora.data",
@@ -32,7 +31,7 @@ _EXPORTS = {
     "train": "sclora.train",
 }
 
-__all__ = sorted([*_EXPORTS, "CaptureStats", "capture"])
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):

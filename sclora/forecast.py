@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from scipy import stats
 
-from sclora.subspace import DegenerateSubspaceWarning, layer_outputs, layer_statistics, solve_layer
+if TYPE_CHECKING:
+    import torch
 
 
 def energy_share(basis: torch.Tensor, outputs: torch.Tensor) -> float:
@@ -45,6 +46,9 @@ def energy_forecast(
     top-r eigenspace is not unique, where any basis of it would do and the shares are one choice of many),
     "layers": {name: {"pos_share", "neg_share"}}}.
     """
+    # The solve (torch, PEFT) loads here only: the report and select_beta read a forecast without computing one.
+    from sclora.subspace import DegenerateSubspaceWarning, layer_outputs, layer_statistics, solve_layer
+
     layers, degenerate = {}, [0] * len(betas)
     for name, layer in layer_statistics(model, lora_config, pos, neg, rank):
         y_pos = layer_outputs("pos", layer.weight, layer.pos, layer.bias, layer.pos_tokens)

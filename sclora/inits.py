@@ -35,7 +35,7 @@ from sclora.methods import BY_NAME, INITS
 from sclora.subspace import ROW_BLOCK, Subspace, lora_rank, sclora_subspaces
 
 if TYPE_CHECKING:
-    from sclora.capture import CaptureStats
+    from sclora.gather import CaptureStats
 
 METHODS = INITS
 RESIDUAL_METHODS = tuple(name for name in INITS if BY_NAME[name].residual)

@@ -28,7 +28,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 if TYPE_CHECKING:
-    from sclora.capture import CaptureStats
+    from sclora.gather import CaptureStats
 
 NORMALIZE = ("none", "trace")
 ROW_BLOCK = 1024  # rows of a wide W made float64 at a time (here and in sclora.inits), never the whole of it

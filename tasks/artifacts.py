@@ -29,6 +29,7 @@ REGISTRY = ARTIFACTS / "registry.json"
 REPORT = ARTIFACTS / "report"
 TUNE = ARTIFACTS / "tune"
 FORECAST = ARTIFACTS / "forecast"
+FORECAST_JSON = "forecast.json"
 # Training checkpoints live outside the stage's outputs (which DVC deletes before a run) so a killed run resumes.
 CHECKPOINTS = ARTIFACTS / "checkpoints"
 
@@ -129,3 +130,8 @@ def read_json(path: Path, what: str) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path}: {what} is not valid JSON ({error}); run the stage that writes it again") from None
+
+
+def load_forecast(root: Path = Path(".")) -> dict:
+    """The forecast per task (task -> sclora.forecast.energy_forecast's table), as stage `forecast` wrote it."""
+    return read_json(root / FORECAST / FORECAST_JSON, "SC-LoRA forecast (stage forecast)")["tasks"]

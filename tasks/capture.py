@@ -16,9 +16,9 @@ import shutil
 
 import pyarrow.parquet as pq
 
-from sclora.capture import capture
 from sclora.config import Params
 from sclora.data import ensure_pad_token
+from sclora.gather import capture
 from sclora.models import load_model, load_tokenizer
 from tasks.artifacts import CAPTURE, NEG, pos_capture_dir, prepared_path, read_json, write_json
 

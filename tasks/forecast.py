@@ -8,15 +8,12 @@ number) and forecast.csv (the averaged table); the report draws it, and `select_
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
-from sclora.capture import CaptureStats
 from sclora.config import Params
 from sclora.forecast import energy_forecast, forecast_grid
+from sclora.gather import CaptureStats
 from sclora.models import load_model, lora_config
-from tasks.artifacts import CAPTURE, FORECAST, NEG, pos_capture_dir, read_json, staged_dir, write_json
-
-FORECAST_JSON = "forecast.json"
+from tasks.artifacts import CAPTURE, FORECAST, FORECAST_JSON, NEG, pos_capture_dir, staged_dir, write_json
 
 
 def run(params: Params) -> dict:
@@ -38,8 +35,3 @@ def run(params: Params) -> dict:
                     writer.writerow([task, beta, f"{forecast['pos_share'][i]:.6f}", f"{forecast['neg_share'][i]:.6f}",
                                      forecast["degenerate_layers"][i]])  # fmt: skip
     return {task: {"betas": len(f["betas"]), "layers": len(f["layers"])} for task, f in tasks.items()}
-
-
-def load_forecast(root: Path = Path(".")) -> dict:
-    """The forecast per task (task -> energy_forecast's table), as the stage wrote it under `root`."""
-    return read_json(root / FORECAST / FORECAST_JSON, "SC-LoRA forecast (stage forecast)")["tasks"]

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from sclora.capture import MANIFEST
 from sclora.config import Params
+from sclora.gather import MANIFEST
 from tasks.artifacts import ARTIFACTS, CAPTURE, NEG, RunSpec, all_runs, pos_capture_dir, run_settings, write_json
 
 PLAN = ARTIFACTS / "plan"

@@ -5,8 +5,7 @@ from __future__ import annotations
 from sclora.config import Params
 from sclora.metrics import UNJUDGED
 from sclora.report import FORGETTING_COLUMNS, write_report
-from tasks.artifacts import METRICS, REPORT, RUN_FILE, SPECTRA, all_runs, read_json, solve_dir
-from tasks.forecast import load_forecast
+from tasks.artifacts import METRICS, REPORT, RUN_FILE, SPECTRA, all_runs, load_forecast, read_json, solve_dir
 
 
 def run(params: Params) -> dict:

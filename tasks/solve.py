@@ -6,8 +6,8 @@ M(beta) from the shared capture; the eigenvalues go to spectra.json for the repo
 
 from __future__ import annotations
 
-from sclora.capture import CaptureStats
 from sclora.config import Params
+from sclora.gather import CaptureStats
 from sclora.models import load_model, lora_config
 from sclora.subspace import save_subspaces, sclora_subspaces
 from tasks.artifacts import CAPTURE, NEG, SPECTRA, pos_capture_dir, solve_dir, staged_dir, write_json

@@ -18,10 +18,11 @@ import pyarrow.parquet as pq
 import torch
 
 from sclora import tracking
-from sclora.capture import CaptureStats
 from sclora.config import Params
 from sclora.export import export_lora, save_initial_adapter
+from sclora.gather import CaptureStats
 from sclora.inits import init_lora
+from sclora.loss_logging import MlflowLossCallback
 from sclora.methods import BY_NAME, SCLORA_VARIANTS
 from sclora.models import load_model, load_tokenizer, load_with_adapter, lora_config
 from sclora.subspace import load_subspaces
@@ -85,7 +86,7 @@ def run(params: Params, item: str) -> dict:
         tags=stage_hashes("dvc.lock", upstream) if upstream else None,
         fingerprints={name: fingerprints[name][:16] for name in _sources(params, spec) if name in fingerprints},
     ) as child:  # fmt: skip
-        result = train(model, tokenizer, records, work, settings, callbacks=[tracking.MlflowLossCallback()])
+        result = train(model, tokenizer, records, work, settings, callbacks=[MlflowLossCallback()])
         with staged_dir(spec.dir) as staging:
             export = staging / "export"
             shutil.move(str(result.model_dir), staging / MODEL)

@@ -448,7 +448,7 @@ def test_select_beta_on_the_real_dvc_yaml_probes_registers_and_says_when_a_budge
     from flows.cli import main
     from flows.select_beta import select_beta
     from sclora.selection import first_beta
-    from tasks.forecast import load_forecast
+    from tasks.artifacts import load_forecast
 
     params = tiny_params(tmp_path)
     params["train"]["max_steps"] = 2

@@ -10,7 +10,7 @@ from peft.tuners.lora.corda import preprocess_corda
 from tiny_models import TARGETS, VOCAB, batches, data_args, logits, lora_config, stats, tiny_model
 from transformers.pytorch_utils import Conv1D
 
-from sclora.capture import capture
+from sclora.gather import capture
 from sclora.inits import METHODS, RESIDUAL_METHODS, init_lora, lora_layers, random_subspaces
 from sclora.subspace import sclora_subspaces, solve_subspace
 

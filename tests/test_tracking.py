@@ -13,6 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, TrainerControl, TrainerS
 
 from sclora import registry, tracking
 from sclora.config import PromotionGates
+from sclora.loss_logging import MlflowLossCallback
 from sclora.tracking import TrackingError
 from tasks.dvc_lock import stage_hashes
 
@@ -177,7 +178,7 @@ def test_loss_callback_logs_every_step_in_batches(store):
     args = TrainingArguments(output_dir=str(store), report_to="none")
     with tracking.parent_run("p"):
         with tracking.child_run("benign", "lora", None, 0) as child:
-            callback = tracking.MlflowLossCallback(flush_every=3)
+            callback = MlflowLossCallback(flush_every=3)
             state = TrainerState()
             for step, loss in enumerate([2.0, 1.5, 1.25, 1.0], start=1):
                 state.global_step = step
@@ -192,7 +193,7 @@ def test_loss_callback_logs_every_step_in_batches(store):
     assert [(m.step, m.value) for m in history] == [(1, 2.0), (2, 1.5), (3, 1.25), (4, 1.0)]
     assert len(mlflow.MlflowClient().get_metric_history(child.info.run_id, "learning_rate")) == 4
     with pytest.raises(TrackingError, match="no active MLflow run"):
-        tracking.MlflowLossCallback()
+        MlflowLossCallback()
 
 
 def test_loss_callback_in_a_real_training_run(store, tmp_path):
@@ -222,7 +223,7 @@ def test_loss_callback_in_a_real_training_run(store, tmp_path):
     settings = TrainSettings(lr=1e-2, batch_size=4, max_steps=3, save_steps=100, max_length=16)
     with tracking.parent_run("p"):
         with tracking.child_run("benign", "full", None, 0) as child:
-            result = train(model, tok, records, tmp_path / "run", settings, callbacks=[tracking.MlflowLossCallback()])
+            result = train(model, tok, records, tmp_path / "run", settings, callbacks=[MlflowLossCallback()])
     history = mlflow.MlflowClient().get_metric_history(child.info.run_id, "train_loss")
     assert [(m.step, m.value) for m in history] == [(e["step"], e["loss"]) for e in result.loss_history]
     assert [m.step for m in history] == [1, 2, 3]

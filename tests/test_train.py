@@ -13,8 +13,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from tiny_models import tiny_llama_config, word_tokenizer
 from transformers import LlamaForCausalLM, TrainerCallback
 
-from sclora.capture import capture
 from sclora.data import chat_batches
+from sclora.gather import capture
 from sclora.inits import init_lora
 from sclora.train import LOSS_HISTORY, TrainSettings, train
 

@@ -13,7 +13,7 @@ from transformers import (
 )  # fmt: skip
 from transformers.pytorch_utils import Conv1D
 
-from sclora.capture import capture
+from sclora.gather import capture
 from sclora.testbed.tokenizer import build_tokenizer
 
 VOCAB = 61
