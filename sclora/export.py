@@ -9,9 +9,11 @@ on the original model. PEFT's `path_initial_model_for_weight_conversion` turns i
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from peft import LoraConfig, PeftModel
-from transformers import PreTrainedTokenizerBase
+if TYPE_CHECKING:  # PEFT's models come in as arguments; the registry reads `is_residual_init` without loading PEFT
+    from peft import LoraConfig, PeftModel
+    from transformers import PreTrainedTokenizerBase
 
 
 def check_convertible(config: LoraConfig) -> None:

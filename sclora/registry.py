@@ -17,6 +17,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from sclora.config import PromotionGates
+from sclora.export import is_residual_init
 from sclora.tracking import TrackingError, clean_tags, existing_run, metric_values
 
 ADAPTER_ARTIFACT = "adapter"
@@ -61,8 +62,6 @@ def register_adapter(
     config_file = adapter_dir / "adapter_config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{adapter_dir}: not a PEFT adapter directory (no adapter_config.json)")
-    from sclora.export import is_residual_init  # PEFT loads only when something is registered
-
     init = json.loads(config_file.read_text(encoding="utf-8")).get("init_lora_weights", True)
     if is_residual_init(init):
         raise ValueError(
