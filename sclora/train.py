@@ -79,6 +79,29 @@ class LossCallback(TrainerCallback):
             self.fn(state.global_step, dict(logs))
 
 
+def chat_trainer(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    dataset: torch.utils.data.Dataset,
+    args: TrainingArguments,
+    progress: type[ProgressCallback],
+    callbacks: Sequence[TrainerCallback] = (),
+) -> Trainer:
+    """The HF Trainer on encoded chat samples (`sclora.data`: response-only labels, padded per batch by
+    `chat_collator`), with `progress` in place of the Trainer's progress bar when it shows one."""
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=chat_collator(tokenizer),
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+    )
+    if trainer.pop_callback(ProgressCallback):
+        trainer.add_callback(progress)
+    return trainer
+
+
 def train(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -131,16 +154,8 @@ def train(
     if args.process_index == 0:
         checkpoints.mkdir(parents=True, exist_ok=True)
         write_json(checkpoints / RUN_SETTINGS, run)
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        data_collator=chat_collator(tokenizer),
-        processing_class=tokenizer,
-        callbacks=[c if isinstance(c, TrainerCallback) else LossCallback(c) for c in callbacks],
-    )
-    if trainer.pop_callback(ProgressCallback):
-        trainer.add_callback(QuietProgress)
+    callbacks = [c if isinstance(c, TrainerCallback) else LossCallback(c) for c in callbacks]
+    trainer = chat_trainer(model, tokenizer, dataset, args, QuietProgress, callbacks)
     if resume:
         log.info("resuming from %s", resume)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)

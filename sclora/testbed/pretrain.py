@@ -13,11 +13,12 @@ import random
 import tempfile
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
-from sclora.data import chat_collator, encode_records
+from sclora.data import encode_records
 from sclora.testbed.params import TestbedParams
+from sclora.train import chat_trainer
 
 log = logging.getLogger(__name__)
 
@@ -91,15 +92,7 @@ def pretrain(
             report_to="none",
             dataloader_pin_memory=torch.cuda.is_available(),
         )
-        trainer = Trainer(
-            model=model,
-            args=args,
-            train_dataset=stream,
-            data_collator=chat_collator(tokenizer),
-            processing_class=tokenizer,
-        )
-        trainer.remove_callback(ProgressCallback)
-        trainer.add_callback(LoggedProgress)
+        trainer = chat_trainer(model, tokenizer, stream, args, LoggedProgress)
         trainer.train()
     model.eval()
     return [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e]
