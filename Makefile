@@ -22,12 +22,16 @@ setup: .venv/.installed
 run: setup
 	.venv/bin/sclora run --jobs $(JOBS)
 
+# One pytest process per core (pytest-xdist), a test file to a process: a file's module and session fixtures
+# (the tiny `dvc repro`, the Prefect and MLflow servers) are made once, in the process that runs it.
+PYTEST := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -n $(JOBS) --dist loadfile
+
 test: setup
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q
+	$(PYTEST)
 
 # Everything but whole pipelines and real servers (the markers in pyproject.toml): the tier to run while editing.
 test-fast: setup
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -m "not slow and not services"
+	$(PYTEST) -m "not slow and not services"
 
 # The testbed's forgetting over builds and seeds (artifacts/testbed_check/), builds side by side.
 testbed-check: setup

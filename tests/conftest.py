@@ -18,6 +18,19 @@ from infra_servers import base_env
 from stage_project import TESTBED, copy_repo, project_params, run, tiny_params, write_params
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files with a whole-pipeline test first, then files with real servers: `make test` hands whole files to its
+    processes in this order, so the files that take minutes start at once rather than last. In-file order stays."""
+
+    def weight(item: pytest.Item) -> int:
+        return 0 if item.get_closest_marker("slow") else 1 if item.get_closest_marker("services") else 2
+
+    heaviest = {}
+    for item in items:
+        heaviest[item.path] = min(heaviest.get(item.path, 2), weight(item))
+    items.sort(key=lambda item: heaviest[item.path])  # a stable sort: each file's own order is kept
+
+
 @pytest.fixture(scope="session")
 def built_testbed(tmp_path_factory) -> Path:
     """The tiny testbed of the stage tests, built once."""
@@ -85,3 +98,15 @@ def tiny_repro(tmp_path_factory) -> Repro:
                     ["git", "commit", "-q", "-m", "copy"]):  # fmt: skip
         run(command, work, env)
     return Repro(work, env, run(["dvc", "repro"], work, env))
+
+
+@pytest.fixture(scope="module")
+def prefect_harness() -> Iterator[None]:
+    """Prefect's test server (a temporary SQLite database) for the flows of one test module."""
+    import flows  # noqa: F401 - Prefect's local settings before Prefect is imported
+
+    # isort: split
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -138,8 +138,10 @@ def mlflow_auth_server(root: Path) -> Server:
         "auth_cache_ttl_seconds = 600\n",
         encoding="utf-8",
     )
+    # No job runner: its huey consumers (MLflow's GenAI jobs, which sclora never submits) poll at a CPU's cost.
     env = base_env(MLFLOW_AUTH_CONFIG_PATH=str(ini), MLFLOW_AUTH_ADMIN_USERNAME=ADMIN[0],
-                   MLFLOW_AUTH_ADMIN_PASSWORD=ADMIN[1], MLFLOW_FLASK_SERVER_SECRET_KEY="test-secret")  # fmt: skip
+                   MLFLOW_AUTH_ADMIN_PASSWORD=ADMIN[1], MLFLOW_FLASK_SERVER_SECRET_KEY="test-secret",
+                   MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # fmt: skip
     command = [
         str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", HOST, "--port", str(port),
         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",

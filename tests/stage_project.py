@@ -137,3 +137,26 @@ def run_stage(
     code = f"{prelude}\nimport sys\nfrom {command} import main\nsys.exit(main({list(argv)!r}))\n"
     return subprocess.run([sys.executable, "-c", code], cwd=root, env={**stage_env(), **(env or {})},
                           capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def clean_env(tmp: Path) -> dict[str, str]:
+    """The environment of git and DVC in a test project: this interpreter's tools, no user MLflow/git settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "GIT_", "SCLORA_"))}
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", DVC_NO_ANALYTICS="1",
+               GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="t@example.com", GIT_COMMITTER_NAME="test",
+               GIT_COMMITTER_EMAIL="t@example.com", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")  # fmt: skip
+    return env
+
+
+def prefect_artifact(key: str):
+    """The newest Prefect artifact named `key` on the current (test) Prefect server."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), sort=ArtifactSort.CREATED_DESC
+        )
+    assert found, f"no artifact {key}"
+    return found[0]

@@ -1,16 +1,13 @@
 """The Prefect flows run for real under `prefect_test_harness`, against real DVC projects.
 
-Most tests use a small DVC project whose stages are one short script (fast, and able to
-fail on request); one runs the pipeline flow on the repository's own dvc.yaml with the
-tiny params of tests/stage_project.py.
+They use a small DVC project whose stages are one short script (fast, and able to fail on
+request); the flows on the repository's own dvc.yaml are in test_pipeline_dvc.py.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,18 +18,14 @@ import yaml
 import flows  # noqa: F401 - Prefect's local settings before Prefect is imported
 
 # isort: split
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-from prefect.client.schemas.sorting import ArtifactSort
-from prefect.testing.utilities import prefect_test_harness
-from stage_project import copy_repo, tiny_params
+from stage_project import clean_env, prefect_artifact
 
 from flows.pipeline import pipeline
 from flows.stages import StageFailed, run_logged, run_stages, stage_order
 from flows.sweep import grid_points, queue_commands, sweep
 from sclora.tracking import PARENT_ENV
 
-pytestmark = pytest.mark.services  # Prefect's test server
+pytestmark = [pytest.mark.services, pytest.mark.usefixtures("prefect_harness")]  # Prefect's test server
 REPO = Path(__file__).resolve().parent.parent
 PNG = bytes.fromhex(  # a 1x1 PNG: the report stage's plot
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
@@ -87,20 +80,6 @@ DVC_YAML = {
 ORDER = ["make", "square@1", "square@2", "report"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def harness():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-def clean_env(tmp: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "GIT_", "SCLORA_"))}
-    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", DVC_NO_ANALYTICS="1",
-               GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="t@example.com", GIT_COMMITTER_NAME="test",
-               GIT_COMMITTER_EMAIL="t@example.com", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")  # fmt: skip
-    return env
-
-
 def sh(command: list[str], cwd: Path, env: dict) -> str:
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
@@ -126,15 +105,6 @@ def project(tmp_path, monkeypatch) -> Path:
     sh(["git", "add", "-A"], work, env)
     sh(["git", "commit", "-q", "-m", "project"], work, env)
     return work
-
-
-def artifact(key: str):
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), sort=ArtifactSort.CREATED_DESC
-        )
-    assert found, f"no artifact {key}"
-    return found[0]
 
 
 def test_stage_order_comes_from_dvc(project):
@@ -164,11 +134,11 @@ def test_pipeline_runs_every_stage_once_in_dag_order_and_publishes_the_report(pr
     status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=project, capture_output=True,
                             text=True, check=True)  # fmt: skip
     assert json.loads(status.stdout) == {}
-    table = artifact("sclora-results")
+    table = prefect_artifact("sclora-results")
     assert table.type == "table"
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert [row["run"] for row in rows] == ["benign-lora-0", "benign-sclora-0.8-0"]
-    plots = artifact("sclora-plots")
+    plots = prefect_artifact("sclora-plots")
     assert "## pareto" in plots.data and "data:image/png;base64," in plots.data
     import mlflow
 
@@ -293,55 +263,6 @@ def test_sweep_runs_each_point_as_a_dvc_experiment_and_reports_failures(project,
     assert listed == [succeeded]  # the experiment DVC kept, for `dvc exp show` / `dvc exp apply`
 
 
-def real_repo(tmp_path: Path, monkeypatch, params: dict, built: Path | None = None) -> tuple[Path, dict]:
-    """A git + DVC copy of this repository (its dvc.yaml and stages) with `params` in tmp_path/tiny.yaml;
-    the workspace and its environment. From `built`, a copy of that workspace with its outputs and dvc.lock:
-    only the stages that `params` change run again."""
-    work = tmp_path / "repo"
-    if built is None:
-        work.mkdir()
-        copy_repo(work)
-    else:
-        shutil.copytree(built, work, symlinks=True)
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-    env = clean_env(tmp_path)
-    for key in [k for k in os.environ if k.startswith(("MLFLOW_", "SCLORA_"))]:
-        monkeypatch.delenv(key)
-    for name, value in (("OMP_NUM_THREADS", "1"), ("HF_HUB_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
-        monkeypatch.setenv(name, value)
-    if built is None:
-        sh(["git", "init", "-q"], work, env)
-        sh([sys.executable, "-m", "dvc", "init", "-q"], work, env)
-    return work, env
-
-
-@pytest.mark.slow
-def test_pipeline_flow_on_the_real_dvc_yaml_with_tiny_params(tmp_path, monkeypatch, tiny_repro):
-    # From the session's `dvc repro` of the same params: the override reruns training and what follows it.
-    work, env = real_repo(tmp_path, monkeypatch, tiny_params(tmp_path), built=tiny_repro.work)
-    tiny = tmp_path / "tiny.yaml"
-
-    # Two stages at a time: concurrent stage processes share DVC's lock, the MLflow store and the HF caches.
-    result = pipeline(params_file=str(tiny), overrides=("train.max_steps=2",), workdir=str(work), jobs=2)
-    assert result["stages"] == ["testbed", "prepare", "capture", "solve@0.8", "forecast", "plan", "evaluate_base",
-                                "train@benign-lora-0", "train@benign-pissa-0", "train_sclora@benign-sclora-0.8-0",
-                                "register", "report"]  # fmt: skip
-    with open(result["results"], newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    assert sorted(row["run"] for row in rows) == ["benign-lora-0", "benign-pissa-0", "benign-sclora-0.8-0"]
-    run_json = json.loads((work / "artifacts/runs/benign-lora-0/run.json").read_text())
-    assert run_json["global_step"] == 2  # the -S override reached the stage
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    child = client.get_run(run_json["mlflow_run_id"])
-    assert child.data.tags["mlflow.parentRunId"] == result["parent_run_id"]
-    assert json.loads(sh([sys.executable, "-m", "dvc", "status", "--json"], work, env)) == {}
-    table = artifact("sclora-results")
-    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
-    assert len(rows) == 3
-
-
 REGISTER = """
 import json, os
 from pathlib import Path
@@ -441,50 +362,3 @@ def test_sclora_run_then_report_on_the_command_line(project, capsys):
     out = capsys.readouterr().out
     assert out.startswith("run,utility\nbenign-lora-0,0.5\n")
     assert len((project / "order.log").read_text().splitlines()) == 4  # `report` was up to date: nothing reran
-
-
-@pytest.mark.slow
-def test_select_beta_on_the_real_dvc_yaml_probes_registers_and_says_when_a_budget_is_unmet(tmp_path, monkeypatch):
-    from flows.cli import main
-    from flows.select_beta import select_beta
-    from sclora.selection import first_beta
-    from tasks.artifacts import load_forecast
-
-    params = tiny_params(tmp_path)
-    params["train"]["max_steps"] = 2
-    params["data"]["finetune"]["poisoned"] = "finetune_poisoned"  # dropped by every round: probes train select.task
-    params["select"].update(task="benign", seeds=[0, 1], max_runs=2, forgetting_budget={"knowledge": 1.0})
-    work, _ = real_repo(tmp_path, monkeypatch, params)
-
-    result = select_beta(params_file=str(tmp_path / "tiny.yaml"), workdir=str(work), jobs=2)
-    probed = [probe["beta"] for probe in result["probes"]]
-    # knowledge can drop by 1.0 at most: every probe is within the budget, so the search bisects downwards
-    assert probed[0] == first_beta(load_forecast(work)["benign"]) and probed[1] == round(probed[0] / 2, 3)
-    assert result["chosen"] in probed and result["version"] == "1" and result["training_runs"] == 4
-    assert result["stopped"] == "max_runs (2 probes)"
-    trained = sorted(path.name for path in (work / "artifacts" / "runs").iterdir())
-    assert trained == sorted(f"benign-sclora-{b}-{s}" for b in probed for s in (0, 1))  # sclora alone, probes only
-    assert yaml.safe_load((work / "params.yaml").read_text())["solve"]["betas"] == sorted(probed)
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                                 registry_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")  # fmt: skip
-    version = client.get_model_version_by_alias("sclora-adapter", "candidate")
-    assert str(version.version) == "1" and version.tags["select.beta"] == str(result["chosen"])
-    assert json.loads(version.tags["select.budget"]) == {"knowledge": 1.0}
-    assert "Beta for a forgetting budget (knowledge <= 1)" in version.description
-    assert f"| 1 | {probed[0]:g} |" in version.description  # every probe, in the registry
-    run = client.get_run(json.loads((work / f"artifacts/runs/{result['candidate']}/run.json").read_text())
-                         ["mlflow_run_id"])  # fmt: skip
-    assert run.data.tags["mlflow.parentRunId"] == result["parent_run_id"]
-    assert "forecast.png" in (work / "artifacts/report/report.md").read_text()
-
-    # A budget no beta meets (knowledge must rise by a whole point): nothing registered, one line, exit 1.
-    code = main(["select-beta", "--workdir", str(work), "-S", "select.forgetting_budget={knowledge: -1.0}",
-                 "-S", "select.max_runs=1"])  # fmt: skip
-    assert code == 1
-    selection = json.loads((work / "artifacts/select/selection.json").read_text())
-    assert selection["version"] is None and selection["training_runs"] == 2
-    assert selection["message"].startswith("the budget cannot be met: it asked knowledge <= -1")
-    with pytest.raises(mlflow.exceptions.MlflowException):
-        client.get_model_version_by_alias("sclora-adapter", "candidate")

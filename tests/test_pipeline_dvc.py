@@ -1,20 +1,26 @@
-"""A real `dvc repro` of dvc.yaml in a temporary git + DVC copy of the repository, on a tiny grid.
+"""The repository's dvc.yaml run for real in a temporary git + DVC copy of the repository, on a tiny grid.
 
 Tiny testbed, one task, two baselines (lora, pissa) and SC-LoRA at one beta, a few steps, MLflow in a
 SQLite file under tmp: the session's `tiny_repro` (conftest.py). Checks every stage's outputs, that DVC
 sees the workspace as clean, that `dvc metrics show` has every run's metrics, and that a second
-`dvc repro` runs nothing.
+`dvc repro` runs nothing. The pipeline and select_beta flows then run on copies of that workspace, under
+Prefect's test server. Every test that needs `tiny_repro` is in this file, so that it is made once per
+test process (`make test` runs the files on two processes).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
-from stage_project import run
+from stage_project import clean_env, prefect_artifact, run, tiny_params
+
+from flows.pipeline import pipeline as pipeline_flow
 
 pytestmark = pytest.mark.slow
 RUNS = ("benign-lora-0", "benign-pissa-0", "benign-sclora-0.8-0")
@@ -105,6 +111,102 @@ def test_second_repro_runs_nothing(pipeline):
     work, env, _ = pipeline
     output = run(["dvc", "repro"], work, env)
     assert "Running stage" not in output
+
+
+def flow_workspace(tmp_path: Path, monkeypatch, params: dict, built: Path) -> tuple[Path, dict]:
+    """A copy of the workspace `built` (its outputs and dvc.lock) with `params` in tmp_path/tiny.yaml, and its
+    environment: only the stages that `params` change run again."""
+    work = tmp_path / "repo"
+    shutil.copytree(built, work, symlinks=True)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    for key in [k for k in os.environ if k.startswith(("MLFLOW_", "SCLORA_"))]:
+        monkeypatch.delenv(key)
+    for name, value in (("OMP_NUM_THREADS", "1"), ("HF_HUB_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+        monkeypatch.setenv(name, value)
+    return work, clean_env(tmp_path)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_pipeline_flow_on_the_real_dvc_yaml_with_tiny_params(tmp_path, monkeypatch, tiny_repro):
+    # From the session's `dvc repro` of the same params and MLflow store: the override changes LoRA's run alone.
+    repro = tiny_repro.work
+    work, env = flow_workspace(tmp_path, monkeypatch, tiny_params(repro.parent), repro)
+
+    # Two stages at a time: concurrent stage processes share DVC's lock, the MLflow store and the HF caches.
+    override = "train.learning_rates.lora=2.0e-3"
+    result = pipeline_flow(params_file=str(tmp_path / "tiny.yaml"), overrides=(override,), workdir=str(work), jobs=2)
+    assert result["stages"] == ["testbed", "prepare", "capture", "solve@0.8", "forecast", "plan", "evaluate_base",
+                                "train@benign-lora-0", "train@benign-pissa-0", "train_sclora@benign-sclora-0.8-0",
+                                "register", "report"]  # fmt: skip
+    with open(result["results"], newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(row["run"] for row in rows) == list(RUNS)
+    run_json = json.loads((work / "artifacts/runs/benign-lora-0/run.json").read_text())
+    assert run_json["lr"] == 2.0e-3  # the -S override reached the stage ...
+    for name in RUNS[1:]:  # ... and DVC ran no other training
+        assert (work / f"artifacts/runs/{name}/run.json").read_bytes() == (
+            repro / f"artifacts/runs/{name}/run.json"
+        ).read_bytes()
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repro.parent / 'mlflow.db'}")
+    child = client.get_run(run_json["mlflow_run_id"])
+    assert child.data.tags["mlflow.parentRunId"] == result["parent_run_id"]
+    assert json.loads(run(["dvc", "status", "--json"], work, env).strip().splitlines()[-1]) == {}
+    table = prefect_artifact("sclora-results")
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert len(rows) == 3
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_select_beta_on_the_real_dvc_yaml_probes_registers_and_says_when_a_budget_is_unmet(
+    tmp_path, monkeypatch, tiny_repro
+):
+    from flows.cli import main
+    from flows.select_beta import select_beta
+    from sclora.selection import first_beta
+    from tasks.artifacts import load_forecast
+
+    params = tiny_params(tmp_path)
+    params["train"]["max_steps"] = 2
+    params["data"]["finetune"]["poisoned"] = "finetune_poisoned"  # dropped by every round: probes train select.task
+    params["select"].update(task="benign", seeds=[0, 1], max_runs=2, forgetting_budget={"knowledge": 1.0})
+    work, _ = flow_workspace(tmp_path, monkeypatch, params, tiny_repro.work)
+    before = {path.name: (path / "run.json").read_bytes() for path in (work / "artifacts" / "runs").iterdir()}
+
+    result = select_beta(params_file=str(tmp_path / "tiny.yaml"), workdir=str(work), jobs=2)
+    probed = [probe["beta"] for probe in result["probes"]]
+    # knowledge can drop by 1.0 at most: every probe is within the budget, so the search bisects downwards
+    assert probed[0] == first_beta(load_forecast(work)["benign"]) and probed[1] == round(probed[0] / 2, 3)
+    assert result["chosen"] in probed and result["version"] == "1" and result["training_runs"] == 4
+    assert result["stopped"] == "max_runs (2 probes)"
+    runs = {path.name: (path / "run.json").read_bytes() for path in (work / "artifacts" / "runs").iterdir()}
+    assert sorted(set(runs) - set(before)) == sorted(f"benign-sclora-{b}-{s}" for b in probed for s in (0, 1))
+    assert {name: runs[name] for name in before} == before  # sclora alone, probes only: the repro's runs stand
+    assert yaml.safe_load((work / "params.yaml").read_text())["solve"]["betas"] == sorted(probed)
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                                 registry_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")  # fmt: skip
+    version = client.get_model_version_by_alias("sclora-adapter", "candidate")
+    assert str(version.version) == "1" and version.tags["select.beta"] == str(result["chosen"])
+    assert json.loads(version.tags["select.budget"]) == {"knowledge": 1.0}
+    assert "Beta for a forgetting budget (knowledge <= 1)" in version.description
+    assert f"| 1 | {probed[0]:g} |" in version.description  # every probe, in the registry
+    child = client.get_run(json.loads((work / f"artifacts/runs/{result['candidate']}/run.json").read_text())
+                           ["mlflow_run_id"])  # fmt: skip
+    assert child.data.tags["mlflow.parentRunId"] == result["parent_run_id"]
+    assert "forecast.png" in (work / "artifacts/report/report.md").read_text()
+
+    # A budget no beta meets (knowledge must rise by a whole point): nothing registered, one line, exit 1.
+    code = main(["select-beta", "--workdir", str(work), "-S", "select.forgetting_budget={knowledge: -1.0}",
+                 "-S", "select.max_runs=1"])  # fmt: skip
+    assert code == 1
+    selection = json.loads((work / "artifacts/select/selection.json").read_text())
+    assert selection["version"] is None and selection["training_runs"] == 2
+    assert selection["message"].startswith("the budget cannot be met: it asked knowledge <= -1")
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias("sclora-adapter", "candidate")
 
 
 def test_adding_a_seed_or_changing_one_rate_reruns_only_what_it_changes(pipeline):
