@@ -11,8 +11,8 @@ from flows.cli import main
 from sclora.config import load_params
 from sclora.evaluate.suite import LM_EVAL_TASKS_DIR, ROLES, _split, _task_manager
 from sclora.methods import NAMES, PAPER_BASELINES
+from sclora.sources import _mapped, load_source
 from tasks.evaluate_base import eval_settings
-from tasks.prepare import _mapped, load_source
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
