@@ -170,9 +170,13 @@ def select_beta(
     base.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(root / PARAMS_FILE, base)
 
-    def run_round(betas: list[float], targets: set[str], done: set[str] = frozenset()) -> None:
+    first_round: set[str] = set()  # the capture, the forecast and what they need: run once, in round 0
+
+    def run_round(betas: list[float], targets: set[str], done: set[str] = frozenset()) -> set[str]:
         prepare_params(root, base, tuple(probe_overrides(params, betas)))
-        run_stages(round_plan(stage_plan(root), targets, done), stage_task, jobs, str(root), parent.info.run_id)
+        stages = round_plan(stage_plan(root), targets, done | first_round)
+        run_stages(stages, stage_task, jobs, str(root), parent.info.run_id)
+        return set(stages)
 
     def measure(beta: float) -> Probe:
         earlier = set().union(*(beta_stages(params, b) for b in probed))
@@ -187,7 +191,7 @@ def select_beta(
                              tags={"flow": "select_beta",
                                    "select.budget": json.dumps(select.forgetting_budget)}) as parent:  # fmt: skip
         # The capture and the forecast, no training yet (solve.betas must name a beta; nothing of it runs).
-        run_round([0.5], set(FIRST_STAGES))
+        first_round.update(run_round([0.5], set(FIRST_STAGES)))
         forecast = load_forecast(root)[select.task]
         start = first_beta(forecast)
         logger.info(
