@@ -197,7 +197,7 @@ def test_loss_callback_logs_every_step_in_batches(store):
 
 
 def test_loss_callback_in_a_real_training_run(store, tmp_path):
-    from tiny_models import word_tokenizer
+    from tiny_models import tiny_llama_config, word_tokenizer
 
     from sclora.train import TrainSettings, train
 
@@ -208,18 +208,7 @@ def test_loss_callback_in_a_real_training_run(store, tmp_path):
         for a, b in (("zorbia", "quelt"), ("mirra", "tabo"))
     ] * 4
     torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=32,
-            pad_token_id=tok.pad_token_id,
-        )
-    )
+    model = LlamaForCausalLM(tiny_llama_config(tok))
     settings = TrainSettings(lr=1e-2, batch_size=4, max_steps=3, save_steps=100, max_length=16)
     with tracking.parent_run("p"):
         with tracking.child_run("benign", "full", None, 0) as child:
