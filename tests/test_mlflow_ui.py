@@ -138,12 +138,11 @@ def test_the_experiment_review_view_lists_the_runs_with_their_datasets(ui, brows
     experiment_id = registered["run"].info.experiment_id
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}")
     runs = client.search_runs([experiment_id], "tags.`sclora.config` LIKE '%'")
-    text = open_page(browser, f"{ui}/{review_link(experiment_id)}", "Run Name", shots / "experiment-runs.png")
+    text = open_page(browser, f"{ui}/{review_link(experiment_id)}", "pipeline-", shots / "experiment-runs.png")
     assert "/runs" in browser.current_url and "sclora review" in text
     # The nested runs sit under their pipeline's run, folded as the UI folds them: open each pipeline's run.
-    for name_cell in browser.find_elements(
-        By.XPATH, "//a[starts-with(text(), 'pipeline-')]/ancestor::*[@role='gridcell'][1]"
-    ):
+    parents = "//*[starts-with(text(), 'pipeline-')]/ancestor::*[@role='gridcell'][1]"
+    for name_cell in browser.find_elements(By.XPATH, parents):
         name_cell.find_element(By.CSS_SELECTOR, "button").click()
     text = shown(browser, runs[0].info.run_name, shots / "experiment-runs.png")
     headers = {cell.text for cell in browser.find_elements(By.CSS_SELECTOR, "[role='columnheader']")}
