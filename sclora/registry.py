@@ -103,7 +103,8 @@ def register_adapter(
         except MlflowException as race:
             if race.error_code != "RESOURCE_ALREADY_EXISTS":  # else another run (a sweep's point) made it
                 raise
-    version_tags = {**lineage, **{key: repr(value) for key, value in values.items()}, **clean_tags(tags or {})}
+    # `+ 0.0` turns a negative zero (base - run of equal values, times -1) into 0.0: the UI shows tags as written.
+    version_tags = {**lineage, **{key: repr(value + 0.0) for key, value in values.items()}, **clean_tags(tags or {})}
     description = version_description(name, run_id, values, base) + (f"\n\n{note}" if note else "")
     version = client.create_model_version(name, source, run_id=run_id, tags=clean_tags(version_tags),
                                           description=description)  # fmt: skip

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,6 +114,7 @@ def test_the_registered_version_shows_its_alias_and_the_comparison_table(ui, bro
     name, version, run = registered["registry"]["model"], registered["version"], registered["run"]
     text = open_page(browser, f"{ui}/#/models/{name}", "candidate", shots / "registered-model.png")
     assert f"Version {version.version}" in text and "@ candidate" in text
+    assert not re.findall(r"-0\.0+(?![0-9])", text)  # the version's metric tags: no negative zero
 
     url = f"{ui}/#/models/{name}/versions/{version.version}"
     text = open_page(browser, url, "base model", shots / "model-version.png")

@@ -305,7 +305,11 @@ def test_register_adapter_then_promote_through_the_gates(store, tmp_path):
             first = registry.register_adapter(
                 tmp_path / "first",
                 name,
-                {"utility": 0.60, "knowledge": 0.79, "forgetting": {"knowledge": 0.01, "attack_success_rate": -1e-9}},
+                {
+                    "utility": 0.60,
+                    "knowledge": 0.79,
+                    "forgetting": {"knowledge": 0.01, "attack_success_rate": -1e-9, "collapse_rate": -0.0},
+                },
                 tags={"reviewer": "ml-team"},
                 base=base_metrics,
             )
@@ -324,6 +328,7 @@ def test_register_adapter_then_promote_through_the_gates(store, tmp_path):
     # A delta that rounds to zero reads 0.0000, not -0.0000; a level never measured reads n/a.
     assert "| attack_success_rate (lower is better) | 0.0500 | n/a | 0.0000 |" in description
     assert "-0.0000" not in description
+    assert version.tags["forgetting_collapse_rate"] == "0.0"  # a negative zero is not shown as -0.0 either
     run = client.get_run(version.run_id)
     assert f"(#/experiments/{run.info.experiment_id}/runs/{run.info.run_id})" in description
     assert f"Git commit: `{run.data.tags['git_commit']}`" in description
