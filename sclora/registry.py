@@ -19,7 +19,7 @@ from mlflow.exceptions import MlflowException
 from sclora.config import PromotionGates
 from sclora.export import is_residual_init
 from sclora.metrics import BY_NAME, METRICS, UTILITY
-from sclora.tracking import TrackingError, clean_tags, existing_run, metric_values
+from sclora.tracking import TrackingError, clean_tags, existing_run, metric_values, run_link
 
 ADAPTER_ARTIFACT = "adapter"
 CANDIDATE, CHAMPION = "candidate", "champion"
@@ -245,7 +245,7 @@ def _number(value: float | None, signed: bool = False) -> str:
 def _run_link(run) -> str:
     """A link to the run's page in MLflow's UI (relative: it works on whichever server shows the description)."""
     label = run.data.tags.get("mlflow.runName", run.info.run_id)
-    return f"Source run [{label}](#/experiments/{run.info.experiment_id}/runs/{run.info.run_id})"
+    return f"Source run [{label}]({run_link(run.info.experiment_id, run.info.run_id)})"
 
 
 def _config(tags: Mapping[str, str]) -> str:

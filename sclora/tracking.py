@@ -119,6 +119,11 @@ def review_link(experiment_id: str) -> str:
     return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={REVIEW_VIEW}"
 
 
+def run_link(experiment_id: str, run_id: str) -> str:
+    """The UI's address (after the server's `/`) of one run's page, in the UI's Model training mode."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
 def _experiment_tags(experiment_id: str) -> dict[str, str]:
     """The kind, the review view of the runs table, and a description that links to it."""
     columns = [f"tags.`{key}`" for key in ("task", "method", "beta", "seed")]

@@ -20,11 +20,12 @@ import mlflow
 import pytest
 from infra_servers import BIN, HOST, Server, base_env, free_port, servers
 
-from sclora.tracking import review_link
+from sclora.tracking import review_link, run_link
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]  # a whole pipeline (tiny_repro) and a real server
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 WAIT_S = 90  # the first page load compiles the UI's bundle on a busy two-core machine
+SOURCE_RUN_LINK = "//p[starts-with(normalize-space(.), 'Source run')]/a"  # in a version's description
 # The runs table draws only the columns in the window (AG Grid): wide enough for every review column.
 
 
@@ -101,10 +102,12 @@ def shown(driver, expected: str, shot: Path) -> str:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, WAIT_S).until(lambda d: expected in d.find_element(By.TAG_NAME, "body").text)
-    for close in driver.find_elements(By.CSS_SELECTOR, "[data-component-id='mlflow.assistant.chat_panel.close']"):
-        close.click()
-    driver.save_screenshot(str(shot))
+    try:
+        WebDriverWait(driver, WAIT_S).until(lambda d: expected in d.find_element(By.TAG_NAME, "body").text)
+        for close in driver.find_elements(By.CSS_SELECTOR, "[data-component-id='mlflow.assistant.chat_panel.close']"):
+            close.click()
+    finally:
+        driver.save_screenshot(str(shot))  # what the page showed, also when it never showed `expected`
     return driver.find_element(By.TAG_NAME, "body").text
 
 
@@ -127,11 +130,51 @@ def test_the_registered_version_shows_its_alias_and_the_comparison_table(ui, bro
     assert table["utility"][1] == f"{float(version.tags['utility']):.4f}"
     assert table["knowledge"][2] == _signed(float(version.tags["forgetting_knowledge"]))
     assert all(cell != "-0.0000" for cells in table.values() for cell in cells)
-    links = [a.get_attribute("href") or "" for a in browser.find_elements(By.CSS_SELECTOR, "a")]
-    assert any(link.endswith(f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}") for link in links)
+    link = browser.find_element(By.XPATH, SOURCE_RUN_LINK)
+    assert link.text == run.info.run_name
+    assert link.get_attribute("href") == f"{ui}/{run_link(run.info.experiment_id, run.info.run_id)}"
     assert f"Git commit: {run.data.tags['git_commit']}" in text
     hashes = {key.removeprefix("dvc."): value for key, value in run.data.tags.items() if key.startswith("dvc.")}
     assert hashes and all(f"{stage} {digest}" in text for stage, digest in hashes.items())
+
+
+def test_the_description_links_the_source_run_which_names_each_dataset_and_its_role(ui, browser, registered, shots):
+    from selenium.webdriver.common.by import By
+
+    name, version, run = registered["registry"]["model"], registered["version"], registered["run"]
+    open_page(browser, f"{ui}/#/models/{name}/versions/{version.version}", "base model", shots / "model-version.png")
+    version_page = browser.current_window_handle
+    browser.find_element(By.XPATH, SOURCE_RUN_LINK).click()  # MLflow opens a description's links in a new tab
+    browser.switch_to.window(next(handle for handle in browser.window_handles if handle != version_page))
+    try:
+        _check_source_run(browser, run, shots)
+    finally:
+        browser.close()
+        browser.switch_to.window(version_page)
+
+
+def _check_source_run(browser, run, shots: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    inputs = run.inputs.dataset_inputs
+    # The page names the first input and folds the others into "+N", which opens the list of them all.
+    folded = f"+{len(inputs) - 1}"
+    shown(browser, folded, shots / "source-run.png")
+    browser.find_element(By.XPATH, f"//*[text()='{folded}']").click()
+    text = shown(browser, f"{inputs[-1].dataset.name} (", shots / "source-run.png")
+    assert f"/runs/{run.info.run_id}" in browser.current_url and run.info.run_name in text
+    roles = {}
+    for given in inputs:
+        context = [tag.value for tag in given.tags if tag.key == "mlflow.data.context"]
+        roles[given.dataset.name] = context[0]
+        # Each one as "name (digest)" with its context as a badge (the UI capitalises it).
+        assert f"{given.dataset.name} ({given.dataset.digest})\n{context[0].capitalize()}" in text
+    assert roles == {"finetune_benign": "training", "preserve_safety": "preserve", "preserve_knowledge": "preserve",
+                     "eval_task": "evaluation", "eval_knowledge": "evaluation", "eval_harmful": "evaluation",
+                     "eval_benign": "evaluation"}  # fmt: skip
+    assert {given.dataset.digest for given in inputs} == {
+        value for key, value in run.data.tags.items() if key.startswith("data.")
+    }  # the digests of the `data.<name>` tags
 
 
 def test_the_experiment_review_view_lists_the_runs_with_their_datasets(ui, browser, registered, store, shots):

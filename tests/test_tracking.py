@@ -330,7 +330,7 @@ def test_register_adapter_then_promote_through_the_gates(store, tmp_path):
     assert "-0.0000" not in description
     assert version.tags["forgetting_collapse_rate"] == "0.0"  # a negative zero is not shown as -0.0 either
     run = client.get_run(version.run_id)
-    assert f"(#/experiments/{run.info.experiment_id}/runs/{run.info.run_id})" in description
+    assert f"({tracking.run_link(run.info.experiment_id, run.info.run_id)})" in description
     assert f"Git commit: `{run.data.tags['git_commit']}`" in description
     assert "no stage hashes recorded" in description
 
