@@ -31,7 +31,17 @@ from sclora.atomic import write_text
 from sclora.config import Params
 from sclora.forecast import rank_correlation, share_at
 from sclora.selection import Probe, Selection, first_beta, search
-from tasks.artifacts import ARTIFACTS, METRICS, RUN_FILE, RunSpec, beta_name, load_forecast, read_json, write_json
+from tasks.artifacts import (
+    ARTIFACTS,
+    EVAL_BASE,
+    METRICS,
+    RUN_FILE,
+    RunSpec,
+    beta_name,
+    load_forecast,
+    read_json,
+    write_json,
+)
 
 SELECT_DIR = ARTIFACTS / "select"
 VARIANT = "sclora"
@@ -106,8 +116,9 @@ def register_choice(params: Params, root: Path, selection: Selection, forecast: 
             "select.probes": json.dumps([[p.beta, p.within(budget)] for p in selection.probes])}  # fmt: skip
     tracking.use_store(store_uri(params, root))
     note = selection_markdown(selection, forecast, check)
+    base = read_json(root / EVAL_BASE / METRICS, "metrics of the base model")  # its column in the description
     version = registry.register_adapter(root / spec.dir / "export", params.tracking.registered_model, shown,
-                                        tags, run_id=summary["mlflow_run_id"], note=note)  # fmt: skip
+                                        tags, run_id=summary["mlflow_run_id"], note=note, base=base)  # fmt: skip
     return version, spec.name
 
 

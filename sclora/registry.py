@@ -18,10 +18,12 @@ from mlflow.exceptions import MlflowException
 
 from sclora.config import PromotionGates
 from sclora.export import is_residual_init
-from sclora.tracking import TrackingError, clean_tags, existing_run, metric_values
+from sclora.metrics import BY_NAME, METRICS, UTILITY
+from sclora.tracking import TrackingError, clean_tags, existing_run, metric_values, run_link
 
 ADAPTER_ARTIFACT = "adapter"
 CANDIDATE, CHAMPION = "candidate", "champion"
+BASE = "base"  # the base model's column in a version's description
 LINEAGE_TAGS = ("git_commit", "task", "method", "beta", "seed")
 
 
@@ -47,6 +49,7 @@ def register_adapter(
     *,
     run_id: str | None = None,
     note: str = "",
+    base: Mapping | None = None,
 ) -> str:
     """Register an exported plain-LoRA adapter directory as a version of `name`; returns the version.
 
@@ -55,8 +58,9 @@ def register_adapter(
 
     The directory is logged as the `adapter` artifact of `run_id` (default: the active
     run), the version gets alias `candidate`, its metrics and the run's lineage (git commit,
-    dvc.*, data.*, task, method, beta, seed) as tags, and a description comparing it with
-    the current champion, then `note` (markdown: why this version).
+    dvc.*, data.*, task, method, beta, seed) as tags, and a description (`version_description`)
+    that sets it beside `base` (the base model's metrics, as the evaluation writes them) and the
+    current champion, then `note` (markdown: why this version).
     """
     adapter_dir = Path(adapter_dir)
     config_file = adapter_dir / "adapter_config.json"
@@ -99,8 +103,9 @@ def register_adapter(
         except MlflowException as race:
             if race.error_code != "RESOURCE_ALREADY_EXISTS":  # else another run (a sweep's point) made it
                 raise
-    version_tags = {**lineage, **{key: repr(value) for key, value in values.items()}, **clean_tags(tags or {})}
-    description = champion_comparison(name, values) + (f"\n\n{note}" if note else "")
+    # `+ 0.0` turns a negative zero (base - run of equal values, times -1) into 0.0: the UI shows tags as written.
+    version_tags = {**lineage, **{key: repr(value + 0.0) for key, value in values.items()}, **clean_tags(tags or {})}
+    description = version_description(name, run_id, values, base) + (f"\n\n{note}" if note else "")
     version = client.create_model_version(name, source, run_id=run_id, tags=clean_tags(version_tags),
                                           description=description)  # fmt: skip
     client.set_registered_model_alias(name, CANDIDATE, version.version)
@@ -116,24 +121,37 @@ def drop_alias(name: str, alias: str) -> None:
             raise
 
 
-def champion_comparison(name: str, metrics: Mapping[str, float]) -> str:
-    """A short markdown table of `metrics` (utility and forgetting deltas) beside the current champion's."""
+def version_description(name: str, run_id: str, metrics: Mapping[str, float], base: Mapping | None = None) -> str:
+    """The markdown a reviewer reads on a version's page: the candidate beside the base model and the champion.
+
+    One row per metric (sclora.metrics' order): its level on the base model, the candidate and the current
+    `champion`, and the candidate's and champion's forgetting against the base (positive: forgot). Then the
+    source run (a link the UI opens), its git commit and the dvc.lock hashes of the stages behind it.
+    """
+    run = existing_run(run_id)
+    levels = {BASE: metric_values(base or {}), CANDIDATE: dict(metrics)}
     champion = _alias_version(name, CHAMPION)
-    shown = [key for key in metrics if key == "utility" or key.startswith("forgetting_")]
+    columns = [(BASE, "base model"), (CANDIDATE, "candidate")]
+    if champion is not None:
+        levels[CHAMPION] = _version_metrics(champion)
+        columns.append((CHAMPION, f"champion (version {champion.version})"))
+    shown = [m.name for m in METRICS if any(m.name in values or f"forgetting_{m.name}" in values
+                                            for values in levels.values())]  # fmt: skip
+    header = ["metric", *(label for _, label in columns)]
+    header += [f"{key} forgetting" for key, _ in columns if key != BASE]
+    lines = [f"{_run_link(run)}: {_config(run.data.tags)}.", ""]
     if champion is None:
-        rows = "\n".join(f"| {key} | {metrics[key]:.4f} |" for key in shown)
-        return f"No `{CHAMPION}` yet: nothing to compare with.\n\n| metric | candidate |\n|---|---|\n{rows}\n"
-    theirs = _version_metrics(champion)
-    lines = [
-        f"Compared with `{CHAMPION}` (version {champion.version}); forgetting: lower is better.",
-        "",
-        "| metric | candidate | champion | difference |",
-        "|---|---|---|---|",
-    ]
-    for key in sorted(set(shown) | {k for k in theirs if k == "utility" or k.startswith("forgetting_")}):
-        mine, other = metrics.get(key), theirs.get(key)
-        diff = f"{mine - other:+.4f}" if mine is not None and other is not None else "n/a"
-        lines.append(f"| {key} | {_fmt(mine)} | {_fmt(other)} | {diff} |")
+        lines += [f"No `{CHAMPION}` yet: the candidate is compared with the base model alone.", ""]
+    lines += ["Forgetting is the loss against the base model in the metric's good direction: positive means "
+              "forgotten, 0 kept, negative improved.", "",
+              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # fmt: skip
+    for metric in shown:
+        cells = [_number(levels[key].get(metric)) for key, _ in columns]
+        cells += [_number(levels[key].get(f"forgetting_{metric}"), signed=True) if metric != UTILITY else "-"
+                  for key, _ in columns if key != BASE]  # fmt: skip
+        better = "higher" if BY_NAME[metric].higher_is_better else "lower"
+        lines.append(f"| {metric} ({better} is better) | " + " | ".join(cells) + " |")
+    lines += ["", *_lineage(run.data.tags)]
     return "\n".join(lines) + "\n"
 
 
@@ -161,7 +179,8 @@ def promote(name: str, version: str | int, gates: PromotionGates) -> tuple[bool,
             failed.append(f"utility missing on version {lacking}")
         else:
             floor = theirs["utility"] - gates.utility_tolerance
-            check = f"utility {mine['utility']:.4f} vs {CHAMPION} {theirs['utility']:.4f} - {gates.utility_tolerance:g}"
+            mine_text, theirs_text = _number(mine["utility"]), _number(theirs["utility"])
+            check = f"utility {mine_text} vs {CHAMPION} {theirs_text} - {gates.utility_tolerance:g}"
             (passed if mine["utility"] >= floor else failed).append(check)
     budget = gates.forgetting_budget
     deltas = {metric: mine.get(f"forgetting_{metric}") for metric in budget}  # the version's tags are flat
@@ -170,7 +189,7 @@ def promote(name: str, version: str | int, gates: PromotionGates) -> tuple[bool,
         if deltas[metric] is None:
             failed.append(f"forgetting_{metric} missing on version {candidate.version}")
         else:
-            check = f"forgetting_{metric} {deltas[metric]:.4f} vs budget {limit:g}"
+            check = f"forgetting_{metric} {_number(deltas[metric])} vs budget {limit:g}"
             (failed if metric in over else passed).append(check)
 
     accepted = not failed
@@ -215,5 +234,32 @@ def _version_metrics(version) -> dict[str, float]:
     return values
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+def _number(value: float | None, signed: bool = False) -> str:
+    """Four decimals; a value that rounds to zero is written 0.0000, never -0.0000 (nor +0.0000)."""
+    if value is None:
+        return "n/a"
+    text = f"{value:+.4f}" if signed else f"{value:.4f}"
+    return "0.0000" if float(text) == 0 else text
+
+
+def _run_link(run) -> str:
+    """A link to the run's page in MLflow's UI (relative: it works on whichever server shows the description)."""
+    label = run.data.tags.get("mlflow.runName", run.info.run_id)
+    return f"Source run [{label}]({run_link(run.info.experiment_id, run.info.run_id)})"
+
+
+def _config(tags: Mapping[str, str]) -> str:
+    shown = [f"{key} {tags[key]}" for key in ("task", "method", "beta", "seed") if key in tags]
+    return ", ".join(shown) if shown else "no configuration tags"
+
+
+def _lineage(tags: Mapping[str, str]) -> list[str]:
+    """The git commit and the dvc.lock hash of each stage behind the run, as markdown lines."""
+    lines = [f"Git commit: `{tags['git_commit']}`" if "git_commit" in tags else "Git commit: not recorded"]
+    stages = sorted((key.removeprefix("dvc."), value) for key, value in tags.items() if key.startswith("dvc."))
+    if stages:
+        lines += ["", "| stage (dvc.lock) | hash |", "|---|---|"]
+        lines += [f"| {stage} | `{digest}` |" for stage, digest in stages]
+    else:
+        lines += ["", "dvc.lock: no stage hashes recorded (the run was not made by `dvc repro`)"]
+    return lines

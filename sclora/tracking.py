@@ -5,6 +5,10 @@ seed) that every stage of that configuration logs into (training loss, eval metr
 forgetting deltas, plots), found again by its key so that separate stage processes
 and re-runs share it. The training loss: sclora.loss_logging; registering and promoting adapters: sclora.registry.
 
+Each child run names its datasets as MLflow dataset inputs (`RunDataset`: name, digest, file, role as the
+input's context), so the UI's Datasets column and a run's lineage show them. The experiment carries MLflow's
+experiment-kind tag for model training, so the UI opens it on its runs table rather than the GenAI overview.
+
 The tracking URI comes from MLFLOW_TRACKING_URI, else from params (`tracking.uri`,
 default `sqlite:///mlflow.db`, artifacts beside the database in `mlartifacts/`).
 `parent_run`/`child_run` connect by themselves; a process that only registers or
@@ -19,17 +23,26 @@ import math
 import os
 import re
 import subprocess
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import mlflow
+import pyarrow as pa
+import pyarrow.parquet as pq
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
+from mlflow.types import ColSpec, DataType, Schema
+from mlflow.types.schema import Array
 from pydantic import BaseModel
 
 from sclora.config import Params
+from sclora.metrics import PRESERVED, UTILITY
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"  # beside a SQLite store, as `mlflow server` does by default
@@ -37,6 +50,18 @@ CONFIG_TAG = "sclora.config"  # identifies a child run: task/method/beta/seed (n
 PARENT_TAG = "sclora.params_hash"  # identifies the parent run of one params version
 PARENT_ENV = "SCLORA_PARENT_RUN_ID"  # set for its stages by a flow that opened the parent run itself
 SECRET_WORDS = ("token", "password", "secret", "key")
+# MLflow's own record of an experiment's kind, which its UI's kind selector writes. MLflow 3.17's UI does not read
+# it to choose the first page: that follows the UI's GenAI / Model training switch (`?workflowType=` in the URL,
+# else the browser's last choice, GenAI at first), so the links below carry `workflowType=machine_learning`.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"  # the UI's "Machine learning" kind
+# A saved view of the runs table, stored as MLflow's UI stores one (an experiment tag under this prefix holding
+# {name, createdAt, updatedAt, state}): MLflow has no setting for the table's default columns, so the review
+# columns are a view a reviewer opens from the Views menu or by `review_link`. The format is the UI's own, not
+# a documented API; tests/test_mlflow_ui.py checks it in a browser against the pinned MLflow.
+SAVED_VIEW_PREFIX = "mlflow.sharedViewState."
+REVIEW_VIEW = "sclora-review"
+DATASET_ROLES = ("training", "preserve", "evaluation")  # D+, D-, the eval sets: each input's MLflow context
 
 # One quick attempt when checking that a server answers: MLflow's defaults (7 retries,
 # 120 s timeout, exponential backoff) would hang for minutes on a wrong URI.
@@ -52,6 +77,20 @@ class TrackingError(RuntimeError):
     """A tracking or registry operation that cannot proceed; the message is one line."""
 
 
+@dataclass(frozen=True)
+class RunDataset:
+    """A dataset that a run used: its name, content digest, file and role (one of DATASET_ROLES)."""
+
+    name: str
+    digest: str
+    path: Path
+    role: str
+
+    def __post_init__(self) -> None:
+        if self.role not in DATASET_ROLES:
+            raise ValueError(f"dataset {self.name}: role '{self.role}', expected one of {', '.join(DATASET_ROLES)}")
+
+
 def tracking_uri(params_uri: str | None = None) -> str:
     """MLFLOW_TRACKING_URI if set, else the params value, else the local SQLite store."""
     return os.environ.get("MLFLOW_TRACKING_URI") or params_uri or DEFAULT_URI
@@ -62,14 +101,43 @@ def connect(uri: str | None = None, experiment: str = "sclora") -> str:
     uri = use_store(uri)
     client = mlflow.MlflowClient()
     found = client.get_experiment_by_name(experiment)
-    if found is not None:
-        return found.experiment_id
-    try:
-        return client.create_experiment(experiment, artifact_location=_artifact_location(uri))
-    except MlflowException as error:
-        if error.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-        return client.get_experiment_by_name(experiment).experiment_id  # another run (a sweep's point) made it
+    if found is None:
+        try:
+            client.create_experiment(experiment, artifact_location=_artifact_location(uri))
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":  # else another run (a sweep's point) made it
+                raise
+        found = client.get_experiment_by_name(experiment)
+    for key, value in _experiment_tags(found.experiment_id).items():
+        if key not in found.tags:  # made before these tags were set, or by hand
+            client.set_experiment_tag(found.experiment_id, key, value)
+    return found.experiment_id
+
+
+def review_link(experiment_id: str) -> str:
+    """The UI's address (after the server's `/`) of the experiment's runs table in the review view."""
+    return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={REVIEW_VIEW}"
+
+
+def run_link(experiment_id: str, run_id: str) -> str:
+    """The UI's address (after the server's `/`) of one run's page, in the UI's Model training mode."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
+def _experiment_tags(experiment_id: str) -> dict[str, str]:
+    """The kind, the review view of the runs table, and a description that links to it."""
+    columns = [f"tags.`{key}`" for key in ("task", "method", "beta", "seed")]
+    columns += [f"metrics.`{UTILITY}`", *(f"metrics.`forgetting_{name}`" for name in PRESERVED)]
+    columns.append("attributes.`Dataset`")
+    state = {"selectedColumns": columns, "orderByKey": "attributes.start_time", "orderByAsc": False}
+    now = int(time.time() * 1000)
+    view = {"name": "sclora review: task, method, beta, seed, utility, forgetting", "createdAt": now,
+            "updatedAt": now, "state": json.dumps(state)}  # fmt: skip
+    note = (f"One run per pipeline (params version), one nested run per task, method, beta and seed. Open "
+            f"[the review view]({review_link(experiment_id)}) for their task, method, beta, seed, utility, "
+            "forgetting and datasets.")  # fmt: skip
+    return {EXPERIMENT_KIND_TAG: MODEL_TRAINING, SAVED_VIEW_PREFIX + REVIEW_VIEW: json.dumps(view),
+            "mlflow.note.content": note}  # fmt: skip
 
 
 def use_store(uri: str | None = None) -> str:
@@ -121,15 +189,15 @@ def child_run(
     uri: str | None = None,
     params: Mapping | None = None,
     tags: Mapping[str, str] | None = None,
-    fingerprints: Mapping[str, str] | None = None,
+    datasets: Sequence[RunDataset] = (),
 ) -> Iterator[Run]:
     """The run of one configuration, nested under `parent_run_id` or the active run.
 
     With no active run (a stage process), `uri` or MLFLOW_TRACKING_URI names the store.
     The same (parent, task, method, beta, seed) always gets the same run, so the
     train, evaluate and register stages of one configuration log into one place.
-    Tags: task, method, beta, seed, git commit, `data.<name>` for each dataset
-    fingerprint, and `tags` (the stage's `dvc.<stage>` hashes of dvc.lock).
+    Tags: task, method, beta, seed, git commit, `data.<name>` (the digest) for each of `datasets`, and
+    `tags` (the stage's `dvc.<stage>` hashes of dvc.lock). `datasets` are also logged as the run's inputs.
     """
     active = mlflow.active_run()
     if active is None:
@@ -153,7 +221,7 @@ def child_run(
         "beta": beta_text,
         "seed": str(seed),
         **_git_tags(),
-        **{f"data.{name}": value for name, value in (fingerprints or {}).items()},
+        **{f"data.{dataset.name}": dataset.digest for dataset in datasets},
         **(tags or {}),
     }
     if active is not None and active.info.run_id != parent:
@@ -172,7 +240,41 @@ def child_run(
         mlflow.set_tags(clean_tags(all_tags))
         if params:
             log_params(params)
+        if datasets:
+            log_datasets(datasets)
         yield run
+
+
+def log_datasets(datasets: Sequence[RunDataset]) -> None:
+    """Log `datasets` as inputs of the active run, each with its role as MLflow's dataset context.
+
+    A metadata-only dataset (MLflow's MetaDataset): the name, the digest the `data.<name>` tags carry, the file
+    as its source and, for a Parquet file, its columns; the data stays where it is. MLflow keeps one input per
+    (name, digest), so a stage that logs them again adds nothing.
+    """
+    inputs = [MetaDataset(LocalArtifactDatasetSource(str(Path(d.path).resolve())), name=d.name, digest=d.digest,
+                          schema=_parquet_schema(Path(d.path))) for d in datasets]  # fmt: skip
+    roles = [dataset.role for dataset in datasets]
+    mlflow.log_inputs(datasets=inputs, contexts=roles, tags_list=[None] * len(inputs))
+
+
+def _parquet_schema(path: Path) -> Schema | None:
+    """The columns of a Parquet file as an MLflow schema (types it has no name for are left out); None otherwise."""
+    if path.suffix != ".parquet" or not path.is_file():
+        return None
+    columns = []
+    for field in pq.read_schema(path):
+        kind = _data_type(field.type.value_type) if pa.types.is_list(field.type) else _data_type(field.type)
+        if kind is not None:
+            columns.append(ColSpec(Array(kind) if pa.types.is_list(field.type) else kind, field.name))
+    return Schema(columns) if columns else None
+
+
+def _data_type(arrow_type: pa.DataType) -> DataType | None:
+    checks = ((pa.types.is_string, DataType.string), (pa.types.is_large_string, DataType.string),
+              (pa.types.is_boolean, DataType.boolean), (pa.types.is_integer, DataType.long),
+              (pa.types.is_floating, DataType.double))  # fmt: skip
+    return next((kind for check, kind in checks if check(arrow_type)), None)
 
 
 def pipeline_parent(params: Params) -> str:

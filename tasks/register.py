@@ -4,7 +4,8 @@ The candidate is the run with the highest utility among those whose every forget
 stays within tracking.gates.forgetting_budget (`within_budget`: the rule `promote` checks before
 moving `champion`); among runs of equal utility, the one that forgets least (the smallest sum of its
 budgeted deltas). Its plain-LoRA export (on the ORIGINAL base) is logged into its MLflow child
-run and registered with alias `candidate`, its metrics as version tags; registering the
+run and registered with alias `candidate`, its metrics as version tags and, in its description, beside the
+base model's (artifacts/eval/base) and the champion's; registering the
 same run again returns its existing version, so re-runs add nothing. `full` runs are not
 candidates: they are not adapters, and the registry holds adapters for the base model.
 
@@ -21,7 +22,7 @@ from sclora import tracking
 from sclora.config import Params
 from sclora.metrics import BY_NAME as SUITE_METRICS
 from sclora.registry import CANDIDATE, drop_alias, overshoot, register_adapter, within_budget
-from tasks.artifacts import METRICS, REGISTRY, RUN_FILE, all_runs, read_json, write_json
+from tasks.artifacts import EVAL_BASE, METRICS, REGISTRY, RUN_FILE, all_runs, read_json, write_json
 
 # What a registered version is tagged with: every metric and the forgetting deltas.
 SUMMARY_KEYS = (*SUITE_METRICS, "forgetting")
@@ -41,6 +42,7 @@ def run(params: Params) -> dict:
         if within_budget(outputs[spec.name][1], budget)
     }
     candidate = best_within_budget({name: outputs[name][1] for name in eligible}, budget)
+    base = read_json(EVAL_BASE / METRICS, "metrics of the base model") if candidate is not None else None
     tracking.use_store(params.tracking.uri)
     name = params.tracking.registered_model
     version = None
@@ -51,7 +53,7 @@ def run(params: Params) -> dict:
         tags = {"run": spec.name, "task": spec.task, "method": spec.method, "seed": str(spec.seed),
                 "beta": "none" if spec.beta is None else str(spec.beta)}  # fmt: skip
         # The same trained run registered again (a re-run of this stage) keeps its version.
-        version = register_adapter(spec.dir / "export", name, shown, tags, run_id=summary["mlflow_run_id"])
+        version = register_adapter(spec.dir / "export", name, shown, tags, run_id=summary["mlflow_run_id"], base=base)
     else:
         drop_alias(name, CANDIDATE)
     registry = {

@@ -84,7 +84,7 @@ def run(params: Params, item: str) -> dict:
         spec.task, spec.method, spec.beta, spec.seed,
         parent_run_id=parent, uri=params.tracking.uri, params=logged,
         tags=stage_hashes("dvc.lock", upstream) if upstream else None,
-        fingerprints={name: fingerprints[name][:16] for name in _sources(params, spec) if name in fingerprints},
+        datasets=_datasets(params, spec, fingerprints),
     ) as child:  # fmt: skip
         result = train(model, tokenizer, records, work, settings, callbacks=[MlflowLossCallback()])
         with staged_dir(spec.dir) as staging:
@@ -155,8 +155,15 @@ def _exported_model(params: Params, spec: RunSpec, export: Path) -> torch.nn.Mod
     return load_with_adapter(model.path, export, dtype=model.dtype, trust_remote_code=model.trust_remote_code)
 
 
-def _sources(params: Params, spec: RunSpec) -> list[str]:
-    return [params.data.finetune[spec.task], *params.data.preserve, *params.data.eval.values()]
+def _datasets(params: Params, spec: RunSpec, fingerprints: dict[str, str]) -> list[tracking.RunDataset]:
+    """The prepared files the run read (D+), was kept from forgetting (D-) and was evaluated on, with their
+    fingerprints cut to the 16 characters the `data.<name>` tags have always carried."""
+    data = params.data
+    roles = {data.finetune[spec.task]: "training"}
+    roles.update({name: "preserve" for name in data.preserve if name not in roles})
+    roles.update({name: "evaluation" for name in data.eval.values() if name not in roles})
+    return [tracking.RunDataset(name, fingerprints[name][:16], prepared_path(name), role)
+            for name, role in roles.items() if name in fingerprints]  # fmt: skip
 
 
 def _locked_stages(spec: RunSpec) -> list[str]:

@@ -4,8 +4,8 @@ Tiny testbed, one task, two baselines (lora, pissa) and SC-LoRA at one beta, a f
 SQLite file under tmp: the session's `tiny_repro` (conftest.py). Checks every stage's outputs, that DVC
 sees the workspace as clean, that `dvc metrics show` has every run's metrics, and that a second
 `dvc repro` runs nothing. The pipeline and select_beta flows then run on copies of that workspace, under
-Prefect's test server. Every test that needs `tiny_repro` is in this file, so that it is made once per
-test process (`make test` runs the files on two processes).
+Prefect's test server. The tests that need `tiny_repro` are in this file and in test_mlflow_ui.py (which
+reads a copy of its MLflow store): it is made once per test process that runs either file.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ import subprocess
 import time
 
 import mlflow
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, TrainerControl, TrainerState, TrainingArguments
@@ -74,6 +76,12 @@ def test_parent_and_nested_child_runs(store, tmp_path):
         "schema: '2.0'\nstages:\n  train@benign-sclora-0.5-0:\n    cmd: python -m tasks train\n"
         "    outs:\n    - path: artifacts/runs/x\n      md5: abc.dir\n  solve@0.5:\n    cmd: solve\n"
     )
+    pq.write_table(pa.table({"id": ["a"], "prompt": ["p"], "input_ids": [[1, 2]], "weird": [{"x": 1}]}),
+                   tmp_path / "finetune_benign.parquet")  # fmt: skip
+    datasets = [
+        tracking.RunDataset("finetune_benign", "f00d", tmp_path / "finetune_benign.parquet", "training"),
+        tracking.RunDataset("preserve_safety", "cafe", tmp_path / "absent.jsonl", "preserve"),
+    ]
     with tracking.parent_run("sweep", params={"train": {"lr": 0.002, "methods": ["lora", "sclora"]}}) as parent:
         with tracking.child_run(
             "benign",
@@ -82,7 +90,7 @@ def test_parent_and_nested_child_runs(store, tmp_path):
             0,
             params={"adapter": {"rank": 8}, "tracking": {"api_token": "s3cr3t"}},
             tags=stage_hashes(lock, ["train@benign-sclora-0.5-0", "solve@0.5"]),
-            fingerprints={"finetune_benign": "f00d"},
+            datasets=datasets,
         ) as child:
             tracking.log_metrics(
                 {
@@ -134,6 +142,42 @@ def test_parent_and_nested_child_runs(store, tmp_path):
     hashes = {key: value for key, value in got.tags.items() if key.startswith("dvc.")}
     assert set(hashes) == {"dvc.train_benign-sclora-0.5-0", "dvc.solve_0.5"}
     assert len(set(hashes.values())) == 2
+    # The datasets are the run's MLflow inputs, once each although the run was entered twice.
+    inputs = client.get_run(child.info.run_id).inputs.dataset_inputs
+    logged = {
+        i.dataset.name: (i.dataset.digest, [t.value for t in i.tags], json.loads(i.dataset.source)) for i in inputs
+    }
+    assert logged == {
+        "finetune_benign": ("f00d", ["training"], {"uri": str(tmp_path / "finetune_benign.parquet")}),
+        "preserve_safety": ("cafe", ["preserve"], {"uri": str(tmp_path / "absent.jsonl")}),
+    }
+    schema = json.loads(next(i.dataset.schema for i in inputs if i.dataset.name == "finetune_benign"))
+    assert schema["mlflow_colspec"] == [  # the struct column has no MLflow type: left out
+        {"type": "string", "name": "id", "required": True},
+        {"type": "string", "name": "prompt", "required": True},
+        {"type": "array", "items": {"type": "long"}, "name": "input_ids", "required": True},
+    ]
+    assert client.get_run(other.info.run_id).inputs.dataset_inputs == []
+    with pytest.raises(ValueError, match="role 'train', expected one of training, preserve, evaluation"):
+        tracking.RunDataset("d", "00", tmp_path, "train")
+
+
+def test_the_experiment_is_a_model_training_one_with_a_review_view(store):
+    experiment_id = tracking.connect(experiment="kinds")
+    client = mlflow.MlflowClient()
+    tags = client.get_experiment(experiment_id).tags
+    assert tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    view = json.loads(tags[tracking.SAVED_VIEW_PREFIX + tracking.REVIEW_VIEW])
+    columns = json.loads(view["state"])["selectedColumns"]
+    assert columns[:5] == ["tags.`task`", "tags.`method`", "tags.`beta`", "tags.`seed`", "metrics.`utility`"]
+    assert {"metrics.`forgetting_knowledge`", "metrics.`forgetting_attack_success_rate`"} <= set(columns)
+    assert tracking.review_link(experiment_id) in tags["mlflow.note.content"]
+    # A description a person wrote is theirs: connecting again keeps it; a tag removed comes back.
+    client.set_experiment_tag(experiment_id, "mlflow.note.content", "ours")
+    client.delete_experiment_tag(experiment_id, tracking.EXPERIMENT_KIND_TAG)
+    assert tracking.connect(experiment="kinds") == experiment_id
+    tags = client.get_experiment(experiment_id).tags
+    assert tags["mlflow.note.content"] == "ours" and tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
 
 
 def test_child_run_from_another_process_links_to_the_parent(store):
@@ -253,6 +297,7 @@ def test_register_adapter_then_promote_through_the_gates(store, tmp_path):
     from peft import PeftModel
 
     name = "sclora-adapter"
+    base_metrics = {"utility": 0.1, "knowledge": 0.8, "attack_success_rate": 0.05, "tasks": {"eval_task": {"acc": 0.1}}}
     gates = PromotionGates(utility_tolerance=0.02, forgetting_budget={"knowledge": 0.05, "attack_success_rate": 0.05})
     trained = _adapter(tmp_path / "first", seed=1)
     with tracking.parent_run("retrain"):
@@ -260,8 +305,13 @@ def test_register_adapter_then_promote_through_the_gates(store, tmp_path):
             first = registry.register_adapter(
                 tmp_path / "first",
                 name,
-                {"utility": 0.60, "forgetting": {"knowledge": 0.01, "attack_success_rate": 0.0}},
+                {
+                    "utility": 0.60,
+                    "knowledge": 0.79,
+                    "forgetting": {"knowledge": 0.01, "attack_success_rate": -1e-9, "collapse_rate": -0.0},
+                },
                 tags={"reviewer": "ml-team"},
+                base=base_metrics,
             )
     client = mlflow.MlflowClient()
     version = client.get_model_version(name, first)
@@ -270,7 +320,19 @@ def test_register_adapter_then_promote_through_the_gates(store, tmp_path):
     lineage = {key: version.tags[key] for key in ("reviewer", "method", "beta", "task")}
     assert lineage == {"reviewer": "ml-team", "method": "sclora", "beta": "0.9", "task": "benign"}
     assert "git_commit" in version.tags
-    assert "No `champion` yet" in version.description
+    description = version.description
+    assert "No `champion` yet" in description
+    assert "| metric | base model | candidate | candidate forgetting |" in description
+    assert "| utility (higher is better) | 0.1000 | 0.6000 | - |" in description
+    assert "| knowledge (higher is better) | 0.8000 | 0.7900 | +0.0100 |" in description
+    # A delta that rounds to zero reads 0.0000, not -0.0000; a level never measured reads n/a.
+    assert "| attack_success_rate (lower is better) | 0.0500 | n/a | 0.0000 |" in description
+    assert "-0.0000" not in description
+    assert version.tags["forgetting_collapse_rate"] == "0.0"  # a negative zero is not shown as -0.0 either
+    run = client.get_run(version.run_id)
+    assert f"({tracking.run_link(run.info.experiment_id, run.info.run_id)})" in description
+    assert f"Git commit: `{run.data.tags['git_commit']}`" in description
+    assert "no stage hashes recorded" in description
 
     # The registered artifact is a plain PEFT adapter that reproduces the trained model.
     downloaded = mlflow.artifacts.download_artifacts(f"models:/{name}@candidate", dst_path=str(tmp_path / "dl"))
@@ -299,11 +361,14 @@ def test_register_adapter_then_promote_through_the_gates(store, tmp_path):
                 tmp_path / "second",
                 name,
                 {"utility": 0.59, "forgetting": {"knowledge": 0.0, "attack_success_rate": 0.30}},
+                base=base_metrics,
             )
     description = client.get_model_version(name, second).description
-    assert "version 1" in description
-    assert "| utility | 0.5900 | 0.6000 | -0.0100 |" in description
-    assert "| forgetting_attack_success_rate | 0.3000 | 0.0000 | +0.3000 |" in description
+    header = "| metric | base model | candidate | champion (version 1) | candidate forgetting | champion forgetting |"
+    assert header in description and "No `champion`" not in description
+    assert "| utility (higher is better) | 0.1000 | 0.5900 | 0.6000 | - | - |" in description
+    assert "| attack_success_rate (lower is better) | 0.0500 | n/a | n/a | +0.3000 | 0.0000 |" in description
+    assert "| knowledge (higher is better) | 0.8000 | n/a | 0.7900 | 0.0000 | +0.0100 |" in description
     assert str(client.get_model_version_by_alias(name, "candidate").version) == second
     # The same run registered again (a re-run of the register stage) keeps its version.
     again = registry.register_adapter(
