@@ -89,6 +89,8 @@ def run(params: Params, item: str) -> dict:
         tags=stage_hashes("dvc.lock", upstream) if upstream else None,
         fingerprints={name: fingerprints[name][:16] for name in _sources(params, spec) if name in fingerprints},
     ) as child:  # fmt: skip
+        # What the method trains, stated beside every other's (OSF: LoRA's count plus r a layer).
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         result = train(model, tokenizer, records, work, settings, callbacks=[MlflowLossCallback()])
         with staged_dir(spec.dir) as staging:
             export = staging / "export"
@@ -124,7 +126,8 @@ def run(params: Params, item: str) -> dict:
             summary = {
                 "run": spec.name, "task": spec.task, "method": spec.method, "beta": spec.beta, "seed": spec.seed,
                 "lr": settings.lr, "global_step": result.global_step, "resumed_from": result.resumed_from,
-                "final_loss": final_loss, "export": row.export, "mlflow_run_id": child.info.run_id,
+                "final_loss": final_loss, "trainable_parameters": trainable, "export": row.export,
+                "mlflow_run_id": child.info.run_id,
             }  # fmt: skip
             if curve:
                 summary.update(knob=row.knob, knob_default=row.knob_default, curve=curve)

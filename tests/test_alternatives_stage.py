@@ -36,6 +36,11 @@ def test_every_new_method_trains_exports_and_evaluates_in_the_stage(project):
         else:  # a plain LoRA: rank 2r for a residual init, r otherwise
             assert config.peft_type == "LORA" and config.init_lora_weights is True
             assert config.r == params["adapter"]["rank"] * (2 if row.residual else 1)
+    trainable = {m: json.loads(Path(f"artifacts/runs/benign-{m}-0/run.json").read_text())["trainable_parameters"]
+                 for m in NEW}  # fmt: skip
+    layers = 7 * params["testbed"]["layers"]
+    assert trainable["osf"] == trainable["lora_intruder"] + params["adapter"]["rank"] * layers  # LoRA's + r a layer
+    assert trainable["mica"] * 2 < trainable["lora_intruder"]  # MiCA trains A only
     plan = json.loads(Path("artifacts/plan/benign-lora_null-0.json").read_text())
     assert plan["capture"]  # LoRA-Null reads the D- capture: a new capture reruns it
     assert "task_batches" in json.loads(Path("artifacts/plan/benign-eva-0.json").read_text())
