@@ -69,3 +69,17 @@ def test_docs_table_has_every_method():
     table = text[text.index("## Methods") :]
     for row in METHODS:
         assert f"| `{row.name}` |" in table, row.name
+
+
+def test_a_post_hoc_method_trains_and_tunes_at_its_adapters_rate():
+    import yaml
+
+    from sclora.config import Params
+    from tasks.artifacts import tune_item
+
+    assert tune_item("lora_intruder", None) == "lora" and tune_item("osf", None) == "osf"
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"].update(methods=["lora", "lora_intruder"], lr_source="artifacts/tune")
+    params["tune"].update(methods=["lora"], betas=params["solve"]["betas"])
+    parsed = Params(**params)  # lora_intruder needs no tune stage of its own
+    assert parsed.train.settings_for("lora_intruder", 0).lr == parsed.train.settings_for("lora", 0).lr
