@@ -40,9 +40,11 @@ testbed-check: setup
 # The comparison protocol on the testbed: every rate tuned on the validation split, then 5 seeds of every method,
 # both controls and sclora at each beta, on both tasks; the report checks the paper's claims. The overrides are
 # written into params.yaml, as `sclora run -S` does (`git checkout params.yaml` returns to the quick run).
-PROTOCOL_METHODS := [lora,pissa,milora,corda_ipm,corda_kpm,full,random_subspace]
+# lora_intruder trains LoRA (at lora's tuned rate) and reduces it after training: nothing of its own to tune.
+PROTOCOL_TUNED := [lora,pissa,milora,corda_ipm,corda_kpm,full,random_subspace,mica,olora,orthogonal,eva,lora_ga,lora_null,osf]
+PROTOCOL_METHODS := [lora,pissa,milora,corda_ipm,corda_kpm,full,random_subspace,mica,olora,orthogonal,eva,lora_ga,lora_null,osf,lora_intruder]
 protocol: setup
-	.venv/bin/sclora run --jobs $(JOBS) -S 'train.methods=$(PROTOCOL_METHODS)' -S 'tune.methods=$(PROTOCOL_METHODS)' \
+	.venv/bin/sclora run --jobs $(JOBS) -S 'train.methods=$(PROTOCOL_METHODS)' -S 'tune.methods=$(PROTOCOL_TUNED)' \
 		-S 'tune.betas=[0.5,0.9]' -S 'solve.betas=[0.5,0.9]' -S 'train.sclora_variants=[sclora,sclora_frozen]' \
 		-S 'train.seeds=[0,1,2,3,4]' -S 'train.lr_source=artifacts/tune'
 

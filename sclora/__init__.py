@@ -1,6 +1,7 @@
 """sclora: knowledge-preserving LoRA fine-tuning (SC-LoRA, arXiv 2505.23724) as a production pipeline.
 
-gather (`capture`, sclora/gather.py) -> solve (`solve_subspace`, subspace.py) -> apply (`init_lora`, inits.py)
+gather (`capture`, sclora/gather.py) -> solve (`solve_subspace`, subspace.py) -> apply (`apply_method`: any row of
+methods.py; `init_lora`: its LoRA inits, inits.py)
 -> train (`train`) -> share (`export_lora`).
 
 The names below are imported on first use: every pipeline stage is its own process, and importing PEFT,
@@ -21,7 +22,9 @@ _EXPORTS = {
     "export_lora": "sclora.export",
     "export_merged": "sclora.export",
     "save_initial_adapter": "sclora.export",
+    "apply_method": "sclora.inits",
     "init_lora": "sclora.inits",
+    "post_hoc_step": "sclora.inits",
     "sclora_subspaces": "sclora.subspace",
     "DegenerateSubspaceWarning": "sclora.subspace",
     "Subspace": "sclora.subspace",

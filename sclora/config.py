@@ -287,7 +287,8 @@ class Params(Section):
         if not set(tune.betas) <= set(self.solve.betas):
             raise ValueError(f"tune.betas: {sorted(set(tune.betas) - set(self.solve.betas))} not in solve.betas")
         if self.train.lr_source == "artifacts/tune":
-            untuned = [m for m in self.train.methods if m not in tune.methods]
+            # A method that trains at another's rate (lr_from) takes that one's tuned rate.
+            untuned = [m for m in self.train.methods if (BY_NAME[m].lr_from or m) not in tune.methods]
             untuned += [f"sclora beta {b:g}" for b in self.solve.betas if b not in tune.betas]
             if untuned:
                 raise ValueError(f"train.lr_source: artifacts/tune, but tune does not cover {', '.join(untuned)}")

@@ -1,12 +1,16 @@
-"""Apply a LoRA initialisation to a model: SC-LoRA and every baseline it is compared with.
+"""Apply a method to a model: SC-LoRA and every method it is compared with (the rows of sclora.methods).
 
-gather (capture.py) -> solve (subspace.py) -> apply (this file). PEFT already has `lora`, `pissa` and CorDA;
-they go through PEFT's own code. MiLoRA and SC-LoRA are not in PEFT and are written here, one function
-each, in the style of PEFT's `pissa_init`: they run on the LoRA layers PEFT has just created, so rank,
-scaling (alpha / r, rslora, rank_pattern, alpha_pattern) and `fan_in_fan_out` are PEFT's. (Checks and solves
-that must run before the model is wrapped resolve ranks with PEFT's own `get_pattern_key`, as corda.py does.)
+gather (capture.py) -> solve (subspace.py) -> apply (this file). `apply_method` is the one place that decides,
+from a method's row and name, which scheme runs, as PEFT's `update_layer` does; `post_hoc_step` likewise for the
+steps that change a trained adapter. PEFT's own methods go through PEFT's code: `lora`, `pissa`, CorDA, `mica`,
+`olora`, `orthogonal`, EVA (`initialize_lora_eva_weights` on the task's batches), LoRA-GA (`preprocess_loraga`
+on the task's gradients), OSF (PEFT's tuner) and intruder-dimension reduction (`reduce_intruder_dimension`).
+MiLoRA, LoRA-Null and SC-LoRA are not in PEFT and are written here, one function each, in the style of PEFT's
+`pissa_init`: they run on the LoRA layers PEFT has just created, so rank, scaling (alpha / r, rslora,
+rank_pattern, alpha_pattern) and `fan_in_fan_out` are PEFT's. (Checks and solves that must run before the model
+is wrapped resolve ranks with PEFT's own `get_pattern_key`, as corda.py does.)
 
-Residual methods (all but `lora`) rewrite the base weights so that W_res + scaling * B A == W at init.
+Residual methods rewrite the base weights so that W_res + scaling * B A == W at init (their row says so).
 `random_subspace` is a control, not a published method: SC-LoRA's construction on a seeded random
 orthonormal basis, the same kind and size of residual init with no data, so that SC-LoRA against it
 measures what choosing the subspace is worth.
@@ -14,16 +18,27 @@ measures what choosing the subspace is worth.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import (
+    EvaConfig,
+    LoraConfig,
+    LoraGAConfig,
+    OSFConfig,
+    PeftModel,
+    get_peft_model,
+    initialize_lora_eva_weights,
+    preprocess_loraga,
+)
 from peft.tuners.lora import Linear as LoraLinear
 from peft.tuners.lora import LoraLayer
 from peft.tuners.lora.config import CordaConfig
 from peft.tuners.lora.corda import target_modules
+from peft.tuners.lora.intruders import reduce_intruder_dimension
 from peft.tuners.lora.model import LoraModel
 from peft.utils import transpose
 from torch import nn
@@ -31,7 +46,8 @@ from transformers.pytorch_utils import Conv1D
 
 from sclora.corda import corda_preprocess
 from sclora.export import check_convertible
-from sclora.methods import BY_NAME, INITS
+from sclora.lora_null import lora_null_bases
+from sclora.methods import BY_NAME, INITS, NAMES
 from sclora.subspace import ROW_BLOCK, Subspace, lora_rank, sclora_subspaces
 
 if TYPE_CHECKING:
@@ -39,17 +55,67 @@ if TYPE_CHECKING:
 
 METHODS = INITS
 RESIDUAL_METHODS = tuple(name for name in INITS if BY_NAME[name].residual)
-# What PEFT's `init_lora_weights` must be for each method. False: PEFT creates A and B and leaves the
-# base weight alone; milora_init / sclora_init then overwrite all three.
-PEFT_INIT = {
-    "lora": True,
-    "pissa": "pissa",
-    "milora": False,
-    "corda_ipm": "corda",
-    "corda_kpm": "corda",
-    "random_subspace": False,
-    "sclora": False,
-}
+# The captures a row's `reads` can name: which of init_lora's arguments carries each.
+CAPTURE_ARGUMENT = {"pos_covariance": "pos", "neg_covariance": "neg"}
+
+
+def apply_method(
+    model: nn.Module,
+    lora_config: LoraConfig,
+    method: str,
+    *,
+    pos: CaptureStats | None = None,
+    neg: CaptureStats | None = None,
+    subspaces: Mapping[str, Subspace | torch.Tensor] | None = None,
+    task_batches: Sequence[Mapping[str, torch.Tensor]] | None = None,
+    seed: int = 0,
+) -> nn.Module:
+    """`model` ready to train by `method` (any row of sclora.methods): as it is for full fine-tuning, in PEFT's
+    tuner for a tuner, else wrapped in a LoRA adapter "default" by its row's init (a post-hoc method trains the
+    adapter it starts from; `post_hoc_step` changes it after training). The data arguments are init_lora's."""
+    if method not in BY_NAME:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(NAMES)}")
+    row = BY_NAME[method]
+    if row.kind == "full":
+        return model
+    if method == "osf":
+        return osf_model(model, lora_config)
+    return init_lora(
+        model, lora_config, row.init, pos=pos, neg=neg, subspaces=subspaces, task_batches=task_batches,
+        freeze_basis=row.freeze_basis, seed=seed,
+    )  # fmt: skip
+
+
+def post_hoc_step(peft_model: PeftModel, method: str, value: float) -> str:
+    """Apply post-hoc `method` at its knob's `value` to the trained adapter "default"; returns the new adapter's
+    name, now the active one ("default" stays as trained)."""
+    if BY_NAME[method].kind != "post_hoc":
+        raise ValueError(f"method {method!r} has no post-hoc step")
+    name = f"{method}_{value:g}".replace(".", "_")
+    if method == "lora_intruder":
+        # PEFT's defaults for what counts as an intruder (top_k=10, threshold_epsilon=0.5); lambda is the knob.
+        reduce_intruder_dimension(peft_model, "default", name, mitigation_lambda=value, logging_sink=None)
+    return name
+
+
+def osf_model(model: nn.Module, lora_config: LoraConfig) -> PeftModel:
+    """PEFT's OSF on the LoRA config's targets, at LoRA's trainable size.
+
+    OSF freezes each weight's top `effective_rank` singular directions and trains the remaining
+    k - effective_rank (k = min(d_out, d_in)) as U_low, S_low, V_low. With effective_rank = k - r per layer (r:
+    the LoRA rank of that layer), it trains r (d_out + d_in + 1) numbers where LoRA trains r (d_out + d_in).
+    """
+    modules = _targets(model, lora_config, linear_only=True)
+    pattern = {}
+    for name, module in modules.items():
+        rank, smaller = lora_rank(lora_config, name), min(_shape(module))
+        if rank >= smaller:
+            raise ValueError(f"{name}: rank {rank} leaves OSF nothing to freeze (min(d_out, d_in) = {smaller})")
+        pattern[f"^{re.escape(name)}$"] = smaller - rank
+    config = OSFConfig(
+        target_modules=sorted(lora_config.target_modules), rank_pattern=pattern, task_type=lora_config.task_type
+    )
+    return get_peft_model(model, config)
 
 
 def init_lora(
@@ -61,41 +127,59 @@ def init_lora(
     beta: float | None = None,
     *,
     subspaces: Mapping[str, Subspace | torch.Tensor] | None = None,
+    task_batches: Sequence[Mapping[str, torch.Tensor]] | None = None,
     normalize: str = "none",
     freeze_basis: bool = False,
     seed: int = 0,
 ) -> PeftModel:
     """Wrap `model` (in place, as `get_peft_model` does) in a LoRA adapter "default" initialised by `method`.
 
-    lora, pissa, milora: need no data. corda_ipm: `pos` captured with covariance=True (D+, the task);
-    corda_kpm: `neg` captured with covariance=True (D-, the knowledge to keep). sclora: `pos`, `neg` and
+    What a method reads is its row's `reads`. corda_ipm: `pos` captured with covariance=True (D+, the task);
+    corda_kpm, lora_null: `neg` captured with covariance=True (D-, the knowledge to keep). eva, lora_ga:
+    `task_batches`, the task's training batches (input_ids, attention_mask, labels). sclora: `pos`, `neg` and
     `beta` (solved here with `normalize`), or `subspaces` from `sclora_subspaces` (module name -> Subspace
     or a (d_out, >= r) orthonormal basis; solved at a larger rank is fine, the top r columns are used).
     `freeze_basis` (sclora only) keeps B fixed so the adapter output stays in the subspace while training.
-    random_subspace: no data; `seed` draws its bases (`random_subspaces`).
+    random_subspace: no data; `seed` draws its bases (`random_subspaces`). orthogonal draws from torch's
+    global generator, as PEFT does. The others need no data.
     Residual methods: call `sclora.export.save_initial_adapter` right after this, before training.
     """
     if method not in METHODS:
         raise ValueError(f"unknown init method {method!r}; expected one of {', '.join(METHODS)}")
-    if lora_config.init_lora_weights not in (True, PEFT_INIT[method]):
+    row = BY_NAME[method]
+    if lora_config.init_lora_weights not in (True, row.peft_init):
         raise ValueError(
             f"lora_config.init_lora_weights={lora_config.init_lora_weights!r} conflicts with method {method!r}; "
             "leave it at its default, init_lora sets it"
         )
+    if method == "olora" and lora_config.fan_in_fan_out:
+        raise ValueError("PEFT's olora_init does not support fan_in_fan_out (Conv1D) layers; target Linear layers")
     if freeze_basis and method != "sclora":
         raise ValueError(f"freeze_basis applies to method 'sclora' only, not {method!r}")
-    if method in RESIDUAL_METHODS:
+    if row.residual:
         check_convertible(lora_config)
         if lora_config.use_dora:
             raise ValueError(f"use_dora is not supported with the residual method {method!r}")
-    extra = {"corda_config": CordaConfig(corda_method=method.removeprefix("corda_"))} if "corda" in method else {}
-    config = replace(lora_config, init_lora_weights=PEFT_INIT[method], **extra)
-    modules = _targets(model, config, linear_only=method in RESIDUAL_METHODS)
-    if method in RESIDUAL_METHODS:
+    extra = {
+        "corda": {"corda_config": CordaConfig(corda_method=method.removeprefix("corda_"))},
+        "eva": {"eva_config": EvaConfig()},
+        "lora_ga": {"lora_ga_config": LoraGAConfig()},
+    }.get(row.peft_init, {})  # PEFT's own sub-config of the method, at PEFT's defaults
+    config = replace(lora_config, init_lora_weights=row.peft_init, **extra)
+    modules = _targets(model, config, linear_only=row.residual)
+    if row.residual:
         for name, module in modules.items():
             rank, shape = lora_rank(config, name), _shape(module)
             if rank > min(shape):
                 raise ValueError(f"{name}: rank {rank} exceeds min(d_out, d_in) = {min(shape)}")
+    stats = None
+    if row.reads in CAPTURE_ARGUMENT:
+        which = CAPTURE_ARGUMENT[row.reads]
+        stats = pos if which == "pos" else neg
+        if stats is None:
+            raise ValueError(f"{method} needs `{which}` CaptureStats captured with covariance=True")
+    if row.reads == "task_batches" and not task_batches:
+        raise ValueError(f"{method} needs task_batches: the task's training batches")
 
     if method == "sclora":
         if subspaces is not None and (pos is not None or neg is not None or beta is not None):
@@ -113,22 +197,31 @@ def init_lora(
             if len(shape) != 2 or shape[0] != d_out or shape[1] < r:
                 raise ValueError(f"{name}: subspace basis {shape} does not fit d_out={d_out}, rank {r}")
     elif method in ("corda_ipm", "corda_kpm"):
-        stats, which = (pos, "pos") if method == "corda_ipm" else (neg, "neg")
-        if stats is None:
-            raise ValueError(f"{method} needs `{which}` CaptureStats captured with covariance=True")
         corda_preprocess(model, config, stats)
-
+    elif method == "lora_null":
+        subspaces = lora_null_bases(model, config, stats)
+    elif method == "lora_ga":
+        preprocess_loraga(model, config, lambda: _backward_over(model, task_batches))
     elif method == "random_subspace":
         subspaces = random_subspaces(model, config, seed)
 
     peft_model = get_peft_model(model, config)
-    if method in ("milora", "sclora", "random_subspace"):
-        for name, layer in lora_layers(peft_model):
-            if method == "milora":
-                milora_init(layer, "default")
-            else:
-                sclora_init(layer, "default", subspaces[name], freeze_basis=freeze_basis)
+    if method == "eva":
+        initialize_lora_eva_weights(peft_model, dataloader=list(task_batches), show_progress_bar=False)
+    for name, layer in lora_layers(peft_model) if row.peft_init is False else ():
+        if method == "milora":
+            milora_init(layer, "default")
+        elif method == "lora_null":
+            lora_null_init(layer, "default", subspaces[name])
+        else:
+            sclora_init(layer, "default", subspaces[name], freeze_basis=freeze_basis)
     return peft_model
+
+
+def _backward_over(model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]]) -> None:
+    """LoRA-GA's `train_step`: the loss of every batch, backpropagated (PEFT averages the gradients)."""
+    for batch in batches:
+        model(**batch).loss.backward()
 
 
 def lora_layers(peft_model: PeftModel) -> list[tuple[str, LoraLayer]]:
@@ -186,6 +279,26 @@ def milora_init(layer: LoraLayer, adapter_name: str) -> None:
     u, s, vh = torch.linalg.svd(weight, full_matrices=False)
     root = (s[-r:] / scaling).sqrt()
     _set_adapter(layer, adapter_name, weight, a=root[:, None] * vh[-r:], b=u[:, -r:] * root)
+
+
+@torch.no_grad()
+def lora_null_init(layer: LoraLayer, adapter_name: str, null_basis: torch.Tensor) -> None:
+    """LoRA-Null (arXiv 2503.02659): W N N^T, W projected on the null space N of the preserved data's activations
+    (`sclora.lora_null`), into the adapter, split as PiSSA does; W_res = W - W N N^T.
+
+    The paper takes the top r singular triplets of W N N^T; it has rank <= r, and with W N = U S Q^T (d_out x r,
+    a small SVD) they are U, S and V^T = Q^T N^T. A = sqrt(S / scaling) V^T, B = U sqrt(S / scaling), so that
+    scaling B A = W N N^T (the paper's code has no scaling: PEFT's is divided out, as pissa_init does).
+    """
+    base = layer.get_base_layer()
+    weight = transpose(base.weight, layer.fan_in_fan_out).to(torch.float64)
+    r, scaling = layer.r[adapter_name], layer.scaling[adapter_name]
+    basis = null_basis.to(weight.device, torch.float64)
+    if basis.shape != (weight.shape[1], r):
+        raise ValueError(f"null-space basis {tuple(basis.shape)} does not fit d_in={weight.shape[1]}, rank {r}")
+    u, s, qh = torch.linalg.svd(weight @ basis, full_matrices=False)
+    root = (s / scaling).sqrt()
+    _set_adapter(layer, adapter_name, weight, a=root[:, None] * (qh @ basis.T), b=u * root)
 
 
 def _set_adapter(layer: LoraLayer, adapter_name: str, weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:

@@ -1,40 +1,182 @@
-"""The methods the pipeline trains: one row per method, read by config validation, inits, training and benchmarks."""
+"""The methods the pipeline trains: one row per method, everything the pipeline needs to know about it.
+
+Config validation, training, planning, export, registration and the docs read these rows; only the row and its
+apply function (`sclora.inits.apply_method`, which decides once which scheme runs, as PEFT's `update_layer`
+does) know a method by its name. Adding a method is its row, its branch in `apply_method` and a docs line
+(docs/pipeline.md's methods table); tests/test_methods.py fails if a method name is dispatched anywhere else.
+This module imports nothing heavy: the config and the registry read it in processes that never load torch.
+"""
 
 from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
+# What a method does to the model. lora_init: a LoRA adapter with an initialisation scheme; tuner: another PEFT
+# tuner (not LoRA); post_hoc: a LoRA adapter, trained, then changed by a step after training; full: no adapter.
+Kind = Literal["lora_init", "tuner", "post_hoc", "full"]
+# What its init reads from the pipeline: a capture's input covariances (pos: D+, the task; neg: D-, the preserved
+# sets), SC-LoRA's solved subspaces (stage solve), or the task's own training batches (EVA, LoRA-GA).
+Reads = Literal["pos_covariance", "neg_covariance", "subspaces", "task_batches"]
+# How the trained method is exported. lora: the adapter as it is, a plain LoRA (its base weights untouched);
+# lora_2r: a residual init converted by PEFT to a plain LoRA of rank 2r on the original base; full_model: the
+# trained model; osf: PEFT's OSF adapter itself (no conversion to LoRA in PEFT, so not a plain LoRA).
+Export = Literal["lora", "lora_2r", "full_model", "osf"]
+
 
 class Method(NamedTuple):
     name: str
-    # "baseline": a published method the paper compares with; "control": not published (random_subspace: SC-LoRA's
-    # construction on a random basis); "sclora": an SC-LoRA variant, run once per beta.
-    kind: Literal["baseline", "control", "sclora"]
-    init: str | None  # the sclora.inits method it starts from; None: no adapter, every weight trains
-    needs_data: bool  # its init reads activations captured on D+ or D-
+    # "baseline": a method the paper compares with; "alternative": a published method a user would pick instead
+    # to forget less or learn faster (not in the paper's tables); "control": not published (random_subspace:
+    # SC-LoRA's construction on a random basis); "sclora": an SC-LoRA variant, run once per beta.
+    role: Literal["baseline", "alternative", "control", "sclora"]
+    kind: Kind
+    init: str | None  # the sclora.inits scheme its adapter starts from (its own name, or the one it varies); None: none
+    # PEFT's `init_lora_weights` for its init; False: PEFT creates A and B and leaves the base weight alone, and
+    # sclora.inits writes all three. None: no LoRA adapter.
+    peft_init: bool | str | None
+    reads: Reads | None  # what its init reads (above); None: nothing but the model
     residual: bool  # its init rewrites the base weights so that W_res + scaling * B A == W
+    export: Export
+    reference: str  # where the method is defined (docs/pipeline.md's methods table shows it)
+    # Its trade-off knob and the values a run evaluates: one trained run, one point of the curve per value.
+    # sclora's knob is beta, swept as solve.betas (one run per beta), so it has no values here.
+    knob: str | None = None
+    knob_values: tuple[float, ...] = ()
+    knob_default: float | None = None  # the value whose point is the run's own metrics.json
     # Whose learning rate it trains at when train.learning_rates does not name it; None: train.lr.
-    # A frozen basis trains what sclora trains, less B: sclora's rate.
+    # A frozen basis trains what sclora trains, less B: sclora's rate. A post-hoc step trains as its adapter does.
     lr_from: str | None = None
     freeze_basis: bool = False  # B (the subspace) kept fixed through training
 
 
+_PEFT = "PEFT 0.21.2"
 METHODS = (
-    Method("lora", "baseline", "lora", needs_data=False, residual=False),
-    Method("pissa", "baseline", "pissa", needs_data=False, residual=True),
-    Method("milora", "baseline", "milora", needs_data=False, residual=True),
-    Method("corda_ipm", "baseline", "corda_ipm", needs_data=True, residual=True),
-    Method("corda_kpm", "baseline", "corda_kpm", needs_data=True, residual=True),
-    Method("full", "baseline", None, needs_data=False, residual=False),
-    Method("random_subspace", "control", "random_subspace", needs_data=False, residual=True),
-    Method("sclora", "sclora", "sclora", needs_data=True, residual=True),
-    Method("sclora_frozen", "sclora", "sclora", needs_data=True, residual=True, lr_from="sclora", freeze_basis=True),
+    Method(
+        "lora", "baseline", "lora_init", "lora", True, None, False, "lora", "Hu et al. 2021, arXiv 2106.09685; " + _PEFT
+    ),
+    Method("pissa", "baseline", "lora_init", "pissa", "pissa", None, True, "lora_2r", "arXiv 2404.02948; " + _PEFT),
+    Method(
+        "milora", "baseline", "lora_init", "milora", False, None, True, "lora_2r", "arXiv 2406.09044 (sclora.inits)"
+    ),
+    Method(
+        "corda_ipm",
+        "baseline",
+        "lora_init",
+        "corda_ipm",
+        "corda",
+        "pos_covariance",
+        True,
+        "lora_2r",
+        "arXiv 2406.05223; " + _PEFT,
+    ),
+    Method(
+        "corda_kpm",
+        "baseline",
+        "lora_init",
+        "corda_kpm",
+        "corda",
+        "neg_covariance",
+        True,
+        "lora_2r",
+        "arXiv 2406.05223; " + _PEFT,
+    ),
+    Method("full", "baseline", "full", None, None, None, False, "full_model", "full fine-tuning"),
+    Method("mica", "alternative", "lora_init", "mica", "mica", None, False, "lora", "arXiv 2604.01694; " + _PEFT),
+    Method("olora", "alternative", "lora_init", "olora", "olora", None, True, "lora_2r", "arXiv 2406.01775; " + _PEFT),
+    Method(
+        "orthogonal",
+        "alternative",
+        "lora_init",
+        "orthogonal",
+        "orthogonal",
+        None,
+        False,
+        "lora",
+        "datta0.github.io/posts/rethink-lora-init; " + _PEFT,
+    ),  # fmt: skip
+    Method(
+        "eva", "alternative", "lora_init", "eva", "eva", "task_batches", False, "lora", "arXiv 2410.07170; " + _PEFT
+    ),
+    Method(
+        "lora_ga",
+        "alternative",
+        "lora_init",
+        "lora_ga",
+        "lora_ga",
+        "task_batches",
+        True,
+        "lora_2r",
+        "arXiv 2407.05000; " + _PEFT,
+    ),  # fmt: skip
+    Method(
+        "lora_null",
+        "alternative",
+        "lora_init",
+        "lora_null",
+        False,
+        "neg_covariance",
+        True,
+        "lora_2r",
+        "arXiv 2503.02659 (sclora.lora_null)",
+    ),  # fmt: skip
+    Method(
+        "osf", "alternative", "tuner", None, None, None, False, "osf", "PEFT's OSF tuner (peft.tuners.osf); " + _PEFT
+    ),
+    Method(
+        "lora_intruder",
+        "alternative",
+        "post_hoc",
+        "lora",
+        True,
+        None,
+        False,
+        "lora",
+        "arXiv 2410.21228; PEFT's reduce_intruder_dimension",
+        knob="mitigation_lambda",
+        knob_values=(0.0, 0.25, 0.5, 0.75, 1.0),
+        knob_default=0.75,
+        lr_from="lora",
+    ),  # fmt: skip
+    Method(
+        "random_subspace",
+        "control",
+        "lora_init",
+        "random_subspace",
+        False,
+        None,
+        True,
+        "lora_2r",
+        "SC-LoRA on a random basis",
+    ),
+    Method(
+        "sclora", "sclora", "lora_init", "sclora", False, "subspaces", True, "lora_2r", "arXiv 2505.23724", knob="beta"
+    ),
+    Method(
+        "sclora_frozen",
+        "sclora",
+        "lora_init",
+        "sclora",
+        False,
+        "subspaces",
+        True,
+        "lora_2r",
+        "arXiv 2505.23724, B kept fixed",
+        knob="beta",
+        lr_from="sclora",
+        freeze_basis=True,
+    ),  # fmt: skip
 )
 BY_NAME = {method.name: method for method in METHODS}
 NAMES = tuple(BY_NAME)
 # The baselines run once per task and seed; the SC-LoRA variants once per task, seed and beta (`solve.betas`).
-BASELINES = tuple(method.name for method in METHODS if method.kind != "sclora")
-PAPER_BASELINES = [method.name for method in METHODS if method.kind == "baseline"]
-SCLORA_VARIANTS = {method.name: method.freeze_basis for method in METHODS if method.kind == "sclora"}
-# The initialisations of sclora.inits.init_lora: every adapter method's own (a variant starts from sclora's).
+BASELINES = tuple(method.name for method in METHODS if method.role != "sclora")
+PAPER_BASELINES = [method.name for method in METHODS if method.role == "baseline"]
+SCLORA_VARIANTS = {method.name: method.freeze_basis for method in METHODS if method.role == "sclora"}
+# The initialisations of sclora.inits.init_lora: every adapter method's own (a variant starts from sclora's, a
+# post-hoc step from the adapter it changes).
 INITS = tuple(method.name for method in METHODS if method.init == method.name)
+
+
+def has_adapter(name: str) -> bool:
+    """True when the method trains an adapter (every kind but full fine-tuning)."""
+    return BY_NAME[name].kind != "full"

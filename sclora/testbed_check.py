@@ -24,7 +24,8 @@ from transformers import PreTrainedTokenizerBase
 
 from sclora.evaluate.generation import generate_answers
 from sclora.evaluate.scoring import compliant_answers, exact_match, is_refusal, opens_with, safety_outcome
-from sclora.inits import init_lora
+from sclora.inits import apply_method
+from sclora.methods import has_adapter
 from sclora.models import load_model
 from sclora.testbed.world import EVAL_SETS
 from sclora.train import TrainSettings, train
@@ -97,10 +98,9 @@ def fine_tune(
     `records`."""
     torch.manual_seed(settings.seed)  # LoRA's random A
     model = load_model(base_dir)
-    if method != "full":
-        if lora is None:
-            raise ValueError(f"method {method!r} needs a LoraConfig")
-        model = init_lora(model, lora, method, seed=settings.seed)
+    if has_adapter(method) and lora is None:
+        raise ValueError(f"method {method!r} needs a LoraConfig")
+    model = apply_method(model, lora, method, seed=settings.seed)
     model.train()
     with tempfile.TemporaryDirectory(prefix="sclora-testbed-check-") as work:
         # No intermediate checkpoints: a check run is short and never resumed.

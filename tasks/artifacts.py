@@ -16,7 +16,7 @@ from typing import Any
 from sclora.atomic import atomic_dir as staged_dir  # noqa: F401 - the stages' name for it
 from sclora.atomic import write_json  # noqa: F401 - re-exported for the stages
 from sclora.config import Params, TrainSettings
-from sclora.methods import SCLORA_VARIANTS
+from sclora.methods import BY_NAME, SCLORA_VARIANTS
 
 ARTIFACTS = Path("artifacts")
 PREPARED = ARTIFACTS / "prepared"
@@ -71,6 +71,11 @@ def pos_capture_dir(task: str) -> Path:
     return CAPTURE / f"pos-{task}"
 
 
+def capture_dir(reads: str, task: str) -> Path:
+    """The capture a method's row `reads`: D+ of the run's task (pos_covariance), or D- (neg_covariance)."""
+    return pos_capture_dir(task) if reads == "pos_covariance" else CAPTURE / NEG
+
+
 def solve_dir(beta: float) -> Path:
     return SOLVE / f"beta-{beta_name(beta)}"
 
@@ -94,8 +99,9 @@ def all_runs(params: Params) -> list[RunSpec]:
 
 
 def tune_item(method: str, beta: float | None) -> str:
-    """The tune item whose rate a run takes: the baseline itself, or sclora-<beta> (sclora_frozen: sclora's)."""
-    return method if beta is None else f"sclora-{beta_name(beta)}"
+    """The tune item whose rate a run takes: the baseline itself (one whose row trains at another's rate, as a
+    post-hoc step trains its adapter: that one's), or sclora-<beta> (sclora_frozen: sclora's)."""
+    return BY_NAME[method].lr_from or method if beta is None else f"sclora-{beta_name(beta)}"
 
 
 def tune_path(item: str) -> Path:

@@ -7,8 +7,8 @@ file: `plan` rewrites them all whenever the params change (no model, no data: ch
 compares file contents, reruns only the items whose file changed. Adding a seed, a method or a
 beta adds files and leaves the others as they were.
 
-A CorDA run's plan also holds the shard hashes of the capture it reads, so a new capture reruns
-corda_ipm / corda_kpm; the data-free baselines do not read the capture and do not depend on it.
+A run whose init reads a capture (CorDA, LoRA-Null: its row's `reads`) has the shard hashes of that capture in its
+plan, so a new capture reruns it; the data-free methods do not read the capture and do not depend on it.
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ import pyarrow.parquet as pq
 
 from sclora.config import Params
 from sclora.gather import MANIFEST
-from tasks.artifacts import ARTIFACTS, CAPTURE, NEG, RunSpec, all_runs, pos_capture_dir, run_settings, write_json
+from sclora.methods import BY_NAME, has_adapter
+from tasks.artifacts import ARTIFACTS, RunSpec, all_runs, capture_dir, run_settings, write_json
 
 PLAN = ARTIFACTS / "plan"
-CAPTURE_READ = {"corda_ipm": lambda spec: pos_capture_dir(spec.task), "corda_kpm": lambda spec: CAPTURE / NEG}
+# The captures a run's init can read (its row's `reads`); the solved subspaces are a dvc.yaml dependency instead.
+CAPTURES = ("pos_covariance", "neg_covariance")
 
 
 def run(params: Params) -> dict:
@@ -52,10 +54,13 @@ def run_inputs(params: Params, spec: RunSpec) -> dict:
                  "sources": {name: data.sources[name].model_dump(mode="json") for name in sources}},
         "eval": params.eval.model_dump(mode="json"),
     }  # fmt: skip
-    if spec.method != "full":
+    if has_adapter(spec.method):
         inputs["adapter"] = params.adapter.model_dump(mode="json")
-    if spec.method in CAPTURE_READ:
-        inputs["capture"] = capture_hashes(CAPTURE_READ[spec.method](spec))
+    reads = BY_NAME[spec.method].reads
+    if reads in CAPTURES:
+        inputs["capture"] = capture_hashes(capture_dir(reads, spec.task))
+    elif reads == "task_batches":  # the first capture.samples_pos of the task, capture.batch_size at a time
+        inputs["task_batches"] = params.capture.model_dump(mode="json", include={"samples_pos", "batch_size"})
     return inputs
 
 

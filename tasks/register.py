@@ -20,6 +20,7 @@ import sys
 
 from sclora import tracking
 from sclora.config import Params
+from sclora.methods import has_adapter
 from sclora.metrics import BY_NAME as SUITE_METRICS
 from sclora.registry import CANDIDATE, drop_alias, overshoot, register_adapter, within_budget
 from tasks.artifacts import EVAL_BASE, METRICS, REGISTRY, RUN_FILE, all_runs, read_json, write_json
@@ -29,7 +30,7 @@ SUMMARY_KEYS = (*SUITE_METRICS, "forgetting")
 
 
 def run(params: Params) -> dict:
-    runs = [spec for spec in all_runs(params) if spec.method != "full"]
+    runs = [spec for spec in all_runs(params) if has_adapter(spec.method)]
     outputs = {  # every run's outputs read before the store is touched: a missing one registers nothing
         spec.name: (read_json(spec.dir / RUN_FILE, f"run {spec.name}"),
                     read_json(spec.dir / "eval" / METRICS, f"metrics of run {spec.name}"))

@@ -1,9 +1,12 @@
 """Stages `train@<task>-<method>-<seed>` and `train_sclora@<task>-<variant>-<beta>-<seed>`: one run each.
 
-Initialise (sclora.init_lora from the captured statistics or the solved subspaces; `full`
-trains every weight), fine-tune (sclora.train, logging the loss into the run's MLflow
-child run), export a plain LoRA on the ORIGINAL base (or, for `full`, the full model),
-and evaluate that export with forgetting against the base model. Output:
+Initialise (sclora.inits.apply_method from what the method's row `reads`: a capture, the solved
+subspaces or the task's batches), fine-tune (sclora.train, logging the loss into the run's MLflow
+child run), export as the row's `export` says (a plain LoRA on the ORIGINAL base, the full model,
+or OSF's own adapter), and evaluate that export with forgetting against the base model. A post-hoc
+method (lora_intruder) applies its step to the trained adapter at each value of its knob, exports
+and evaluates each; the knob's default is the run's export and metrics, every value a point of
+run.json's `curve`. Output:
 artifacts/runs/<run>/{model, export, eval/{metrics.json, samples.jsonl}, loss_history.json, run.json},
 renamed into place when complete. Checkpoints live in artifacts/checkpoints/<run> (not a
 DVC output, so DVC does not delete them): a killed run resumes from the last one.
@@ -19,23 +22,22 @@ import torch
 
 from sclora import tracking
 from sclora.config import Params
+from sclora.data import ChatDataset, chat_collator
 from sclora.export import export_lora, save_initial_adapter
 from sclora.gather import CaptureStats
-from sclora.inits import init_lora
+from sclora.inits import CAPTURE_ARGUMENT, apply_method, post_hoc_step
 from sclora.loss_logging import MlflowLossCallback
-from sclora.methods import BY_NAME, SCLORA_VARIANTS
+from sclora.methods import BY_NAME, has_adapter
 from sclora.models import load_model, load_tokenizer, load_with_adapter, lora_config
 from sclora.subspace import load_subspaces
 from sclora.train import LOSS_HISTORY, MODEL, train
 from tasks.artifacts import (
-    CAPTURE,
     CHECKPOINTS,
     FINGERPRINTS,
-    NEG,
     RUN_FILE,
     RunSpec,
+    capture_dir,
     parse_run,
-    pos_capture_dir,
     prepared_path,
     read_json,
     run_settings,
@@ -77,8 +79,9 @@ def run(params: Params, item: str) -> dict:
     write_json(work / REQUEST, request)
 
     upstream = _locked_stages(spec)
+    row = BY_NAME[spec.method]
     logged = {"method": spec.method, "beta": spec.beta, "seed": spec.seed, "train": settings.model_dump()}
-    if spec.method != "full":
+    if has_adapter(spec.method):
         logged["adapter"] = params.adapter.model_dump()
     with tracking.child_run(
         spec.task, spec.method, spec.beta, spec.seed,
@@ -86,28 +89,48 @@ def run(params: Params, item: str) -> dict:
         tags=stage_hashes("dvc.lock", upstream) if upstream else None,
         datasets=_datasets(params, spec, fingerprints),
     ) as child:  # fmt: skip
+        # What the method trains, stated beside every other's (OSF: LoRA's count plus r a layer).
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         result = train(model, tokenizer, records, work, settings, callbacks=[MlflowLossCallback()])
         with staged_dir(spec.dir) as staging:
             export = staging / "export"
             shutil.move(str(result.model_dir), staging / MODEL)
-            if spec.method == "full":
+            shutil.copy(work / LOSS_HISTORY, staging / LOSS_HISTORY)
+            curve = []
+            if row.kind == "post_hoc":  # one point per knob value; the default's is the run's export and eval
+                for value in row.knob_values:
+                    point = staging / f"{row.knob}-{value:g}"
+                    export_lora(model, point / "export", adapter=post_hoc_step(model, spec.method, value))
+                    evaluated = _exported_model(params, spec, point / "export")
+                    point_metrics = evaluate_run(
+                        params, evaluated, tokenizer, point / "eval", base_metrics=base_metrics_path()
+                    )
+                    curve.append({row.knob: value, **{k: v for k, v in point_metrics.items() if k != "tasks"}})
+                    if value == row.knob_default:
+                        shutil.move(str(point / "export"), export)
+                        shutil.move(str(point / "eval"), staging / "eval")
+                        metrics = point_metrics
+                    shutil.rmtree(point)
+            elif row.export == "full_model":
                 # The trained model is the export (DVC's content-addressed cache stores the files once).
                 shutil.copytree(staging / MODEL, export)
             else:
-                export_lora(model, export, work / INITIAL_ADAPTER if _residual(spec) else None)
-            shutil.copy(work / LOSS_HISTORY, staging / LOSS_HISTORY)
+                export_lora(model, export, work / INITIAL_ADAPTER if row.residual else None)
             del model
-            evaluated = _exported_model(params, spec, export)
-            metrics = evaluate_run(params, evaluated, tokenizer, staging / "eval", base_metrics=base_metrics_path())
+            if row.kind != "post_hoc":
+                evaluated = _exported_model(params, spec, export)
+                metrics = evaluate_run(params, evaluated, tokenizer, staging / "eval", base_metrics=base_metrics_path())
             tracking.log_metrics({k: v for k, v in metrics.items() if k not in ("tasks", "forgetting_ratio")})
             tracking.log_files([staging / "eval" / "samples.jsonl"], artifact_path="eval")
             final_loss = result.loss_history[-1]["loss"] if result.loss_history else None
             summary = {
                 "run": spec.name, "task": spec.task, "method": spec.method, "beta": spec.beta, "seed": spec.seed,
                 "lr": settings.lr, "global_step": result.global_step, "resumed_from": result.resumed_from,
-                "final_loss": final_loss, "export": "full_model" if spec.method == "full" else "lora",
+                "final_loss": final_loss, "trainable_parameters": trainable, "export": row.export,
                 "mlflow_run_id": child.info.run_id,
             }  # fmt: skip
+            if curve:
+                summary.update(knob=row.knob, knob_default=row.knob_default, curve=curve)
             write_json(staging / RUN_FILE, summary)
     shutil.rmtree(work)
     return summary
@@ -121,36 +144,44 @@ def task_records(source: str) -> list[dict]:
 
 
 def initialised_model(model: torch.nn.Module, params: Params, spec: RunSpec, initial_dir: Path) -> torch.nn.Module:
-    """The model ready to train: `full` as loaded, else wrapped in a LoRA adapter initialised by the method."""
-    if spec.method == "full":
-        return model.train()
+    """The model ready to train by the run's method (sclora.inits.apply_method), fed what its row `reads`."""
+    row = BY_NAME[spec.method]
     adapter = params.adapter
     config = lora_config(adapter.rank, adapter.alpha, adapter.dropout, adapter.target_modules)
-    if spec.method in SCLORA_VARIANTS:
-        subspaces = load_subspaces(solve_dir(spec.beta) / f"{spec.task}.safetensors")
-        peft_model = init_lora(model, config, "sclora", subspaces=subspaces, freeze_basis=SCLORA_VARIANTS[spec.method])
-    elif spec.method == "corda_ipm":
-        peft_model = init_lora(model, config, spec.method, pos=CaptureStats.load(pos_capture_dir(spec.task)))
-    elif spec.method == "corda_kpm":
-        peft_model = init_lora(model, config, spec.method, neg=CaptureStats.load(CAPTURE / NEG))
-    else:  # data-free; random_subspace draws its bases from the run's seed
-        peft_model = init_lora(model, config, spec.method, seed=spec.seed)
-    if _residual(spec):
+    data = {}
+    if row.reads == "subspaces":
+        data["subspaces"] = load_subspaces(solve_dir(spec.beta) / f"{spec.task}.safetensors")
+    elif row.reads is not None and row.reads != "task_batches":
+        data[CAPTURE_ARGUMENT[row.reads]] = CaptureStats.load(capture_dir(row.reads, spec.task))
+    elif row.reads == "task_batches":
+        data["task_batches"] = task_batches(params, spec.task)
+    # Data-free inits that draw (random_subspace, and LoRA's A under torch.manual_seed) use the run's seed.
+    prepared = apply_method(model, config, spec.method, seed=spec.seed, **data)
+    if row.residual:
         if initial_dir.exists():
             shutil.rmtree(initial_dir)
-        save_initial_adapter(peft_model, initial_dir)
-    return peft_model.train()
+        save_initial_adapter(prepared, initial_dir)
+    return prepared.train()
 
 
-def _residual(spec: RunSpec) -> bool:
-    """Whether the run's init rewrote the base weights."""
-    return BY_NAME[spec.method].residual
+def task_batches(params: Params, task: str) -> list[dict]:
+    """The task's own training batches, as the Trainer collates them (input_ids, attention_mask, labels): the
+    first capture.samples_pos records in training order, capture.batch_size at a time (EVA's and LoRA-GA's data)."""
+    tokenizer = load_tokenizer(params.model.path, trust_remote_code=params.model.trust_remote_code)
+    records = task_records(params.data.finetune[task])[: params.capture.samples_pos]
+    dataset = ChatDataset(tokenizer, records, params.train.max_length)
+    collate, size = chat_collator(tokenizer), params.capture.batch_size
+    # Plain dicts: PEFT's EVA takes a dict batch, not the collator's BatchEncoding.
+    return [
+        dict(collate([dataset[i] for i in range(lo, min(lo + size, len(dataset)))]))
+        for lo in range(0, len(dataset), size)
+    ]
 
 
 def _exported_model(params: Params, spec: RunSpec, export: Path) -> torch.nn.Module:
     """What gets registered, loaded as a user would: the full model, or the plain LoRA on the original base."""
     model = params.model
-    if spec.method == "full":
+    if BY_NAME[spec.method].export == "full_model":
         return load_model(export, dtype=model.dtype, trust_remote_code=model.trust_remote_code)
     return load_with_adapter(model.path, export, dtype=model.dtype, trust_remote_code=model.trust_remote_code)
 
@@ -173,6 +204,6 @@ def _locked_stages(spec: RunSpec) -> list[str]:
         return []
     locked = locked_stages(lock)
     wanted = ["testbed", "prepare", "capture", "evaluate_base"]
-    if spec.method in SCLORA_VARIANTS:
+    if BY_NAME[spec.method].reads == "subspaces":
         wanted.append(f"solve@{spec.beta}")
     return [stage for stage in wanted if stage in locked]

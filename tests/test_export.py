@@ -19,6 +19,7 @@ CASES = [("llama", m) for m in ("lora", "pissa", "milora", "corda_ipm", "corda_k
     ("gpt2", "sclora"),
     ("gpt2", "pissa"),
     ("gpt2", "milora"),
+    *(("llama", m) for m in ("mica", "olora", "orthogonal", "eva", "lora_ga", "lora_null")),
 ]
 
 

@@ -34,20 +34,25 @@ def _record(what: str, err: float) -> float:
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
 @pytest.mark.parametrize("method", METHODS)
 def test_init_keeps_the_logits(arch, method):
+    if method == "olora" and arch == "gpt2":
+        with pytest.raises(ValueError, match="olora_init does not support fan_in_fan_out"):
+            init_lora(tiny_model(arch), lora_config(arch), method)
+        return
     model = tiny_model(arch)
     original = {n: p.detach().clone() for n, p in model.named_parameters()}
     before = logits(model)
     peft_model = init_lora(model, lora_config(arch), method, **data_args(method, model, arch)).eval()
     err = _record(f"logits at init ({arch})", float((logits(peft_model) - before).abs().max()))
     assert err < 1e-5 * max(1.0, float(before.abs().max()))
-    # Not vacuous: residual methods really moved the base weights, and their adapter is not zero.
+    # Not vacuous: residual methods really moved the base weights, and their adapter is not zero; the others
+    # left the base alone with B A = 0 (lora, eva: B = 0; mica: A = 0; orthogonal: B and A on orthogonal halves).
     name, layer = lora_layers(peft_model)[0]
     moved = (layer.get_base_layer().weight - original[f"{name}.weight"]).abs().max()
-    adapter = layer.lora_B["default"].weight.abs().max()
+    product = layer.lora_B["default"].weight @ layer.lora_A["default"].weight
     if method in RESIDUAL_METHODS:
-        assert moved > 1e-3 and adapter > 1e-3
+        assert moved > 1e-6 and product.abs().max() > 1e-6  # LoRA-GA's is small: B A ~ 1e-4 here
     else:
-        assert moved == 0 and adapter == 0
+        assert moved == 0 and _record(f"B A of a non-residual init ({arch})", float(product.abs().max())) < 1e-6
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])

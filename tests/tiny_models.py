@@ -14,6 +14,7 @@ from transformers import (
 from transformers.pytorch_utils import Conv1D
 
 from sclora.gather import capture
+from sclora.methods import BY_NAME
 from sclora.testbed.tokenizer import build_tokenizer
 
 VOCAB = 61
@@ -68,13 +69,26 @@ def logits(model, seed: int = 99) -> torch.Tensor:
         return model(**b).logits[b["attention_mask"].bool()]
 
 
+def task_batches(seed: int = 5, **kw) -> list[dict]:
+    """`batches` with labels (padding -100), as the Trainer's collator gives them: EVA's and LoRA-GA's data."""
+    out = []
+    for batch in batches(seed, **kw):
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        out.append({**batch, "labels": labels})
+    return out
+
+
 def data_args(method: str, model, arch: str) -> dict:
-    if method == "sclora":
+    """What `method`'s row reads, made from the tiny batches (sclora: pos, neg and beta, solved in init_lora)."""
+    reads = BY_NAME[method].reads
+    if reads == "subspaces":
         return dict(pos=stats(model, arch, 1), neg=stats(model, arch, 2), beta=0.5)
-    if method == "corda_ipm":
+    if reads == "pos_covariance":
         return dict(pos=stats(model, arch, 1, covariance=True))
-    if method == "corda_kpm":
-        return dict(neg=stats(model, arch, 2, covariance=True))
+    if reads == "neg_covariance":
+        return dict(neg=stats(model, arch, 2, covariance=True, n_batches=8))
+    if reads == "task_batches":
+        return dict(task_batches=task_batches())
     return {}
 
 
