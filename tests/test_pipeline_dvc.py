@@ -170,7 +170,7 @@ def test_select_beta_on_the_real_dvc_yaml_probes_registers_and_says_when_a_budge
     params = tiny_params(tmp_path)
     params["train"]["max_steps"] = 2
     params["data"]["finetune"]["poisoned"] = "finetune_poisoned"  # dropped by every round: probes train select.task
-    params["select"].update(task="benign", seeds=[0, 1], max_runs=2, forgetting_budget={"knowledge": 1.0})
+    params["select"].update(task="benign", seeds=[1, 2], max_runs=2, forgetting_budget={"knowledge": 1.0})
     work, _ = flow_workspace(tmp_path, monkeypatch, params, tiny_repro.work)
     before = {path.name: (path / "run.json").read_bytes() for path in (work / "artifacts" / "runs").iterdir()}
 
@@ -181,7 +181,7 @@ def test_select_beta_on_the_real_dvc_yaml_probes_registers_and_says_when_a_budge
     assert result["chosen"] in probed and result["version"] == "1" and result["training_runs"] == 4
     assert result["stopped"] == "max_runs (2 probes)"
     runs = {path.name: (path / "run.json").read_bytes() for path in (work / "artifacts" / "runs").iterdir()}
-    assert sorted(set(runs) - set(before)) == sorted(f"benign-sclora-{b}-{s}" for b in probed for s in (0, 1))
+    assert sorted(set(runs) - set(before)) == sorted(f"benign-sclora-{b}-{s}" for b in probed for s in (1, 2))
     assert {name: runs[name] for name in before} == before  # sclora alone, probes only: the repro's runs stand
     assert yaml.safe_load((work / "params.yaml").read_text())["solve"]["betas"] == sorted(probed)
     import mlflow
