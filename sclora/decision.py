@@ -130,7 +130,9 @@ def _measure(c: Comparison, results: Results, rule: Rule) -> dict:
     for metric, sign in ENDPOINTS.items():
         estimate = _difference(results, c, metric, rule)
         if estimate.units < 2:
-            left_out.append(f"{metric}: {estimate.units} paired seed(s), no interval")
+            left_out.append(
+                f"{metric}: " + ("not in the table" if estimate.units == 0 else "1 paired seed, no interval")
+            )
             continue
         if estimate.at_bound:
             left_out.append(f"{metric}: {_side_value(results, c, metric):.2f} on every item of every seed of both "
@@ -190,8 +192,8 @@ def _verdict(c: Comparison, m: dict, rule: Rule, *, judged_for_holds: bool) -> d
         else:
             reading = f"neither a gain nor a loss of {effect:g} shown"
         parts.append(f"{metric} {_interval(e['estimate'], rule)} {reading}")
-        detail[metric] = {**_numbers(e["estimate"], rule), "gain_shown": bool(shown), "gain_p_holm": p,
-                          "loss_shown": bool(loss["shown"]), "loss_p_holm": loss["p_holm"],
+        detail[metric] = {**_numbers(e["estimate"], rule), "gain_shown": bool(shown), "gain_p_holm": _number(p),
+                          "loss_shown": bool(loss["shown"]), "loss_p_holm": _number(loss["p_holm"]),
                           "gain_ruled_out": bool(e["no_gain"])}  # fmt: skip
     gain = any(gains)
     loss = any(m["losses"].get(metric, {}).get("shown", False) for metric in metrics)
@@ -227,8 +229,13 @@ def _interval(estimate: Estimate, rule: Rule) -> str:
 
 def _numbers(estimate: Estimate, rule: Rule) -> dict:
     i = estimate.interval(1 - 2 * rule.alpha)
-    return {"difference": i.mean, "low": i.low, "high": i.high, "seeds": i.units, "items": i.items,
-            "exact": i.exact}  # fmt: skip
+    return {"difference": _number(i.mean), "low": _number(i.low), "high": _number(i.high), "seeds": i.units,
+            "items": i.items, "exact": i.exact}  # fmt: skip
+
+
+def _number(value: float) -> float | None:
+    """JSON has no NaN: a bound that cannot be computed is null."""
+    return None if math.isnan(value) else float(value)
 
 
 def config_name(config: Config) -> str:
