@@ -38,12 +38,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from scipy import special
+
 from sclora.intervals import Estimate, difference
 from sclora.metrics import AXES, direction
 from sclora.results import Results, config_runs
 
 HOLDS, FAILS, UNSURE = "holds", "does not hold", "inconclusive"
 ALPHA = 0.05  # per one-sided test; the claim's "holds" and "does not hold" each err at most this often
+POWER = 0.8  # of the minimum detectable difference the evidence quotes
 # The preserved endpoints, +1 where higher preserves more.
 ENDPOINTS = {AXES[axis]: direction(AXES[axis]) for axis in ("knowledge", "safety")}
 # The smallest gain (or loss) that counts, in the metric's units (docs/protocol.md says why):
@@ -191,8 +194,10 @@ def _verdict(c: Comparison, m: dict, rule: Rule, *, judged_for_holds: bool) -> d
             reading = f"no gain of {effect:g}: ruled out"
         else:
             reading = f"neither a gain nor a loss of {effect:g} shown"
-        parts.append(f"{metric} {_interval(e['estimate'], rule)} {reading}")
-        detail[metric] = {**_numbers(e["estimate"], rule), "gain_shown": bool(shown), "gain_p_holm": _number(p),
+        detectable = detectable_difference(e["estimate"], rule, effect, tests=len(metrics))
+        parts.append(f"{metric} {_interval(e['estimate'], rule)} {reading} (detectable: {detectable:.3f})")
+        detail[metric] = {**_numbers(e["estimate"], rule), "detectable": _number(detectable),
+                          "gain_shown": bool(shown), "gain_p_holm": _number(p),
                           "loss_shown": bool(loss["shown"]), "loss_p_holm": _number(loss["p_holm"]),
                           "gain_ruled_out": bool(e["no_gain"])}  # fmt: skip
     gain = any(gains)
@@ -221,6 +226,22 @@ def _verdict(c: Comparison, m: dict, rule: Rule, *, judged_for_holds: bool) -> d
     lines.append(f"{name}: " + "; ".join([*parts, utility_text] if utility_text else parts) + f" -> {verdict}")
     return {"task": c.task, "a": config_name(c.a), "b": config_name(c.b), "verdict": verdict,
             "for_holds": judged_for_holds, "endpoints": detail, "lines": lines}  # fmt: skip
+
+
+def detectable_difference(
+    estimate: Estimate, rule: Rule, effect: float, *, tests: int = 1, power: float = POWER
+) -> float:
+    """The smallest true gain this comparison's spread shows with probability about `power`: the test must reject
+    ((t_{1 - alpha/tests} + t_power) x the standard error; `tests` endpoints share alpha by Holm's first step)
+    and the estimate must reach the smallest effect `effect` (effect + t_power x the standard error). NaN where
+    the spread is unmeasured; with no spread at all, the exact interval's half-width (or the effect)."""
+    if estimate.exact_trials:
+        return max(float(estimate.interval(1 - 2 * rule.alpha).high - estimate.mean), effect)
+    if math.isnan(estimate.se):
+        return math.nan
+    reach = float(special.stdtrit(estimate.df, power))
+    reject = float(special.stdtrit(estimate.df, 1 - rule.alpha / tests)) + reach
+    return max(reject * estimate.se, effect + reach * estimate.se)
 
 
 def _interval(estimate: Estimate, rule: Rule) -> str:

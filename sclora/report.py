@@ -444,7 +444,12 @@ def _forecast_lines(forecast: Mapping[str, Mapping], groups: list[dict]) -> list
             cells.append("-" if result is None else f"{result['rho']:+.2f} (p {result['p']:.2f})")
         lines.append(f"| {task} | {len(swept)} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("'-': fewer than 3 betas, or no spread. With few betas a rank correlation says little.")
+    lines.append(
+        "'-': fewer than 3 betas, or no spread. p: exact (every pairing). The D- share falls with beta by "
+        "construction, so over betas this is what any decreasing function of beta would score: it orders "
+        "betas, and says nothing of whether the forecast predicts across builds, ranks or preserved sets "
+        "at one beta (this protocol varies none of them)."
+    )
     return lines
 
 
