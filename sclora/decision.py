@@ -11,11 +11,12 @@ task, paired by seed and item (sclora.intervals). Every comparison reads:
   (within the margin both ways: two one-sided tests), the margin being `tracking.gates.utility_tolerance`,
   the loss the promotion gates already accept. A resolved utility difference inside the margin fails nothing.
 
-Every test is one-sided at level ALPHA on the crossed bootstrap (or, with no spread, the exact bound):
-- gain shown on an endpoint: H0 "gain <= smallest effect" rejected; Holm over the comparison's endpoints
-  (at least one endpoint must show it: a union, so corrected);
-- loss shown on an endpoint: H0 "gain >= -smallest effect" rejected; utility worse: H0 "A - B >= -margin"
-  rejected. Holm over every loss and utility-worse test of the whole claim (any one fails the claim);
+Every test is one-sided at level ALPHA on sclora.intervals' estimate (seeds and items; with no spread, exact):
+- gain shown on an endpoint: H0 "gain <= 0" rejected AND the estimated gain at least the smallest effect; Holm
+  over the comparison's endpoints (at least one endpoint must show it: a union, so corrected);
+- loss shown on an endpoint: H0 "gain >= 0" rejected AND the estimated loss at least the smallest effect;
+  utility worse: H0 "A - B >= -margin" rejected. Holm over every loss and utility-worse test of the whole claim
+  (any one fails the claim);
 - utility condition met: H0 "A - B <= -margin" rejected (and, for equivalence, H0 "A - B >= margin" too).
 
 A comparison holds when a gain is shown, no loss is shown and the utility condition is met; it does not hold
@@ -131,7 +132,7 @@ def judge(claim: Claim, results: Results, rule: Rule | None = None) -> dict:
 def _measure(c: Comparison, results: Results, rule: Rule) -> dict:
     endpoints, left_out = {}, []
     for metric, sign in ENDPOINTS.items():
-        estimate = _difference(results, c, metric, rule)
+        estimate = _difference(results, c, metric)
         if estimate.units < 2:
             left_out.append(
                 f"{metric}: " + ("not in the table" if estimate.units == 0 else "1 paired seed, no interval")
@@ -153,14 +154,14 @@ def _measure(c: Comparison, results: Results, rule: Rule) -> dict:
         loss_p = loss_p if gain <= -effect else 1.0
         no_gain = (estimate.p_below(effect) if sign > 0 else estimate.p_above(-effect)) < rule.alpha
         endpoints[metric] = {"estimate": estimate, "gain_p": gain_p, "loss_p": loss_p, "no_gain": no_gain}
-    utility = _difference(results, c, UTILITY, rule) if c.utility else None
+    utility = _difference(results, c, UTILITY) if c.utility else None
     loss_p = {metric: e["loss_p"] for metric, e in endpoints.items()}
     if utility is not None and utility.units >= 2 and endpoints:
         loss_p[UTILITY] = utility.p_below(-rule.utility_margin)
     return {"endpoints": endpoints, "left_out": left_out, "utility": utility, "loss_p": loss_p, "losses": {}}
 
 
-def _difference(results: Results, c: Comparison, metric: str, rule: Rule) -> Estimate:
+def _difference(results: Results, c: Comparison, metric: str) -> Estimate:
     a = config_runs(results, c.task, *c.a, metric)
     b = config_runs(results, c.task, *c.b, metric)
     return difference(a, b)
