@@ -73,3 +73,13 @@ def test_bounds_stay_within_the_range():
     rare = as_runs({s: (rng.random(300) < 0.01).astype(float) for s in range(3)})
     interval = mean(rare).interval(0.95)
     assert interval.low == 0.0 < interval.high < 1.0  # a t interval around 0.01 would go below 0
+
+
+def test_several_builds_make_the_build_the_draw():
+    # Two seeds on each of three builds: the builds' means are the independent draws (2 degrees of freedom).
+    values = {("0", 0): 0.50, ("0", 1): 0.52, ("1", 0): 0.60, ("1", 1): 0.62, ("2", 0): 0.70, ("2", 1): 0.72}
+    runs = {unit: {"": value} for unit, value in values.items()}
+    estimate = mean(runs)
+    builds = [0.51, 0.61, 0.71]
+    assert estimate.df == 2 and estimate.mean == pytest.approx(0.61)
+    assert estimate.se == pytest.approx(statistics.stdev(builds) / math.sqrt(3))
