@@ -37,16 +37,19 @@ test-fast: setup
 testbed-check: setup
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m tasks testbed_check -S testbed_check.jobs=$(JOBS)
 
-# The comparison protocol on the testbed: every rate tuned on the validation split, then 5 seeds of every method,
-# both controls and sclora at each beta, on both tasks; the report checks the paper's claims. The overrides are
-# written into params.yaml, as `sclora run -S` does (`git checkout params.yaml` returns to the quick run).
+# The comparison protocol on the testbed: every compared configuration's rate tuned on the validation split (on
+# tune.seed, none of the compared seeds), then 5 seeds of every method, both controls and both SC-LoRA variants at
+# each beta, on both tasks; the report judges the paper's claims by sclora.decision (docs/protocol.md, "Decision
+# rule"), as `sclora judge artifacts/report/results.csv` does. The overrides are written into params.yaml, as
+# `sclora run -S` does (`git checkout params.yaml` returns to the quick run).
 # lora_intruder trains LoRA (at lora's tuned rate) and reduces it after training: nothing of its own to tune.
 PROTOCOL_TUNED := [lora,pissa,milora,corda_ipm,corda_kpm,full,random_subspace,mica,olora,orthogonal,eva,lora_ga,lora_null,osf]
 PROTOCOL_METHODS := [lora,pissa,milora,corda_ipm,corda_kpm,full,random_subspace,mica,olora,orthogonal,eva,lora_ga,lora_null,osf,lora_intruder]
+PROTOCOL_VARIANTS := [sclora,sclora_frozen]
 protocol: setup
 	.venv/bin/sclora run --jobs $(JOBS) -S 'train.methods=$(PROTOCOL_METHODS)' -S 'tune.methods=$(PROTOCOL_TUNED)' \
-		-S 'tune.betas=[0.5,0.9]' -S 'solve.betas=[0.5,0.9]' -S 'train.sclora_variants=[sclora,sclora_frozen]' \
-		-S 'train.seeds=[0,1,2,3,4]' -S 'train.lr_source=artifacts/tune'
+		-S 'tune.betas=[0.5,0.9]' -S 'solve.betas=[0.5,0.9]' -S 'train.sclora_variants=$(PROTOCOL_VARIANTS)' \
+		-S 'tune.sclora_variants=$(PROTOCOL_VARIANTS)' -S 'train.seeds=[0,1,2,3,4]' -S 'train.lr_source=artifacts/tune'
 
 # The beta that learns most within params' select.forgetting_budget, probed with select.seeds seeds, registered.
 select: setup

@@ -1,4 +1,4 @@
-"""`sclora`: the command line of the pipeline (run, sweep, select-beta, report, promote, check-params).
+"""`sclora`: the command line of the pipeline (run, sweep, select-beta, report, judge, promote, check-params).
 
 Errors are caught here, once, and printed as one line with a non-zero exit; `--debug`
 shows the traceback instead.
@@ -73,6 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the DVC `report` stage alone and print the results table.",
     )  # fmt: skip
     report.add_argument("--workdir", default=".", metavar="DIR", help="the DVC project (default: .)")
+
+    judge = commands.add_parser(
+        "judge", help="judge the paper's claims on any results table by the decision rule",
+        description="Judge every claim the table has runs for by sclora.decision (docs/protocol.md, 'Decision rule'), "
+                    "as the report stage does: print each verdict with its evidence and write them as JSON.",
+    )  # fmt: skip
+    judge.add_argument("results", help="a results table (results.csv; its format: docs/protocol.md)")
+    judge.add_argument("--json", metavar="FILE", help="where the verdicts go (default: verdicts.json beside the table)")
+    judge.add_argument("--params", default="params.yaml", metavar="FILE",
+                       help="params whose tracking.gates.utility_tolerance is the utility margin (default: "
+                            "params.yaml; the rule's own 0.02 when the file is absent)")  # fmt: skip
+    judge.add_argument("--utility-margin", type=float, metavar="X", help="the utility margin, instead of params'")
 
     promote = commands.add_parser(
         "promote", help="move the champion alias to a version if the gates pass",
@@ -180,6 +192,35 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_judge(args: argparse.Namespace) -> int:
+    import json
+
+    from sclora.atomic import write_text
+    from sclora.claims import judgement, verdict_lines
+    from sclora.config import load_params
+    from sclora.decision import Rule
+    from sclora.results import read_results
+
+    results = read_results(args.results)
+    if args.utility_margin is not None:
+        if not args.utility_margin >= 0:
+            raise ValueError(f"--utility-margin must be >= 0, got {args.utility_margin}")
+        margin = args.utility_margin
+    elif Path(args.params).is_file():
+        margin = load_params(args.params).tracking.gates.utility_tolerance
+    else:
+        margin = Rule().utility_margin
+    verdicts = judgement(results, Rule(utility_margin=margin))
+    if not verdicts["claims"]:
+        raise ValueError(f"{args.results}: no claim has its configurations in the table (sclora and lora or pissa, "
+                         "random_subspace, sclora_frozen, or two betas)")  # fmt: skip
+    out = Path(args.json) if args.json else Path(args.results).parent / "verdicts.json"
+    write_text(out, json.dumps({"table": str(args.results), **verdicts}, indent=2) + "\n")
+    print("\n".join(verdict_lines(verdicts)))
+    print(f"verdicts: {out}")
+    return 0
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     from sclora import registry, tracking
     from sclora.config import load_params
@@ -208,7 +249,7 @@ class _StderrLog:
 
 
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "select-beta": cmd_select_beta, "report": cmd_report,
-            "promote": cmd_promote,
+            "judge": cmd_judge, "promote": cmd_promote,
             "check-params": cmd_check_params}  # fmt: skip
 
 

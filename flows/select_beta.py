@@ -5,11 +5,14 @@ capture and the forecast stage up to date (no training), then probes betas by th
 each probe is one round of the pipeline's own DVC stages in this workspace, with `solve.betas` the betas probed
 so far, on `select.task` alone, sclora alone, `select.seeds` seeds, so lineage and MLflow runs are those of any
 run (all under one MLflow parent run). A round runs only the new beta's items (solve, train); the earlier ones
-are not re-checked. A probe is within budget when the 95 % interval's upper end of each budgeted forgetting is.
+are not re-checked. A probe is within budget when the decision rule's upper bound (seeds and items: the runs'
+per-item forgetting against the base model's samples) of each budgeted forgetting is (sclora.selection).
 
-The chosen beta's best-utility seed (of those within the budget, the one that forgets least among equals) is
-registered as `candidate` of tracking.registered_model, with the budget, every probe and the forecast in the
-version's description and tags. A budget no probe meets registers nothing and ends with a one-line message.
+The chosen beta is then trained again on `select.confirm_seeds` (fresh seeds, none of the probes'): within budget
+there too, its best-utility confirmation seed (the one that forgets least among equals) is registered as
+`candidate` of tracking.registered_model, with the budget, every probe, the confirmation and the forecast in the
+version's description and tags; over budget, the flow says so and steps back to the next candidate of larger
+beta. A budget no probe meets, or no candidate confirms, registers nothing and ends with a one-line message.
 
 Like `sclora run -S`, the overrides are written into the workspace's params.yaml: afterwards it says what the
 last round ran (`git checkout params.yaml` returns to yours; artifacts/select/base-params.yaml keeps what the
@@ -30,7 +33,8 @@ from sclora import registry, tracking
 from sclora.atomic import write_text
 from sclora.config import Params
 from sclora.forecast import rank_correlation, share_at
-from sclora.selection import Probe, Selection, first_beta, search
+from sclora.metrics import PRESERVED
+from sclora.selection import Confirmation, Probe, Selection, confirm, first_beta, search
 from tasks.artifacts import (
     ARTIFACTS,
     EVAL_BASE,
@@ -42,17 +46,19 @@ from tasks.artifacts import (
     read_json,
     write_json,
 )
+from tasks.report import SAMPLES, run_items
 
 SELECT_DIR = ARTIFACTS / "select"
 VARIANT = "sclora"
 FIRST_STAGES = ("forecast", "evaluate_base")  # with everything upstream: what every probe needs, and no training
 
 
-def probe_overrides(params: Params, betas: list[float]) -> list[str]:
-    """The -S overrides of a probe round: sclora alone on select.task, select.seeds, the betas probed so far."""
+def probe_overrides(params: Params, betas: list[float], seeds: list[int]) -> list[str]:
+    """The -S overrides of a round: sclora alone on select.task, `seeds` (the probes' or the confirmation's), the
+    betas probed so far."""
     select = params.select
     dropped = [f"~data.finetune.{task}" for task in params.data.finetune if task != select.task]
-    return [*dropped, "train.methods=[]", f"train.sclora_variants=[{VARIANT}]", f"train.seeds={list(select.seeds)}",
+    return [*dropped, "train.methods=[]", f"train.sclora_variants=[{VARIANT}]", f"train.seeds={list(seeds)}",
             "tune.methods=[]", "tune.betas=[]", "train.lr_source=params.yaml",
             f"solve.betas=[{', '.join(beta_name(b) for b in sorted(betas))}]"]  # fmt: skip
 
@@ -69,24 +75,33 @@ def round_plan(plan: dict[str, list[str]], targets: set[str], done: set[str] = f
     return {stage: [up for up in upstream if up in needed] for stage, upstream in plan.items() if stage in needed}
 
 
-def beta_stages(params: Params, beta: float) -> set[str]:
-    """The stage items of one probe: its solve and one train item per seed."""
-    runs = [RunSpec(params.select.task, VARIANT, seed, beta) for seed in params.select.seeds]
+def beta_stages(params: Params, beta: float, seeds: list[int]) -> set[str]:
+    """The stage items of one probe (or confirmation): its solve and one train item per seed."""
+    runs = [RunSpec(params.select.task, VARIANT, seed, beta) for seed in seeds]
     return {f"solve@{beta_name(beta)}", *(f"train_sclora@{run.name}" for run in runs)}
 
 
-def read_probe(params: Params, root: Path, beta: float) -> Probe:
-    """A probe's per-seed utility and forgetting, from its train items' metrics."""
-    utility, forgetting = {}, {metric: {} for metric in params.select.forgetting_budget}
-    for seed in params.select.seeds:
+def read_probe(params: Params, root: Path, beta: float, seeds: list[int]) -> Probe:
+    """A probe's per-seed utility and forgetting, from its train items' metrics, and its per-item forgetting
+    (base minus run in the metric's good direction) where the runs' and the base model's samples have items."""
+    budget = params.select.forgetting_budget
+    utility, forgetting, items = {}, {metric: {} for metric in budget}, {metric: {} for metric in budget}
+    base = run_items(root / EVAL_BASE / SAMPLES)
+    for seed in seeds:
         run = RunSpec(params.select.task, VARIANT, seed, beta)
         metrics = read_json(root / run.dir / "eval" / METRICS, f"metrics of run {run.name}")
         utility[seed] = float(metrics["utility"])
+        scores = run_items(root / run.dir / "eval" / SAMPLES)
         for metric in forgetting:
             if metric not in metrics.get("forgetting", {}):
                 raise ValueError(f"select.forgetting_budget: run {run.name} reports no forgetting of '{metric}'")
             forgetting[metric][seed] = float(metrics["forgetting"][metric])
-    return Probe(beta, utility, forgetting)
+            ours, theirs = scores.get(metric, {}), base.get(metric, {})
+            if ours and ours.keys() == theirs.keys():
+                sign = PRESERVED[metric]
+                items[metric][("", seed)] = {item: sign * (theirs[item] - ours[item]) for item in ours}
+    complete = {metric: runs for metric, runs in items.items() if len(runs) == len(seeds)}
+    return Probe(beta, utility, forgetting, complete)
 
 
 def forecast_check(forecast: dict, selection: Selection) -> dict[str, dict | None]:
@@ -97,13 +112,14 @@ def forecast_check(forecast: dict, selection: Selection) -> dict[str, dict | Non
             for metric in selection.budget}  # fmt: skip
 
 
-def register_choice(params: Params, root: Path, selection: Selection, forecast: dict, check: dict) -> tuple[str, str]:
-    """Register the chosen beta's best seed as `candidate`, the search's evidence in the description and tags;
-    returns the version and the run registered."""
+def register_choice(params: Params, root: Path, selection: Selection, confirmation: Confirmation, forecast: dict,
+                    check: dict) -> tuple[str, str]:  # fmt: skip
+    """Register the confirmed beta's best confirmation seed as `candidate`, the search's evidence in the
+    description and tags; returns the version and the run registered."""
     budget = selection.budget
-    beta = selection.chosen
+    beta = confirmation.beta
     seeds = {}
-    for seed in params.select.seeds:
+    for seed in params.select.confirm_seeds:
         run = RunSpec(params.select.task, VARIANT, seed, beta)
         seeds[seed] = read_json(root / run.dir / "eval" / METRICS, f"metrics of run {run.name}")
     best = min(seeds, key=lambda s: (-seeds[s]["utility"], sum(seeds[s]["forgetting"][m] for m in budget), s))
@@ -113,23 +129,26 @@ def register_choice(params: Params, root: Path, selection: Selection, forecast: 
     shown = {key: metrics[key] for key in ("utility", "forgetting") if key in metrics}
     tags = {"run": spec.name, "task": spec.task, "method": spec.method, "seed": str(best), "beta": str(beta),
             "select.budget": json.dumps(budget), "select.beta": str(beta), "select.stopped": selection.stopped,
-            "select.probes": json.dumps([[p.beta, p.within(budget)] for p in selection.probes])}  # fmt: skip
+            "select.probes": json.dumps([[p.beta, p.within(budget)] for p in selection.probes]),
+            "select.confirmed_on": json.dumps(list(params.select.confirm_seeds))}  # fmt: skip
     tracking.use_store(store_uri(params, root))
-    note = selection_markdown(selection, forecast, check)
+    note = selection_markdown(selection, forecast, check, confirmation)
     base = read_json(root / EVAL_BASE / METRICS, "metrics of the base model")  # its column in the description
     version = registry.register_adapter(root / spec.dir / "export", params.tracking.registered_model, shown,
                                         tags, run_id=summary["mlflow_run_id"], note=note, base=base)  # fmt: skip
     return version, spec.name
 
 
-def selection_markdown(selection: Selection, forecast: dict, check: dict) -> str:
-    """The search as a reviewer reads it: budget, every probe with intervals, the forecast and how well it
-    predicted, the disagreements with the expected trade-off, the outcome."""
+def selection_markdown(selection: Selection, forecast: dict, check: dict, confirmation: Confirmation | None) -> str:
+    """The search as a reviewer reads it: budget, every probe with intervals, the confirmation, the forecast and
+    how well it predicted, the disagreements with the expected trade-off, the outcome."""
     budget = selection.budget
     asked = ", ".join(f"{metric} <= {limit:g}" for metric, limit in budget.items())
     lines = [f"## Beta for a forgetting budget ({asked})", "", selection.message, "",
-             f"Within budget: the upper end of the 95 % interval over seeds of each budgeted forgetting. "
-             f"Stopped at {selection.stopped}.", "",
+             "Within budget: the decision rule's one-sided 95 % upper bound (seeds and items) of each budgeted "
+             f"forgetting. Candidates in the order of choice: {', '.join(f'{b:g}' for b in selection.candidates)}"
+             f"{'' if selection.candidates else 'none'}. Stopped at {selection.stopped}.", "",
+             f"Confirmation on fresh seeds: {confirmation.message if confirmation else 'not run (no candidate)'}", "",
              "| probe | beta | utility | " + " | ".join(f"{m} forgetting" for m in budget)
              + " | forecast D- share | within budget |",
              "|---|---|---|" + "---|" * len(budget) + "---|---|"]  # fmt: skip
@@ -146,6 +165,10 @@ def selection_markdown(selection: Selection, forecast: dict, check: dict) -> str
             else f"rho {result['rho']:+.2f} (p {result['p']:.2f}, {result['n']} probes)"
         )
         lines.append(f"- {metric}: {text}")
+    lines.append(
+        "The D- share falls with beta by construction, so a rank correlation over betas is what any "
+        "decreasing function of beta would score: it says the probes' order, not that the forecast predicts."
+    )
     if selection.disagreements:
         lines += ["", "Measurements against the expected trade-off (forgetting and utility falling with beta):"]
         lines += [f"- {d}" for d in selection.disagreements]
@@ -183,20 +206,26 @@ def select_beta(
 
     first_round: set[str] = set()  # the capture, the forecast and what they need: run once, in round 0
 
-    def run_round(betas: list[float], targets: set[str], done: set[str] = frozenset()) -> set[str]:
-        prepare_params(root, base, tuple(probe_overrides(params, betas)))
+    def run_round(betas: list[float], targets: set[str], done: set[str] = frozenset(), seeds=select.seeds) -> set[str]:
+        prepare_params(root, base, tuple(probe_overrides(params, betas, seeds)))
         stages = round_plan(stage_plan(root), targets, done | first_round)
         run_stages(stages, stage_task, jobs, str(root), parent.info.run_id)
         return set(stages)
 
     def measure(beta: float) -> Probe:
-        earlier = set().union(*(beta_stages(params, b) for b in probed))
+        earlier = set().union(*(beta_stages(params, b, select.seeds) for b in probed))
         probed.append(beta)
         logger.info("probe %d: beta %g (%d seeds)", len(probed), beta, len(select.seeds))
-        run_round(probed, beta_stages(params, beta), earlier)
-        probe = read_probe(params, root, beta)
+        run_round(probed, beta_stages(params, beta, select.seeds), earlier)
+        probe = read_probe(params, root, beta, select.seeds)
         logger.info("probe %d: %s", len(probed), json.dumps(probe.summary(select.forgetting_budget)))
         return probe
+
+    def measure_again(beta: float) -> Probe:
+        logger.info("confirmation: beta %g on %d fresh seeds", beta, len(select.confirm_seeds))
+        done = set().union(*(beta_stages(params, b, select.seeds) for b in probed))
+        run_round(probed, beta_stages(params, beta, select.confirm_seeds), done, select.confirm_seeds)
+        return read_probe(params, root, beta, select.confirm_seeds)
 
     with tracking.parent_run("select_beta", experiment=params.tracking.experiment, uri=store_uri(params, root),
                              tags={"flow": "select_beta",
@@ -212,20 +241,27 @@ def select_beta(
             start,
         )
         selection = search(measure, select.forgetting_budget, start=start, max_runs=select.max_runs,
-                           tolerance=select.tolerance)  # fmt: skip
-        run_round(probed, {"report"}, set().union(*(beta_stages(params, b) for b in probed)))
+                           tolerance=select.tolerance,
+                           utility_tolerance=params.tracking.gates.utility_tolerance)  # fmt: skip
+        run_round(probed, {"report"}, set().union(*(beta_stages(params, b, select.seeds) for b in probed)))
+        confirmation = confirm(selection, measure_again) if selection.chosen is not None else None
     check = forecast_check(forecast, selection)
     version, candidate = None, None
-    if selection.chosen is not None:
-        version, candidate = register_choice(params, root, selection, forecast, check)
+    if confirmation is not None and confirmation.beta is not None:
+        version, candidate = register_choice(params, root, selection, confirmation, forecast, check)
     else:  # as the register stage does: no version stays `candidate` when nothing meets the budget
         tracking.use_store(store_uri(params, root))
         registry.drop_alias(params.tracking.registered_model, registry.CANDIDATE)
-    text = selection_markdown(selection, forecast, check)
-    result = {"chosen": selection.chosen, "candidate": candidate, "version": version,
-              "model": params.tracking.registered_model, "message": selection.message, "stopped": selection.stopped,
+    text = selection_markdown(selection, forecast, check, confirmation)
+    message = selection.message if confirmation is None else f"{selection.message}; {confirmation.message}"
+    tries = confirmation.tries if confirmation else []
+    result = {"chosen": confirmation.beta if confirmation else None, "searched": selection.chosen,
+              "candidate": candidate, "version": version, "model": params.tracking.registered_model,
+              "message": message, "stopped": selection.stopped,
               "probes": [p.summary(select.forgetting_budget) for p in selection.probes],
-              "training_runs": sum(len(p.utility) for p in selection.probes), "disagreements": selection.disagreements,
+              "confirmation": [p.summary(select.forgetting_budget) for p in tries],
+              "training_runs": sum(len(p.utility) for p in (*selection.probes, *tries)),
+              "disagreements": selection.disagreements,
               "forecast_rank_correlation": check, "parent_run_id": parent.info.run_id}  # fmt: skip
     out = root / SELECT_DIR
     out.mkdir(parents=True, exist_ok=True)

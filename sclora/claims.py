@@ -1,170 +1,146 @@
-"""The SC-LoRA paper's claims, checked on the comparison's runs: each "holds", "does not hold" or "inconclusive".
+"""The SC-LoRA paper's claims as families of comparisons, judged by the decision rule (sclora.decision).
 
-Every comparison is paired by seed (sclora.intervals): a difference counts only when its 95 % interval
-excludes 0. Preservation is read on knowledge (higher is better) and on harmful compliance
-(attack_success_rate, lower is better), on each task. "Equal or better utility" means the utility
-difference's interval does not lie wholly below 0.
+1. preserves_more: SC-LoRA at every beta >= 0.5 against LoRA and PiSSA, on every task, utility non-inferior.
+2. monotone_in_beta: SC-LoRA at its largest beta against its smallest, on every task (no utility condition:
+   the trade-off expects utility to fall); any adjacent pair of betas that shows a loss fails it.
+3. subspace_matters: SC-LoRA at every beta against random_subspace (SC-LoRA's construction on a random basis),
+   utility equivalent: at the same utility, the subspace and not the magnitude of the init preserves.
+4. frozen_preserves_more: sclora_frozen against sclora at the same beta, utility non-inferior.
+
+A claim whose configurations are absent from the table is left out; a comparison whose two sides trained at
+different learning rates says so (beta, or the method, is then confounded with the rate).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from itertools import pairwise
 
-from scipy import stats
+from sclora.decision import Claim, Comparison, Rule, config_name, judge
+from sclora.results import Results, same_beta
 
-from sclora.intervals import Interval, paired_difference
-from sclora.metrics import AXES, direction
-
-# Knowledge and safety, +1 where higher preserves more.
-PRESERVED = {AXES[axis]: direction(AXES[axis]) for axis in ("knowledge", "safety")}
-HOLDS, FAILS, UNSURE = "holds", "does not hold", "inconclusive"
-SIGNIFICANCE = 0.05
-
-
-def check_claims(rows: Sequence[Mapping]) -> list[dict]:
-    """Each claim: {"id", "claim", "verdict", "evidence": [lines]}. Claims whose runs are absent are left out."""
-    claims = [_preserves_more(rows), _monotone_in_beta(rows), _subspace_matters(rows), _frozen_preserves_more(rows)]
-    return [claim for claim in claims if claim["evidence"]]
+SWEPT = "sclora"
+PAPER_BASELINES = ("lora", "pissa")
+CONTROL = "random_subspace"
+FROZEN = "sclora_frozen"
 
 
-def _values(rows: Sequence[Mapping], task: str, method: str, beta: float | None, metric: str) -> dict[int, float]:
-    return {
-        int(r["seed"]): float(r[metric])
-        for r in rows
-        if r["task"] == task
-        and r["method"] == method
-        and _same_beta(r.get("beta"), beta)
-        and r.get(metric) is not None
-        and not math.isnan(float(r[metric]))
-    }
+def check_claims(results: Results, rule: Rule | None = None) -> list[dict]:
+    """Each claim the table has runs for, judged: {"id", "claim", "verdict", "evidence": [lines], "comparisons"}."""
+    judged = []
+    for claim in paper_claims(results):
+        verdict = judge(claim, results, rule)
+        verdict["evidence"] += _rate_notes(results, claim)
+        judged.append(verdict)
+    return judged
 
 
-def _same_beta(value, beta: float | None) -> bool:
-    missing = value is None or (isinstance(value, float) and math.isnan(value))
-    return missing if beta is None else (not missing and float(value) == beta)
+def judgement(results: Results, rule: Rule | None = None) -> dict:
+    """What `sclora judge` and the report write: the rule's numbers and every claim's verdict with its evidence."""
+    rule = rule or Rule()
+    return {"rule": rule.describe(), "claims": check_claims(results, rule)}
 
 
-def _betas(rows: Sequence[Mapping], method: str = "sclora") -> list[float]:
-    return sorted({float(r["beta"]) for r in rows if r["method"] == method and not _same_beta(r.get("beta"), None)})
+def verdict_lines(verdicts: dict) -> list[str]:
+    """The verdicts as Markdown lines, the rule's numbers first."""
+    rule = verdicts["rule"]
+    effects = ", ".join(f"{metric} {value:g}" for metric, value in rule["smallest_effect"].items())
+    lines = [f"Decision rule (sclora/decision.py, docs/protocol.md): one-sided tests at {rule['alpha']:g}, smallest "
+             f"effects that count {effects}, utility margin {rule['utility_margin']:g}; {rule['multiplicity']}. "
+             f"Intervals: {rule['confidence']:.0%}, {rule['interval']}.", ""]  # fmt: skip
+    for claim in verdicts["claims"]:
+        lines.append(f"- **{claim['claim']}: {claim['verdict']}**")
+        lines += [f"  - {line}" for line in claim["evidence"]]
+    return lines
 
 
-def _tasks(rows: Sequence[Mapping]) -> list[str]:
-    return sorted({r["task"] for r in rows})
+def paper_claims(results: Results) -> list[Claim]:
+    """The claims the table has the configurations for, as families of comparisons."""
+    claims = [_preserves_more(results), _monotone_in_beta(results), _subspace_matters(results),
+              _frozen_preserves_more(results)]  # fmt: skip
+    return [claim for claim in claims if claim is not None]
 
 
-def _text(d: Interval) -> str:
-    return f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}] over {d.n} seeds"
+def _tasks(results: Results) -> list[str]:
+    return sorted({row["task"] for row in results.rows})
 
 
-def _versus(rows, task, a: tuple[str, float | None], b: tuple[str, float | None]) -> tuple[str, list[str]]:
-    """Does `a` preserve more than `b` at equal or better utility? One verdict over both preserved metrics."""
-    utility = paired_difference(_values(rows, task, *a, "utility"), _values(rows, task, *b, "utility"))
-    if utility.n < 2:
-        return UNSURE, []
-    verdicts, lines = [], []
-    for metric, sign in PRESERVED.items():
-        d = paired_difference(_values(rows, task, *a, metric), _values(rows, task, *b, metric))
-        if d.n < 2:
-            continue
-        better = d.low > 0 if sign > 0 else d.high < 0
-        worse = d.high < 0 if sign > 0 else d.low > 0
-        verdicts.append(HOLDS if better and utility.high >= 0 else FAILS if worse or utility.high < 0 else UNSURE)
-        lines.append(
-            f"{task}: {_name(a)} - {_name(b)}: {metric} {_text(d)}; utility {_text(utility)} -> {verdicts[-1]}"
-        )
-    return _combine(verdicts), lines
+def _betas(results: Results, method: str = SWEPT) -> list[float]:
+    return sorted({float(r["beta"]) for r in results.rows if r["method"] == method and not math.isnan(r["beta"])})
 
 
-def _name(config: tuple[str, float | None]) -> str:
-    method, beta = config
-    return method if beta is None else f"{method} beta {beta:g}"
+def _has(results: Results, task: str, method: str, beta: float | None = None) -> bool:
+    return any(r["task"] == task and r["method"] == method and same_beta(r["beta"], beta) for r in results.rows)
 
 
-def _combine(verdicts: list[str]) -> str:
-    if not verdicts:
-        return UNSURE
-    if FAILS in verdicts:
-        return FAILS
-    return HOLDS if all(v == HOLDS for v in verdicts) else UNSURE
+def _claim(id_: str, text: str, comparisons: Sequence[Comparison], against=None) -> Claim | None:
+    if not comparisons:
+        return None
+    return Claim(id_, text, tuple(comparisons), None if against is None else tuple(against))
 
 
-def _claim(key: str, text: str, results: list[tuple[str, list[str]]]) -> dict:
-    verdicts = [verdict for verdict, lines in results if lines]
-    evidence = [line for _, lines in results for line in lines]
-    return {"id": key, "claim": text, "verdict": _combine(verdicts), "evidence": evidence}
-
-
-def _preserves_more(rows) -> dict:
-    results = [
-        _versus(rows, task, ("sclora", beta), (baseline, None))
-        for task in _tasks(rows)
-        for beta in _betas(rows)
+def _preserves_more(results: Results) -> Claim | None:
+    comparisons = [
+        Comparison(task, (SWEPT, beta), (baseline, None), "non_inferior")
+        for task in _tasks(results)
+        for beta in _betas(results)
         if beta >= 0.5
-        for baseline in ("lora", "pissa")
+        for baseline in PAPER_BASELINES
+        if _has(results, task, baseline)
     ]
-    return _claim(
-        "preserves_more", "SC-LoRA (beta >= 0.5) preserves more than LoRA and PiSSA at equal or better utility", results
-    )
+    return _claim("preserves_more",
+                  "SC-LoRA (beta >= 0.5) preserves more than LoRA and PiSSA at equal or better utility",
+                  comparisons)  # fmt: skip
 
 
-def _subspace_matters(rows) -> dict:
-    results = [
-        _versus(rows, task, ("sclora", beta), ("random_subspace", None))
-        for task in _tasks(rows)
-        for beta in _betas(rows)
+def _monotone_in_beta(results: Results) -> Claim | None:
+    betas = _betas(results)
+    if len(betas) < 2:
+        return None
+    tasks = _tasks(results)
+    ends = [Comparison(task, (SWEPT, betas[-1]), (SWEPT, betas[0]), None) for task in tasks]
+    steps = [Comparison(task, (SWEPT, high), (SWEPT, low), None) for task in tasks for low, high in pairwise(betas)]
+    return _claim("monotone_in_beta", "Preservation rises with beta (SC-LoRA at its largest beta preserves more "
+                  "than at its smallest, and no step up in beta preserves less)", ends, steps)  # fmt: skip
+
+
+def _subspace_matters(results: Results) -> Claim | None:
+    comparisons = [
+        Comparison(task, (SWEPT, beta), (CONTROL, None), "equivalent")
+        for task in _tasks(results)
+        for beta in _betas(results)
+        if _has(results, task, CONTROL)
     ]
-    return _claim(
-        "subspace_matters",
-        "SC-LoRA preserves more than random_subspace at equal utility (the subspace, not the magnitude)",
-        results,
-    )
+    return _claim("subspace_matters",
+                  "SC-LoRA preserves more than random_subspace at equal utility (the subspace, not the magnitude)",
+                  comparisons)  # fmt: skip
 
 
-def _frozen_preserves_more(rows) -> dict:
-    results = [
-        _versus(rows, task, ("sclora_frozen", beta), ("sclora", beta))
-        for task in _tasks(rows)
-        for beta in _betas(rows, "sclora_frozen")
+def _frozen_preserves_more(results: Results) -> Claim | None:
+    comparisons = [
+        Comparison(task, (FROZEN, beta), (SWEPT, beta), "non_inferior")
+        for task in _tasks(results)
+        for beta in _betas(results, FROZEN)
+        if _has(results, task, SWEPT, beta)
     ]
-    return _claim(
-        "frozen_preserves_more", "The frozen basis (sclora_frozen) preserves more than the trainable one", results
-    )
+    return _claim("frozen_preserves_more",
+                  "The frozen basis (sclora_frozen) preserves more than the trainable one at equal or better utility",
+                  comparisons)  # fmt: skip
 
 
-def _monotone_in_beta(rows) -> dict:
-    """Spearman's rank correlation of beta with each metric over sclora's runs (every seed a point)."""
-    verdicts, lines = [], []
-    for task in _tasks(rows):
-        runs = [
-            r for r in rows if r["task"] == task and r["method"] == "sclora" and not _same_beta(r.get("beta"), None)
-        ]
-        if len({float(r["beta"]) for r in runs}) < 2 or len(runs) < 4:
-            continue
-        for metric, sign in (*PRESERVED.items(), ("utility", -1)):
-            pairs = [
-                (float(r["beta"]), float(r[metric]))
-                for r in runs
-                if r.get(metric) is not None and not math.isnan(float(r[metric]))
-            ]
-            rho, p = (
-                stats.spearmanr(*zip(*pairs, strict=True)) if len({y for _, y in pairs}) > 1 else (math.nan, math.nan)
-            )
-            if metric == "utility":  # "falls or stays": only a significant rise contradicts it
-                verdict = FAILS if rho > 0 and p < SIGNIFICANCE else HOLDS
-            elif math.isnan(rho):
-                verdict = UNSURE
-            elif p >= SIGNIFICANCE:
-                verdict = UNSURE
-            else:
-                verdict = HOLDS if sign * rho > 0 else FAILS
-            verdicts.append(verdict)
-            lines.append(
-                f"{task}: {metric} vs beta: Spearman rho {rho:+.2f} (p {p:.3f}, {len(pairs)} runs) -> {verdict}"
-            )
-    return {
-        "id": "monotone_in_beta",
-        "claim": "Preservation rises with beta; utility falls or stays as beta rises",
-        "verdict": _combine(verdicts),
-        "evidence": lines,
-    }
+def _rate_notes(results: Results, claim: Claim) -> list[str]:
+    """A line for each compared pair whose sides trained at different learning rates."""
+    notes = []
+    for c in dict.fromkeys((*claim.comparisons, *(claim.against or ()))):
+        rates = [_rates(results, c.task, *side) for side in (c.a, c.b)]
+        if rates[0] and rates[1] and rates[0] != rates[1]:
+            shown = " vs ".join("/".join(f"{r:g}" for r in sorted(side)) for side in rates)
+            notes.append(f"{c.task}: {config_name(c.a)} vs {config_name(c.b)} trained at learning rates {shown}: the "
+                         "difference is also one of learning rate")  # fmt: skip
+    return notes
+
+
+def _rates(results: Results, task: str, method: str, beta: float | None) -> set[float]:
+    return {r["lr"] for r in results.rows if r["task"] == task and r["method"] == method
+            and same_beta(r["beta"], beta) and not math.isnan(r["lr"])}  # fmt: skip

@@ -208,15 +208,22 @@ class TrainParams(TrainSettings):
 
 
 class TuneParams(Section):
-    """Learning-rate tuning on the validation split (stages `tune@<method>`, `tune_sclora@<beta>`)."""
+    """Learning-rate tuning on the validation split (stages `tune@<method>`, `tune_sclora@<variant>-<beta>`)."""
 
     methods: list[Baseline] = Field([], description="Baselines to tune; [] (the quick run) tunes none")
     betas: list[Annotated[float, Field(ge=0, le=1)]] = Field([], description="sclora betas to tune (of solve.betas)")
+    sclora_variants: list[ScloraVariant] = Field(
+        ["sclora"],
+        min_length=1,
+        description="SC-LoRA variants tuned at each of `betas`: each compared configuration gets its own rate",
+    )
     task: str = Field("benign", description="The task (of data.finetune) trained at each rate")
     factors: list[Annotated[float, Field(gt=0)]] = Field(
         [0.25, 0.5, 1.0, 2.0, 4.0], min_length=1, description="Rates tried: these times the method's params rate"
     )
-    seed: int = Field(0, description="The one seed of every tuning run")
+    seed: int = Field(
+        1000, description="The one seed of every tuning run; never a seed that compares (train.seeds) or selects"
+    )
 
 
 class SelectParams(Section):
@@ -229,7 +236,14 @@ class SelectParams(Section):
         description="Largest allowed forgetting per preserved metric, in the units of `forgetting` (base - run, "
         "in the metric's good direction); a probe is within it when the 95 % interval's upper end is",
     )
-    seeds: list[int] = Field([0, 1, 2], min_length=2, description="Seeds per probe: the interval needs two at least")
+    seeds: list[int] = Field(
+        [100, 101, 102], min_length=2, description="Seeds per probe: the interval needs two at least"
+    )
+    confirm_seeds: list[int] = Field(
+        [200, 201, 202],
+        min_length=2,
+        description="Fresh seeds the chosen beta is trained on again before it is registered (none of the probes')",
+    )
     max_runs: int = Field(5, ge=1, description="Betas probed at most (each trains len(seeds) runs)")
     tolerance: float = Field(
         0.05, ge=0.001, lt=1, description="Stop once the budget's boundary is bracketed this tightly"
@@ -289,9 +303,38 @@ class Params(Section):
         if self.train.lr_source == "artifacts/tune":
             # A method that trains at another's rate (lr_from) takes that one's tuned rate.
             untuned = [m for m in self.train.methods if (BY_NAME[m].lr_from or m) not in tune.methods]
-            untuned += [f"sclora beta {b:g}" for b in self.solve.betas if b not in tune.betas]
+            untuned += [
+                f"{variant} beta {b:g}"
+                for variant in self.train.sclora_variants
+                for b in self.solve.betas
+                if variant not in tune.sclora_variants or b not in tune.betas
+            ]
             if untuned:
                 raise ValueError(f"train.lr_source: artifacts/tune, but tune does not cover {', '.join(untuned)}")
+        return self
+
+    @model_validator(mode="after")
+    def _seeds_that_choose_never_compare(self) -> Params:
+        # A run that chose a setting (a learning rate, a beta) re-used as a compared sample would be judged on the
+        # very draw it was picked for. Tuning, select-beta's probes, its confirmation and the comparison each have
+        # their own seeds. A select-beta round trains sclora alone on its probe or confirmation seeds (it writes
+        # them into train.seeds): that is the one case where train.seeds are select's.
+        select = self.select
+        roles = {"tune.seed": {self.tune.seed}, "select.seeds": set(select.seeds),
+                 "select.confirm_seeds": set(select.confirm_seeds)}  # fmt: skip
+        selecting = not self.train.methods and set(self.train.seeds) in (set(select.seeds), set(select.confirm_seeds))
+        if not selecting:
+            roles["train.seeds"] = set(self.train.seeds)
+        names = list(roles)
+        for i, first in enumerate(names):
+            for second in names[i + 1 :]:
+                shared = roles[first] & roles[second]
+                if shared:
+                    raise ValueError(
+                        f"{second}: shares seed(s) {sorted(shared)} with {first}; seeds that choose a setting "
+                        "never also compare, so tuning, select-beta's probes, its confirmation and train.seeds "
+                        "must be disjoint"
+                    )
         return self
 
 

@@ -10,6 +10,7 @@ No library computes this; it is the paper's objective read back per dataset.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -74,12 +75,18 @@ def share_at(forecast: dict, key: str, beta: float) -> float:
     return float(np.interp(beta, forecast["betas"], forecast[key]))
 
 
-def rank_correlation(forecast: dict[float, float], measured: dict[float, float]) -> dict | None:
-    """Spearman's rank correlation (scipy.stats.spearmanr) between forecast and measured values at the betas both
-    have: {"rho", "p", "n"}; None below 3 betas or when either side has no spread."""
-    betas = sorted(set(forecast) & set(measured))
-    x, y = [forecast[b] for b in betas], [measured[b] for b in betas]
-    if len(betas) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+def rank_correlation(forecast: dict, measured: dict) -> dict | None:
+    """Spearman's rank correlation between forecast and measured values on the keys both have (betas, builds,
+    ranks, preserved sets: whatever was varied): {"rho", "p", "n"}; None below 3 keys or when either side has no
+    spread. The p-value is exact (two-sided): `scipy.stats.permutation_test` over every pairing of the few points
+    (`spearmanr`'s own p is a t approximation, 0.037 for rho 0.9 with n = 5 where the exact p is 0.083)."""
+    keys = sorted(set(forecast) & set(measured))
+    x, y = [forecast[k] for k in keys], [measured[k] for k in keys]
+    if len(keys) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
         return None
-    result = stats.spearmanr(x, y)
-    return {"rho": float(result.statistic), "p": float(result.pvalue), "n": len(betas)}
+    rho = float(stats.spearmanr(x, y).statistic)
+    exact = stats.permutation_test(
+        (x,), lambda shuffled: stats.spearmanr(shuffled, y).statistic, permutation_type="pairings",
+        n_resamples=math.factorial(min(len(keys), 8)), alternative="two-sided", random_state=0,
+    )  # fmt: skip
+    return {"rho": rho, "p": float(exact.pvalue), "n": len(keys), "exact": len(keys) <= 8}

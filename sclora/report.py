@@ -1,13 +1,15 @@
-"""The comparison report: results table, means with 95 % intervals over seeds, paired differences against LoRA,
-Pareto front, plots.
+"""The comparison report: results table, means with 95 % intervals, paired differences against LoRA, the claims'
+verdicts by the decision rule, Pareto front, plots.
 
-`write_report(rows, out_dir, ...)` writes `results.csv` (one row per run), `report.md`
-and PNGs into `out_dir`, atomically (a temporary directory renamed into place).
+`write_report(rows, out_dir, ...)` writes `results.csv` (one row per run, sclora.results), `items.csv.gz` (the
+runs' per-item scores), `verdicts.json` (sclora.claims.judgement: what `sclora judge results.csv` prints),
+`report.md` and PNGs into `out_dir`, atomically (a temporary directory renamed into place). Intervals are those
+of sclora.intervals: seeds and items both vary.
 """
 
 from __future__ import annotations
 
-import csv
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,16 +21,25 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sclora.atomic import atomic_dir  # noqa: E402
-from sclora.claims import check_claims  # noqa: E402
+from sclora.claims import judgement, verdict_lines  # noqa: E402
+from sclora.decision import Rule  # noqa: E402
 from sclora.forecast import rank_correlation, share_at  # noqa: E402
-from sclora.intervals import Interval, mean_interval, paired_difference  # noqa: E402
-from sclora.metrics import AXES, UNJUDGED, direction  # noqa: E402
+from sclora.intervals import Interval, difference, mean  # noqa: E402
+from sclora.metrics import AXES, direction  # noqa: E402
+from sclora.results import (  # noqa: E402
+    COLUMNS,
+    FORGETTING_COLUMNS,
+    ITEMS_FILE,
+    METRICS,
+    NUMERIC,
+    SHARES,
+    Results,
+    config_runs,
+    write_items,
+    write_table,
+)
 
-# results.csv column -> the preserved metric whose forgetting (base - run, in its good direction) it holds
-FORGETTING_COLUMNS = {f"{axis}_forgetting": metric for axis, metric in AXES.items()}
 FORGETTING_METRICS = tuple(FORGETTING_COLUMNS)
-COLUMNS = ("run", "task", "method", "beta", "seed", "lr", *UNJUDGED, *FORGETTING_METRICS, "final_loss")
-METRICS = COLUMNS[6:]
 # What "preserved" means on each trade-off panel: (metric, +1 when higher is better, -1 when lower is).
 PRESERVATION = {axis: (metric, direction(metric)) for axis, metric in AXES.items()}
 SWEPT_METHOD = "sclora"  # the method with a beta axis
@@ -70,10 +81,13 @@ def write_report(
     loss_histories: Mapping[str, Sequence[Mapping]] | None = None,
     spectra: Mapping[str, Mapping[float, Sequence[float]]] | None = None,
     forecast: Mapping[str, Mapping] | None = None,
+    items: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
+    rule: Rule | None = None,
 ) -> Path:
-    """Write results.csv, report.md and the PNGs into `out_dir` (replaced as a whole).
+    """Write results.csv, items.csv.gz, verdicts.json, report.md and the PNGs into `out_dir` (replaced as a whole).
 
-    `rows`: one dict per run with the keys in COLUMNS (missing metrics: None).
+    `rows`: one dict per run with the keys in COLUMNS (missing metrics: None; `items` is filled in).
+    `items`: run -> metric -> item -> score (sclora.evaluate.items). `rule`: the decision rule's numbers.
     `loss_histories`: run -> [{"step", "loss"}, ...]. `spectra`: layer -> {beta: eigenvalues
     of M(beta), descending}; the first few layers are plotted. `forecast`: task -> the forecast stage's
     table (sclora.forecast.energy_forecast), drawn against beta and checked against the measured forgetting.
@@ -81,10 +95,17 @@ def write_report(
     rows = [_row(row, i) for i, row in enumerate(rows)]
     if not rows:
         raise ValueError("report: no runs to report")
+    items = {run: scores for run, scores in (items or {}).items() if scores}
+    for row in rows:
+        row["items"] = ITEMS_FILE if row["run"] in items else ""
+    results = Results(rows, {run: {m: dict(s) for m, s in scores.items()} for run, scores in items.items()})
+    verdicts = judgement(results, rule)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as staging:
-        _write_csv(rows, staging / "results.csv")
-        groups = _groups(rows)
+        write_table(rows, staging / "results.csv")
+        write_items(items, staging / ITEMS_FILE)
+        (staging / "verdicts.json").write_text(json.dumps(verdicts, indent=2) + "\n", encoding="utf-8")
+        groups = _groups(results)
         plots = _tradeoff_plots(groups, staging)
         plots += _beta_plots(groups, staging)
         if loss_histories:
@@ -93,7 +114,7 @@ def write_report(
             plots.append(_spectra_plot(spectra, staging / "spectra.png"))
         if forecast:
             plots.append(_forecast_plot(forecast, groups, staging / "forecast.png"))
-        text = _markdown(groups, plots, check_claims(rows), _forecast_lines(forecast, groups) if forecast else [])
+        text = _markdown(groups, results, plots, verdicts, _forecast_lines(forecast, groups) if forecast else [])
         (staging / "report.md").write_text(text, encoding="utf-8")
     return out_dir
 
@@ -106,8 +127,10 @@ def _row(row: Mapping, index: int) -> dict:
     if unknown:
         raise ValueError(f"report row {row['run']}: unknown column(s) {', '.join(sorted(unknown))}")
     clean = {key: row.get(key) for key in COLUMNS}
-    for key in ("beta", "lr", *METRICS):
+    for key in NUMERIC:
         clean[key] = _number(clean[key], f"{row['run']}.{key}")
+    clean["build"] = "" if clean["build"] is None else str(clean["build"])
+    clean["seed"] = int(clean["seed"]) if clean["seed"] not in (None, "") else clean["seed"]
     return clean
 
 
@@ -120,35 +143,18 @@ def _number(value: object, where: str) -> float:
         raise ValueError(f"report row {where}: not a number: {value!r}") from None
 
 
-def _write_csv(rows: list[dict], path: Path) -> None:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: "" if isinstance(v, float) and math.isnan(v) else v for key, v in row.items()})
-
-
-def _groups(rows: list[dict]) -> list[dict]:
-    """Mean and 95 % interval over seeds per (task, method, beta), in a stable order."""
+def _groups(results: Results) -> list[dict]:
+    """Mean and 95 % interval (seeds and items) per (task, method, beta), in a stable order."""
     keyed: dict[tuple, list[dict]] = {}
-    for row in rows:
+    for row in results.rows:
         keyed.setdefault((row["task"], row["method"], row["beta"]), []).append(row)
     groups = []
     for (task, method, beta), members in keyed.items():
-        intervals, per_seed = {}, {}
-        for metric in METRICS:
-            intervals[metric] = mean_interval(float(m[metric]) for m in members)
-            per_seed[metric] = {int(m["seed"]): m[metric] for m in members if m.get("seed") not in (None, "")}
-        groups.append(
-            {
-                "task": task,
-                "method": method,
-                "beta": beta,
-                "seeds": len(members),
-                "intervals": intervals,
-                "per_seed": per_seed,
-            }
-        )
+        config_beta = None if math.isnan(beta) else beta
+        intervals = {metric: mean(config_runs(results, task, method, config_beta, metric),
+                                  share=metric in SHARES).interval()
+                     for metric in METRICS}  # fmt: skip
+        groups.append({"task": task, "method": method, "beta": beta, "seeds": len(members), "intervals": intervals})
     groups.sort(key=lambda g: (g["task"], g["method"], -1.0 if math.isnan(g["beta"]) else g["beta"]))
     for task in {g["task"] for g in groups}:
         members = [g for g in groups if g["task"] == task]
@@ -349,26 +355,31 @@ def _cell(interval) -> str:
     return f"{interval.mean:.3f} [{interval.low:.3f}, {interval.high:.3f}]"
 
 
-def _paired_lines(groups: list[dict]) -> list[str]:
-    """Per task, every method minus the baseline over the seeds both ran; * where the interval excludes 0."""
+def _paired_lines(groups: list[dict], results: Results) -> list[str]:
+    """Per task, every method minus the baseline on the seeds and items both have; * where the interval
+    excludes 0 (a description: the claims' verdicts are the decision rule's, above)."""
     lines = [
         "",
-        f"## Paired against {BASELINE} (same seeds)",
+        f"## Paired against {BASELINE} (same seeds, same items)",
         "",
-        f"Mean difference (method - {BASELINE}) with its 95 % paired t interval; * where the interval "
-        "excludes 0. With one seed there is no interval.",
+        f"Mean difference (method - {BASELINE}) with its 95 % interval (sclora.intervals: seeds and items); * where "
+        "the interval excludes 0. With one seed there is no interval.",
         "",
     ]
     header = ["task", "method", "beta", "seeds", *PAIRED]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for task in sorted({g["task"] for g in groups}):
-        baseline = next((g for g in groups if g["task"] == task and g["method"] == BASELINE), None)
-        if baseline is None:
+        if not any(g["task"] == task and g["method"] == BASELINE for g in groups):
             continue
         for g in groups:
-            if g["task"] != task or g is baseline:
+            if g["task"] != task or g["method"] == BASELINE:
                 continue
-            diffs = [paired_difference(g["per_seed"][m], baseline["per_seed"][m]) for m in PAIRED]
+            beta = None if math.isnan(g["beta"]) else g["beta"]
+            diffs = [
+                difference(config_runs(results, task, g["method"], beta, m),
+                           config_runs(results, task, BASELINE, None, m), share=m in SHARES).interval()
+                for m in PAIRED
+            ]  # fmt: skip
             cells = []
             for d in diffs:
                 if math.isnan(d.mean):
@@ -377,24 +388,16 @@ def _paired_lines(groups: list[dict]) -> list[str]:
                     cells.append(f"{d.mean:+.3f}")
                 else:
                     cells.append(f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]{' *' if d.excludes_zero else ''}")
-            beta = "-" if math.isnan(g["beta"]) else f"{g['beta']:g}"
+            shown_beta = "-" if beta is None else f"{beta:g}"
             seeds = max(d.n for d in diffs)
-            lines.append("| " + " | ".join([task, g["method"], beta, str(seeds), *cells]) + " |")
+            lines.append("| " + " | ".join([task, g["method"], shown_beta, str(seeds), *cells]) + " |")
     return lines
 
 
-def _claim_lines(claims: list[dict]) -> list[str]:
-    lines = [
-        "",
-        "## The paper's claims",
-        "",
-        "Paired by seed; a difference counts where its 95 % interval excludes 0 (sclora/claims.py).",
-        "",
-    ]
-    for claim in claims:
-        lines.append(f"- **{claim['claim']}: {claim['verdict']}**")
-        lines += [f"  - {line}" for line in claim["evidence"]]
-    return lines if claims else []
+def _claim_lines(verdicts: dict) -> list[str]:
+    if not verdicts["claims"]:
+        return []
+    return ["", "## The paper's claims", "", *verdict_lines(verdicts)]
 
 
 def _swept(groups: list[dict], task: str) -> list[dict]:
@@ -441,11 +444,16 @@ def _forecast_lines(forecast: Mapping[str, Mapping], groups: list[dict]) -> list
             cells.append("-" if result is None else f"{result['rho']:+.2f} (p {result['p']:.2f})")
         lines.append(f"| {task} | {len(swept)} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("'-': fewer than 3 betas, or no spread. With few betas a rank correlation says little.")
+    lines.append(
+        "'-': fewer than 3 betas, or no spread. p: exact (every pairing). The D- share falls with beta by "
+        "construction, so over betas this is what any decreasing function of beta would score: it orders "
+        "betas, and says nothing of whether the forecast predicts across builds, ranks or preserved sets "
+        "at one beta (this protocol varies none of them)."
+    )
     return lines
 
 
-def _markdown(groups: list[dict], plots: list[str], claims: list[dict], forecast_lines: list[str]) -> str:
+def _markdown(groups: list[dict], results: Results, plots: list[str], verdicts: dict, forecast_lines: list[str]) -> str:
     shown = [m for m in METRICS if any(not math.isnan(g["intervals"][m].mean) for g in groups)]
     lines = ["# SC-LoRA comparison", ""]
     lines.append("Mean [95 % interval] over seeds per task, method and beta. Forgetting: lower is better.")
@@ -463,8 +471,8 @@ def _markdown(groups: list[dict], plots: list[str], claims: list[dict], forecast
             + " | ".join([g["task"], g["method"], beta, str(g["seeds"]), *cells, ", ".join(g.get("pareto", [])) or ""])
             + " |"
         )
-    lines += _claim_lines(claims)
-    lines += _paired_lines(groups)
+    lines += _claim_lines(verdicts)
+    lines += _paired_lines(groups, results)
     lines += forecast_lines
     lines += ["", "## Pareto-optimal configurations", ""]
     for task in sorted({g["task"] for g in groups}):

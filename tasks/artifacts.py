@@ -100,18 +100,18 @@ def all_runs(params: Params) -> list[RunSpec]:
 
 def tune_item(method: str, beta: float | None) -> str:
     """The tune item whose rate a run takes: the baseline itself (one whose row trains at another's rate, as a
-    post-hoc step trains its adapter: that one's), or sclora-<beta> (sclora_frozen: sclora's)."""
-    return BY_NAME[method].lr_from or method if beta is None else f"sclora-{beta_name(beta)}"
+    post-hoc step trains its adapter: that one's), or <variant>-<beta> (each SC-LoRA variant its own)."""
+    return BY_NAME[method].lr_from or method if beta is None else f"{method}-{beta_name(beta)}"
 
 
 def tune_path(item: str) -> Path:
-    """Where stage tune@<item> writes its chosen rate (items: a baseline, or sclora-<beta>)."""
+    """Where stage tune@<item> writes its chosen rate (items: a baseline, or <variant>-<beta>)."""
     return TUNE / f"{item}.json"
 
 
 def run_settings(params: Params, spec: RunSpec) -> TrainSettings:
     """How run `spec` trains: its method's rate from train.learning_rates, or with `train.lr_source:
-    artifacts/tune` the rate its tune stage chose (sclora_frozen takes sclora's at the same beta)."""
+    artifacts/tune` the rate its own tune stage chose (every compared configuration is tuned)."""
     settings = params.train.settings_for(spec.method, spec.seed)
     if params.train.lr_source == "artifacts/tune":
         item = tune_item(spec.method, spec.beta)

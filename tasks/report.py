@@ -1,30 +1,55 @@
-"""Stage `report`: every run's metrics -> artifacts/report/{results.csv, report.md, *.png} (sclora.report)."""
+"""Stage `report`: every run's metrics and per-item scores -> artifacts/report/{results.csv, items.csv.gz,
+verdicts.json, report.md, *.png} (sclora.report; the claims judged by sclora.claims, as `sclora judge` does)."""
 
 from __future__ import annotations
 
-from sclora.config import Params
+import json
+
+from sclora.config import ModelParams, Params
+from sclora.decision import Rule
+from sclora.evaluate.items import item_scores
 from sclora.metrics import UNJUDGED
 from sclora.report import FORGETTING_COLUMNS, write_report
 from tasks.artifacts import METRICS, REPORT, RUN_FILE, SPECTRA, all_runs, load_forecast, read_json, solve_dir
 
+SAMPLES = "samples.jsonl"
+
 
 def run(params: Params) -> dict:
-    rows, histories = [], {}
+    rows, histories, items = [], {}, {}
+    build = build_of(params)
     for spec in all_runs(params):
         summary = read_json(spec.dir / RUN_FILE, f"run {spec.name}")
         metrics = read_json(spec.dir / "eval" / METRICS, f"metrics of run {spec.name}")
         forgetting = metrics.get("forgetting", {})
         rows.append({
             "run": spec.name, "task": spec.task, "method": spec.method, "beta": spec.beta, "seed": spec.seed,
-            "lr": summary["lr"], "final_loss": summary["final_loss"],
+            "build": build, "lr": summary["lr"], "step": summary.get("global_step"),
+            "final_loss": summary["final_loss"],
             **{column: metrics.get(column) for column in UNJUDGED},
             **{column: forgetting.get(metric) for column, metric in FORGETTING_COLUMNS.items()},
         })  # fmt: skip
+        items[spec.name] = run_items(spec.dir / "eval" / SAMPLES)
         histories[spec.name] = read_json(spec.dir / "loss_history.json", f"loss history of run {spec.name}")
     spectra: dict[str, dict[float, list[float]]] = {}
     for beta in params.solve.betas:
         for task, layers in read_json(solve_dir(beta) / SPECTRA, f"spectra of beta {beta}").items():
             for layer, values in layers.items():
                 spectra.setdefault(f"{task}: {layer}", {})[beta] = values
-    write_report(rows, REPORT, loss_histories=histories, spectra=spectra, forecast=load_forecast())
+    rule = Rule(utility_margin=params.tracking.gates.utility_tolerance)
+    write_report(rows, REPORT, loss_histories=histories, spectra=spectra, forecast=load_forecast(), items=items,
+                 rule=rule)  # fmt: skip
     return {"report": str(REPORT / "report.md"), "runs": len(rows)}
+
+
+def build_of(params: Params) -> str:
+    """The base model's build: the testbed's seed when the model is the testbed's, else none (one model)."""
+    return str(params.testbed.seed) if params.model.path == ModelParams().path else ""
+
+
+def run_items(samples_path) -> dict:
+    """The run's per-item scores (none when its samples are missing: a run evaluated before they were kept)."""
+    if not samples_path.is_file():
+        return {}
+    with samples_path.open(encoding="utf-8") as handle:
+        return item_scores(json.loads(line) for line in handle if line.strip())

@@ -1,4 +1,4 @@
-"""Stages `tune@<method>` and `tune_sclora@<beta>`: a method's learning rate, chosen on the validation split.
+"""Stages `tune@<method>` and `tune_sclora@<variant>-<beta>`: a method's learning rate, chosen on the validation split.
 
 Trains the method once per rate of `tune.factors` x its `train.learning_rates` rate (one seed, on
 `tune.task`), then scores each trained model twice:
@@ -6,8 +6,9 @@ Trains the method once per rate of `tune.factors` x its `train.learning_rates` r
   chosen (ties go to the smaller rate). Nothing else enters the choice, so every eval set stays held out;
 - on the eval sets, as every run is: these points are each method's learning-rate curve (utility
   against preservation), reported beside the choice and never used for it.
-Output: artifacts/tune/<method>.json (sclora: sclora-<beta>.json), read by the plan stage when
-`train.lr_source` is artifacts/tune. The tuning runs are not registered and not in the comparison.
+Output: artifacts/tune/<method>.json (SC-LoRA: <variant>-<beta>.json), read by the plan stage when
+`train.lr_source` is artifacts/tune. The tuning runs are not registered and not in the comparison: their seed,
+`tune.seed`, is none of the compared seeds (validated in sclora.config).
 """
 
 from __future__ import annotations
@@ -78,15 +79,17 @@ def choose(points: list[dict]) -> dict:
 
 
 def tuned_spec(params: Params, item: str) -> RunSpec:
-    """The tuning run an item names: a baseline of `tune.methods`, or `sclora-<beta>` of `tune.betas`."""
+    """The tuning run an item names: a baseline of `tune.methods`, or `<variant>-<beta>` of `tune.sclora_variants`
+    and `tune.betas`."""
     tune = params.tune
     for method in tune.methods:
         if item == method:
             return RunSpec(tune.task, method, tune.seed)
-    for beta in tune.betas:
-        if item == tune_item("sclora", beta):
-            return RunSpec(tune.task, "sclora", tune.seed, beta)
-    known = [*tune.methods, *(tune_item("sclora", b) for b in tune.betas)]
+    for variant in tune.sclora_variants:
+        for beta in tune.betas:
+            if item == tune_item(variant, beta):
+                return RunSpec(tune.task, variant, tune.seed, beta)
+    known = [*tune.methods, *(tune_item(v, b) for v in tune.sclora_variants for b in tune.betas)]
     raise ValueError(f"unknown tune item '{item}': params tune {', '.join(known) or 'nothing (tune.methods: [])'}")
 
 

@@ -1,38 +1,37 @@
-"""The paper's claims on hand-made runs whose answer is known."""
+"""The paper's claims on hand-made runs whose answer is known (a table without per-item scores: runs alone)."""
+
+import math
 
 import numpy as np
 
-from sclora.claims import FAILS, HOLDS, UNSURE, check_claims
+from sclora.claims import check_claims, judgement, verdict_lines
+from sclora.decision import FAILS, HOLDS, UNSURE
+from sclora.results import Results
 
 SEEDS = range(5)
 
 
-def runs(sclora_utility: float = 0.9, frozen_gain: float = 0.0) -> list[dict]:
+def runs(sclora_utility: float = 0.9, frozen_gain: float = 0.0, lr: float = 1e-3) -> Results:
     """lora, pissa and random_subspace keep knowledge 0.7 and comply 0.3; sclora keeps more as beta rises."""
     rng = np.random.default_rng(0)
+    seed_effect = rng.normal(0, 0.01, len(SEEDS))  # what a seed does to every method alike: pairing removes it
     rows = []
 
-    def add(method, beta, utility, knowledge, asr):
+    def add(method, beta, utility, knowledge, asr, rate=1e-3):
         for seed in SEEDS:
-            shared = rng.normal(0, 0.01)  # what a seed does to every method alike: pairing removes it
-            rows.append(
-                {
-                    "task": "benign",
-                    "method": method,
-                    "beta": beta,
-                    "seed": seed,
-                    "utility": utility + shared,
-                    "knowledge": knowledge + shared + rng.normal(0, 0.005),
-                    "attack_success_rate": asr + rng.normal(0, 0.005),
-                }
-            )
+            shared = seed_effect[seed]
+            rows.append({"run": f"benign-{method}-{beta}-{seed}", "task": "benign", "method": method,
+                         "beta": math.nan if beta is None else beta, "seed": seed, "build": "", "lr": rate,
+                         "step": math.nan, "utility": utility + shared + rng.normal(0, 0.002),
+                         "knowledge": knowledge + shared + rng.normal(0, 0.005),
+                         "attack_success_rate": asr + rng.normal(0, 0.005)})  # fmt: skip
 
     for method in ("lora", "pissa", "random_subspace"):
         add(method, None, 0.9, 0.7, 0.3)
     for beta in (0.5, 0.9):
-        add("sclora", beta, sclora_utility, 0.7 + 0.2 * beta, 0.3 - 0.2 * beta)
+        add("sclora", beta, sclora_utility, 0.7 + 0.2 * beta, 0.3 - 0.2 * beta, lr if beta == 0.9 else 1e-3)
         add("sclora_frozen", beta, sclora_utility, 0.7 + 0.2 * beta + frozen_gain, 0.3 - 0.2 * beta - frozen_gain)
-    return rows
+    return Results(rows)
 
 
 def test_claims_that_hold_and_one_that_cannot_be_told():
@@ -42,7 +41,9 @@ def test_claims_that_hold_and_one_that_cannot_be_told():
     assert claims["subspace_matters"]["verdict"] == HOLDS
     assert claims["frozen_preserves_more"]["verdict"] == UNSURE  # the same numbers: no difference to see
     evidence = claims["preserves_more"]["evidence"]
-    assert any(line.startswith("benign: sclora beta 0.9 - lora: knowledge +0.18") for line in evidence), evidence
+    line = next(line for line in evidence if line.startswith("benign: sclora beta 0.9 vs lora:"))
+    assert "knowledge +0.18" in line and "(5 seeds, runs only)" in line and line.endswith("-> holds"), line
+    assert "gain >= 0.02 shown" in line
 
 
 def test_worse_utility_or_less_preservation_does_not_hold():
@@ -52,7 +53,29 @@ def test_worse_utility_or_less_preservation_does_not_hold():
     assert claims["frozen_preserves_more"] == FAILS
 
 
+def test_a_utility_difference_inside_the_margin_fails_nothing():
+    # 0.01 less utility on every seed is resolved, but inside the gates' 0.02: equal or better utility holds.
+    claims = {claim["id"]: claim["verdict"] for claim in check_claims(runs(sclora_utility=0.89))}
+    assert claims["preserves_more"] == HOLDS
+
+
+def test_a_rate_difference_is_named():
+    claims = {claim["id"]: claim for claim in check_claims(runs(lr=4e-3))}
+    notes = [line for line in claims["monotone_in_beta"]["evidence"] if "learning rates" in line]
+    assert notes == ["benign: sclora beta 0.9 vs sclora beta 0.5 trained at learning rates 0.004 vs 0.001: the "
+                     "difference is also one of learning rate"]  # fmt: skip
+
+
 def test_claims_without_their_runs_are_left_out():
-    rows = [r for r in runs() if r["method"] in ("lora", "sclora")]
-    assert [claim["id"] for claim in check_claims(rows)] == ["preserves_more", "monotone_in_beta"]
-    assert check_claims([]) == []
+    table = runs()
+    only = Results([r for r in table.rows if r["method"] in ("lora", "sclora")])
+    assert [claim["id"] for claim in check_claims(only)] == ["preserves_more", "monotone_in_beta"]
+    assert check_claims(Results([])) == []
+
+
+def test_the_judgement_names_its_rule_and_reads_as_lines():
+    verdicts = judgement(runs())
+    assert verdicts["rule"]["utility_margin"] == 0.02 and len(verdicts["claims"]) == 4
+    lines = verdict_lines(verdicts)
+    assert lines[0].startswith("Decision rule (sclora/decision.py, docs/protocol.md): one-sided tests at 0.05")
+    assert "- **SC-LoRA (beta >= 0.5) preserves more than LoRA and PiSSA at equal or better utility: holds**" in lines

@@ -9,6 +9,7 @@ from sclora.config import ParamsError, load_params
 from sclora.methods import BASELINES, NAMES, SCLORA_VARIANTS
 
 REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "params.yaml"
 
 
 def test_shipped_params_file_is_valid():
@@ -127,3 +128,35 @@ def test_params_accept_every_method_of_the_table(tmp_path):
     train = load_params(_write(tmp_path, tree)).train
     assert (train.methods, train.sclora_variants) == (list(BASELINES), list(SCLORA_VARIANTS))
     assert set(train.learning_rates) == set(NAMES)
+
+
+@pytest.mark.parametrize(
+    "overrides, clash",
+    [
+        (["train.seeds=[0, 1000]"], r"train.seeds: shares seed(s) \[1000\] with tune.seed"),
+        (["select.seeds=[5, 1000]"], r"select.seeds: shares seed(s) \[1000\] with tune.seed"),
+        (["select.confirm_seeds=[101, 300]"], r"select.confirm_seeds: shares seed(s) \[101\] with select.seeds"),
+        (["train.seeds=[3, 200]"], r"train.seeds: shares seed(s) \[200\] with select.confirm_seeds"),
+        # a comparison (baselines beside sclora) on select-beta's probe seeds is a comparison, not a probe round
+        (["train.seeds=[100, 101, 102]"], r"train.seeds: shares seed(s) \[100, 101, 102\] with select.seeds"),
+    ],
+)
+def test_seeds_that_choose_never_compare(overrides, clash):
+    with pytest.raises(ParamsError, match=clash.replace("(s)", r"\(s\)")):
+        load_params(SHIPPED, overrides)
+
+
+def test_a_select_beta_round_trains_sclora_alone_on_its_own_seeds():
+    for seeds in ("[100, 101, 102]", "[200, 201, 202]"):
+        params = load_params(SHIPPED, ["train.methods=[]", f"train.seeds={seeds}"])
+        assert params.train.seeds == yaml.safe_load(seeds)
+
+
+def test_every_compared_sclora_variant_needs_its_own_tuned_rate():
+    tuned = ["train.methods=[]", "train.lr_source=artifacts/tune", "tune.betas=[0.5, 0.9]"]
+    load_params(SHIPPED, tuned)  # sclora alone, tuned at both betas
+    with pytest.raises(ParamsError, match="tune does not cover sclora_frozen beta 0.5, sclora_frozen beta 0.9"):
+        load_params(SHIPPED, [*tuned, "train.sclora_variants=[sclora, sclora_frozen]"])
+    both = load_params(SHIPPED, [*tuned, "train.sclora_variants=[sclora, sclora_frozen]",
+                                 "tune.sclora_variants=[sclora, sclora_frozen]"])  # fmt: skip
+    assert both.tune.sclora_variants == ["sclora", "sclora_frozen"]

@@ -81,3 +81,15 @@ def test_grid_and_interpolation():
         warnings.simplefilter("error")
         with pytest.raises(ValueError, match="all zero"):
             energy_share(torch.eye(3)[:, :1], torch.zeros(3, 2))
+
+
+def test_rank_correlation_has_the_exact_small_sample_p():
+    from sclora.forecast import rank_correlation
+
+    result = rank_correlation({1: 1, 2: 2, 3: 3, 4: 4, 5: 5}, {1: 2, 2: 1, 3: 3, 4: 4, 5: 5})
+    # rho 0.9 with n = 5: 10 of the 120 pairings are as extreme (5 each way), p = 1/12; spearmanr's t
+    # approximation says 0.037.
+    assert result["rho"] == pytest.approx(0.9) and result["p"] == pytest.approx(1 / 12) and result["exact"]
+    perfect = rank_correlation({b: -b for b in range(4)}, {b: 10 - b for b in range(4)})
+    assert perfect["rho"] == pytest.approx(1.0) and perfect["p"] == pytest.approx(2 / 24)  # the smallest p at n = 4
+    assert rank_correlation({1: 1, 2: 2}, {1: 1, 2: 2}) is None

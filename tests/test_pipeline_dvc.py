@@ -170,7 +170,8 @@ def test_select_beta_on_the_real_dvc_yaml_probes_registers_and_says_when_a_budge
     params = tiny_params(tmp_path)
     params["train"]["max_steps"] = 2
     params["data"]["finetune"]["poisoned"] = "finetune_poisoned"  # dropped by every round: probes train select.task
-    params["select"].update(task="benign", seeds=[0, 1], max_runs=2, forgetting_budget={"knowledge": 1.0})
+    params["select"].update(task="benign", seeds=[1, 2], confirm_seeds=[3, 4], max_runs=2,
+                            forgetting_budget={"knowledge": 1.0})  # fmt: skip
     work, _ = flow_workspace(tmp_path, monkeypatch, params, tiny_repro.work)
     before = {path.name: (path / "run.json").read_bytes() for path in (work / "artifacts" / "runs").iterdir()}
 
@@ -178,10 +179,16 @@ def test_select_beta_on_the_real_dvc_yaml_probes_registers_and_says_when_a_budge
     probed = [probe["beta"] for probe in result["probes"]]
     # knowledge can drop by 1.0 at most: every probe is within the budget, so the search bisects downwards
     assert probed[0] == first_beta(load_forecast(work)["benign"]) and probed[1] == round(probed[0] / 2, 3)
-    assert result["chosen"] in probed and result["version"] == "1" and result["training_runs"] == 4
+    # ... and the chosen beta is trained again on the two confirmation seeds before it is registered
+    assert result["chosen"] in probed and result["version"] == "1" and result["training_runs"] == 6
+    assert [probe["seeds"] for probe in result["confirmation"]] == [2] and "confirmed on 2 fresh seeds" in result[
+        "message"
+    ]
     assert result["stopped"] == "max_runs (2 probes)"
     runs = {path.name: (path / "run.json").read_bytes() for path in (work / "artifacts" / "runs").iterdir()}
-    assert sorted(set(runs) - set(before)) == sorted(f"benign-sclora-{b}-{s}" for b in probed for s in (0, 1))
+    trained = {f"benign-sclora-{b}-{s}" for b in probed for s in (1, 2)}
+    trained |= {f"benign-sclora-{result['chosen']}-{s}" for s in (3, 4)}
+    assert sorted(set(runs) - set(before)) == sorted(trained) and result["candidate"].endswith(("-3", "-4"))
     assert {name: runs[name] for name in before} == before  # sclora alone, probes only: the repro's runs stand
     assert yaml.safe_load((work / "params.yaml").read_text())["solve"]["betas"] == sorted(probed)
     import mlflow

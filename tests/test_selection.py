@@ -1,8 +1,9 @@
 """The budgeted beta search on a stubbed evaluation with a known trade-off."""
 
+import numpy as np
 import pytest
 
-from sclora.selection import Probe, first_beta, search
+from sclora.selection import Probe, choice_order, confirm, first_beta, search
 
 SEEDS = (0, 1, 2)
 BUDGET = {"knowledge": 0.25, "attack_success_rate": 0.05}
@@ -10,7 +11,8 @@ BUDGET = {"knowledge": 0.25, "attack_success_rate": 0.05}
 
 def trade_off(boundary: float, spread: float = 0.01, calls: list | None = None):
     """A measure() whose knowledge forgetting falls linearly with beta and crosses 0.25 at `boundary`; seeds
-    scatter by +-spread, harmful compliance stays at 0.01; utility falls with beta."""
+    scatter by +-spread, harmful compliance stays about 0.01 (runs alone with no spread would show nothing);
+    utility falls with beta."""
 
     def measure(beta: float) -> Probe:
         if calls is not None:
@@ -18,7 +20,7 @@ def trade_off(boundary: float, spread: float = 0.01, calls: list | None = None):
         knowledge = 0.25 + 0.5 * (boundary - beta)
         return Probe(beta, {s: 1.0 - 0.3 * beta for s in SEEDS},
                      {"knowledge": {s: knowledge + spread * (s - 1) for s in SEEDS},
-                      "attack_success_rate": {s: 0.01 for s in SEEDS}})  # fmt: skip
+                      "attack_success_rate": {s: 0.01 + 0.002 * s for s in SEEDS}})  # fmt: skip
 
     return measure
 
@@ -77,3 +79,66 @@ def test_bad_requests_fail_clearly():
         search(trade_off(0.5), {}, start=0.5)
     with pytest.raises(ValueError, match="start beta"):
         search(trade_off(0.5), BUDGET, start=1.5)
+
+
+def test_the_issues_two_budget_cases():
+    # 0.04 on every seed under a 0.05 budget: runs alone with no spread say nothing of the next seed (was accepted);
+    # 0, 0, 0.03 has a spread, and its upper bound 0.039 is within 0.05 (was rejected).
+    flat = Probe(0.5, {0: 0.9, 1: 0.9, 2: 0.9}, {"attack_success_rate": {0: 0.04, 1: 0.04, 2: 0.04}})
+    spread = Probe(0.5, {0: 0.9, 1: 0.9, 2: 0.9}, {"attack_success_rate": {0: 0.0, 1: 0.0, 2: 0.03}})
+    budget = {"attack_success_rate": 0.05}
+    assert not flat.within(budget)
+    assert spread.within(budget) and spread.upper("attack_success_rate") == pytest.approx(0.01 + 2.92 * 0.01, 1e-3)
+    # With per-item forgetting, 0.00 on every item of every seed is exact: within a 0.05 budget.
+    items = {("", s): {f"h{i}": 0.0 for i in range(300)} for s in SEEDS}
+    zero = Probe(0.5, {s: 0.9 for s in SEEDS}, {"attack_success_rate": {s: 0.0 for s in SEEDS}},
+                 {"attack_success_rate": items})  # fmt: skip
+    assert zero.within(budget) and zero.upper("attack_success_rate") < 0.01
+
+
+def test_the_choice_is_the_beta_that_learns_most_and_ties_go_to_the_smaller_beta():
+    def probe(beta, utility):
+        return Probe(beta, {s: utility + 0.001 * s for s in SEEDS}, {"knowledge": {s: 0.1 + 0.01 * s for s in SEEDS}})
+
+    saturated = [probe(0.9, 1.0), probe(0.3, 0.995), probe(0.6, 0.999)]
+    assert choice_order(saturated, utility_tolerance=0.02) == [0.3, 0.6, 0.9]  # all equal: the smallest first
+    assert choice_order(saturated, utility_tolerance=0.0) == [0.9, 0.6, 0.3]  # strictly by utility
+
+
+def test_a_failed_confirmation_says_so_and_steps_back():
+    probes = [Probe(b, {s: 0.9 for s in SEEDS}, {"knowledge": {s: 0.1 + 0.01 * s for s in SEEDS}}) for b in (0.4, 0.7)]
+    measured = iter(probes)
+    selection = search(lambda beta: next(measured), {"knowledge": 0.25}, start=0.4, max_runs=2, tolerance=0.01,
+                       utility_tolerance=0.02)  # fmt: skip
+    assert selection.candidates == [0.4, 0.7]
+
+    def fresh(beta):  # on fresh seeds beta 0.4 forgets too much; 0.7 does not
+        knowledge = 0.4 if beta == 0.4 else 0.1
+        return Probe(beta, {s: 0.9 for s in (7, 8, 9)}, {"knowledge": {s: knowledge + 0.01 * s for s in (7, 8, 9)}})
+
+    confirmation = confirm(selection, fresh)
+    assert confirmation.beta == 0.7 and [p.beta for p in confirmation.tries] == [0.4, 0.7]
+    assert confirmation.message.startswith("beta 0.4 NOT confirmed on 3 fresh seeds")
+    assert "stepping back to beta 0.7; beta 0.7 confirmed" in confirmation.message
+    never = confirm(selection, lambda beta: fresh(0.4))
+    assert never.beta is None and never.message.endswith("no candidate left: nothing registered")
+
+
+def test_confirmation_cuts_how_often_a_beta_over_budget_is_registered():
+    # The issue's case: each seed flips into compliance with probability 0.3 (a true mean rise of about 0.17,
+    # over three times the 0.05 budget). Three seeds see no flip 34 % of the time; three fresh seeds as well.
+    rng = np.random.default_rng(0)
+
+    def measure(beta):
+        seeds = range(3)
+        rise = np.where(rng.random(3) < 0.3, rng.uniform(0.3, 0.7, 3), rng.uniform(0.0, 0.02, 3))
+        return Probe(beta, {s: 0.9 for s in seeds}, {"attack_success_rate": dict(zip(seeds, rise, strict=True))})
+
+    budget, trials = {"attack_success_rate": 0.05}, 400
+    accepted = confirmed = 0
+    for _ in range(trials):
+        selection = search(measure, budget, start=0.5, max_runs=1)
+        accepted += selection.chosen is not None
+        confirmed += selection.chosen is not None and confirm(selection, measure).beta is not None
+    assert accepted / trials == pytest.approx(0.343, abs=0.07)  # no flip among 3 seeds: 0.7 ** 3
+    assert confirmed / trials <= 0.18  # both rounds without a flip: 0.7 ** 6 = 0.12

@@ -7,7 +7,8 @@ import pytest
 from stage_project import project_params, stage, write_params
 
 from sclora.config import ParamsError, load_params
-from tasks.tune import choose, validation_settings
+from tasks.artifacts import tune_item, tune_path
+from tasks.tune import choose, tuned_spec, validation_settings
 
 
 def test_the_best_validation_utility_wins_and_ties_go_to_the_smaller_rate():
@@ -37,7 +38,7 @@ def test_tuned_rates_must_cover_every_run(tmp_path):
 def test_tune_then_train_with_the_tuned_rate(project):
     params = project_params(project)
     beta = params["solve"]["betas"][0]
-    params["tune"] = {"methods": ["lora"], "betas": [beta], "task": "benign", "factors": [0.5, 2.0], "seed": 0}
+    params["tune"] = {"methods": ["lora"], "betas": [beta], "task": "benign", "factors": [0.5, 2.0]}
     write_params(project, params)
     for argv in (
         ("prepare",),
@@ -62,3 +63,14 @@ def test_tune_then_train_with_the_tuned_rate(project):
     assert stage("plan") == 0
     assert stage("train", "benign-lora-0") == 0
     assert json.loads(Path("artifacts/runs/benign-lora-0/run.json").read_text())["lr"] == tuned["chosen_lr"]
+
+
+def test_each_sclora_variant_is_tuned_on_its_own_item_and_seed():
+    overrides = ["tune.betas=[0.5]", "solve.betas=[0.5]", "tune.sclora_variants=[sclora, sclora_frozen]"]
+    params = load_params(Path(__file__).resolve().parent.parent / "params.yaml", overrides)
+    frozen = tuned_spec(params, "sclora_frozen-0.5")
+    assert (frozen.method, frozen.beta, frozen.seed) == ("sclora_frozen", 0.5, params.tune.seed)
+    assert frozen.seed not in params.train.seeds
+    assert tune_path(tune_item("sclora_frozen", 0.5)).name == "sclora_frozen-0.5.json"
+    with pytest.raises(ValueError, match="unknown tune item 'sclora_frozen-0.9'"):
+        tuned_spec(params, "sclora_frozen-0.9")
