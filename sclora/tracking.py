@@ -58,7 +58,7 @@ MODEL_TRAINING = "custom_model_development"  # the UI's "Machine learning" kind
 # A saved view of the runs table, stored as MLflow's UI stores one (an experiment tag under this prefix holding
 # {name, createdAt, updatedAt, state}): MLflow has no setting for the table's default columns, so the review
 # columns are a view a reviewer opens from the Views menu or by `review_link`. The format is the UI's own, not
-# a documented API; tests/test_mlflow_ui.py checks it in a browser against the pinned MLflow.
+# a documented API; tests/test_pipeline_dvc.py checks it in a browser against the pinned MLflow.
 SAVED_VIEW_PREFIX = "mlflow.sharedViewState."
 REVIEW_VIEW = "sclora-review"
 DATASET_ROLES = ("training", "preserve", "evaluation")  # D+, D-, the eval sets: each input's MLflow context
