@@ -35,6 +35,7 @@ from sclora.results import (  # noqa: E402
     SHARES,
     Results,
     config_runs,
+    number,
     write_items,
     write_table,
 )
@@ -128,19 +129,10 @@ def _row(row: Mapping, index: int) -> dict:
         raise ValueError(f"report row {row['run']}: unknown column(s) {', '.join(sorted(unknown))}")
     clean = {key: row.get(key) for key in COLUMNS}
     for key in NUMERIC:
-        clean[key] = _number(clean[key], f"{row['run']}.{key}")
+        clean[key] = number(clean[key], f"report row {row['run']}.{key}")
     clean["build"] = "" if clean["build"] is None else str(clean["build"])
     clean["seed"] = int(clean["seed"]) if clean["seed"] not in (None, "") else clean["seed"]
     return clean
-
-
-def _number(value: object, where: str) -> float:
-    if value is None or value == "":
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"report row {where}: not a number: {value!r}") from None
 
 
 def _groups(results: Results) -> list[dict]:

@@ -113,7 +113,7 @@ def _parse_row(row: Mapping[str, str | None], line: int, path: Path) -> dict:
         if not clean.get(key):
             raise ResultsError(f"{where}: empty {key}")
     for key in NUMERIC:
-        clean[key] = _number(clean.get(key, ""), f"{where}, {key}")
+        clean[key] = number(clean.get(key, ""), f"{where}, {key}")
     try:
         clean["seed"] = int(clean["seed"])
     except ValueError:
@@ -129,12 +129,14 @@ def _run_name(row: Mapping) -> str:
     return f"{row['task']}-{row['method']}{beta}-{row['seed']}{build}"
 
 
-def _number(value: str, where: str) -> float:
-    if value == "":
+def number(value: object, where: str) -> float:
+    """A table cell as a float: empty (or None, in a row not yet written) is NaN; anything else not a number fails
+    in one line naming `where`."""
+    if value is None or value == "":
         return math.nan
     try:
         return float(value)
-    except ValueError:
+    except (TypeError, ValueError):
         raise ResultsError(f"{where}: not a number: {value!r}") from None
 
 
