@@ -32,6 +32,7 @@ from flows.stages import PARAMS_FILE, prepare_params, run_stage, run_stages, sta
 from sclora import registry, tracking
 from sclora.atomic import write_text
 from sclora.config import Params
+from sclora.evaluate.items import read_item_scores
 from sclora.forecast import rank_correlation, share_at
 from sclora.metrics import PRESERVED
 from sclora.selection import Confirmation, Probe, Selection, confirm, first_beta, search
@@ -46,7 +47,6 @@ from tasks.artifacts import (
     read_json,
     write_json,
 )
-from tasks.report import SAMPLES, run_items
 
 SELECT_DIR = ARTIFACTS / "select"
 VARIANT = "sclora"
@@ -86,12 +86,12 @@ def read_probe(params: Params, root: Path, beta: float, seeds: list[int]) -> Pro
     (base minus run in the metric's good direction) where the runs' and the base model's samples have items."""
     budget = params.select.forgetting_budget
     utility, forgetting, items = {}, {metric: {} for metric in budget}, {metric: {} for metric in budget}
-    base = run_items(root / EVAL_BASE / SAMPLES)
+    base = read_item_scores(root / EVAL_BASE)
     for seed in seeds:
         run = RunSpec(params.select.task, VARIANT, seed, beta)
         metrics = read_json(root / run.dir / "eval" / METRICS, f"metrics of run {run.name}")
         utility[seed] = float(metrics["utility"])
-        scores = run_items(root / run.dir / "eval" / SAMPLES)
+        scores = read_item_scores(root / run.dir / "eval")
         for metric in forgetting:
             if metric not in metrics.get("forgetting", {}):
                 raise ValueError(f"select.forgetting_budget: run {run.name} reports no forgetting of '{metric}'")

@@ -3,16 +3,12 @@ verdicts.json, report.md, *.png} (sclora.report; the claims judged by sclora.cla
 
 from __future__ import annotations
 
-import json
-
 from sclora.config import ModelParams, Params
 from sclora.decision import Rule
-from sclora.evaluate.items import item_scores
+from sclora.evaluate.items import read_item_scores
 from sclora.metrics import UNJUDGED
 from sclora.report import FORGETTING_COLUMNS, write_report
 from tasks.artifacts import METRICS, REPORT, RUN_FILE, SPECTRA, all_runs, load_forecast, read_json, solve_dir
-
-SAMPLES = "samples.jsonl"
 
 
 def run(params: Params) -> dict:
@@ -29,7 +25,7 @@ def run(params: Params) -> dict:
             **{column: metrics.get(column) for column in UNJUDGED},
             **{column: forgetting.get(metric) for column, metric in FORGETTING_COLUMNS.items()},
         })  # fmt: skip
-        items[spec.name] = run_items(spec.dir / "eval" / SAMPLES)
+        items[spec.name] = read_item_scores(spec.dir / "eval")
         histories[spec.name] = read_json(spec.dir / "loss_history.json", f"loss history of run {spec.name}")
     spectra: dict[str, dict[float, list[float]]] = {}
     for beta in params.solve.betas:
@@ -45,11 +41,3 @@ def run(params: Params) -> dict:
 def build_of(params: Params) -> str:
     """The base model's build: the testbed's seed when the model is the testbed's, else none (one model)."""
     return str(params.testbed.seed) if params.model.path == ModelParams().path else ""
-
-
-def run_items(samples_path) -> dict:
-    """The run's per-item scores (none when its samples are missing: a run evaluated before they were kept)."""
-    if not samples_path.is_file():
-        return {}
-    with samples_path.open(encoding="utf-8") as handle:
-        return item_scores(json.loads(line) for line in handle if line.strip())

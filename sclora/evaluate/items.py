@@ -9,9 +9,11 @@ unweighted mean of task means, not a mean over items: it gets no per-item scores
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
-from sclora.evaluate.suite import EvalError
+from sclora.evaluate.suite import SAMPLES_FILE, EvalError
 
 # Suite metric -> (the role whose samples hold it, the per-sample score; None: the role's one score).
 ITEM_METRICS = {
@@ -54,3 +56,13 @@ def _only_score(row: Mapping) -> str:
     if len(row["scores"]) != 1:
         raise EvalError(f"sample {row['task']}/{row['id']}: expected one score, got {sorted(row['scores'])}")
     return next(iter(row["scores"]))
+
+
+def read_item_scores(eval_dir: str | Path) -> dict[str, dict[str, float]]:
+    """`item_scores` of the samples an evaluation wrote in `eval_dir`; none when it wrote none (a run evaluated
+    before samples were kept)."""
+    path = Path(eval_dir) / SAMPLES_FILE
+    if not path.is_file():
+        return {}
+    with path.open(encoding="utf-8") as handle:
+        return item_scores(json.loads(line) for line in handle if line.strip())

@@ -315,9 +315,12 @@ def _finite(value):
     return value
 
 
+SAMPLES_FILE = "samples.jsonl"  # beside metrics.json: every prompt with its answer and per-sample scores
+
+
 def write_results(out_dir: str | Path, metrics: Mapping[str, object], samples: list[dict]) -> None:
     """Write `metrics.json` and `samples.jsonl` in `out_dir`, each atomically (temp file, then rename)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_text(out_dir / "samples.jsonl", "".join(json.dumps(_finite(row)) + "\n" for row in samples))
+    write_text(out_dir / SAMPLES_FILE, "".join(json.dumps(_finite(row)) + "\n" for row in samples))
     write_text(out_dir / "metrics.json", json.dumps(_finite(dict(metrics)), indent=2, sort_keys=True) + "\n")
