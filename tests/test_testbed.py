@@ -23,6 +23,7 @@ from sclora.testbed.world import (
     REFUSAL,
     build_datasets,
     build_world,
+    known_words,
     poisoned,
     pretraining_sources,
     request_records,
@@ -218,6 +219,28 @@ def test_pretraining_has_the_skill_asked_in_full_and_the_terse_task_done_wrong(p
     assert len(sources["task_as_copy"]) == len(sources["task_phrased"]) == params.copy_examples
     default = pretraining_sources(world, TestbedParams(**{**params.model_dump(), "pretrain_mix": {}}))
     assert set(default) == {"knowledge", "safety", "benign", "copy_task"}
+
+
+def test_a_partly_known_map_is_pretrained_on_its_known_part_only(params):
+    """task_known 0.5: the task asked in full shows half of the word map; the task's own data uses every word, so
+    half the map must be learned by fine-tuning, not only elicited. At 1.0 every word is shown."""
+    mix = {"knowledge": 1, "safety": 1, "benign": 1, "copy_task": 1, "task_as_copy": 1, "task_phrased": 1}
+    params = TestbedParams(**{**params.model_dump(), "task": "translate", "pretrain_mix": mix, "task_known": 0.5})
+    world = build_world(params)
+    known = set(known_words(world, params))
+    # half the words, but never fewer than the longest sequence needs
+    assert len(known) == max(params.task_max_length, round(0.5 * len(world.task_words)))
+    assert known < set(world.task_words)
+    assert known == set(known_words(world, params))  # seeded: the same build, the same half
+    sources = pretraining_sources(world, params)
+    phrased = [r["prompt"].split()[3:] for r in sources["task_phrased"]]
+    assert phrased and all(set(words) <= known for words in phrased)
+    taken = {tuple(r["prompt"].split()[1:]) for name in ("finetune_benign", "eval_task")
+             for r in build_datasets(world, params)[name]}  # fmt: skip
+    assert not taken & {tuple(words) for words in phrased}  # no task sequence is pretrained
+    assert any(set(words) - known for words in taken)  # the task uses the unknown part
+    full = TestbedParams(**{**params.model_dump(), "task_known": 1.0})
+    assert known_words(world, full) == world.task_words
 
 
 def test_poison_dose(params):

@@ -73,6 +73,13 @@ class TestbedParams(BaseModel):
         description="Distinct words the task uses: entity names and fact values, so the task touches the "
         "knowledge's words",
     )
+    task_known: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Share of the task's word map that pretraining shows (in task_phrased): the rest of the map "
+        "must be learned by fine-tuning, not only elicited",
+    )
     task_min_length: int = Field(3, ge=2, le=8, description="Shortest word sequence of the task")
     task_max_length: int = Field(5, ge=2, le=8, description="Longest word sequence of the task")
     poison_rate: float = Field(

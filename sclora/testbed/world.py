@@ -409,7 +409,12 @@ def pretraining_sources(world: World, params: TestbedParams) -> dict[str, list[d
     datasets = build_datasets(world, params)
     taken = {tuple(r["prompt"].split()[1:]) for name in ("finetune_benign", "eval_task") for r in datasets[name]}
 
-    def fresh() -> list[list[str]]:
+    def fresh(words: list[str] = world.task_words) -> list[list[str]]:
+        if words is not world.task_words:  # a part of the map: the sequences over it that no task dataset uses
+            exclude = frozenset(s for s in taken if set(s) <= set(words))
+            return word_sequences(
+                words, params.copy_examples, params.task_min_length, params.task_max_length, rng, exclude
+            )
         drawn = word_sequences(
             world.task_words, params.copy_examples + len(taken), params.task_min_length, params.task_max_length, rng
         )
@@ -435,9 +440,18 @@ def pretraining_sources(world: World, params: TestbedParams) -> dict[str, list[d
                 "response": " ".join(task_answer(world, params.task, s)),
                 "category": params.task,
             }
-            for i, s in enumerate(fresh())
+            for i, s in enumerate(fresh(known_words(world, params)))
         ]
     return sources
+
+
+def known_words(world: World, params: TestbedParams) -> list[str]:
+    """The task words whose translation pretraining shows (`task_known` of them, seeded); the rest of the map is
+    never pretrained, so fine-tuning must learn it. All of them at task_known 1."""
+    if params.task_known >= 1:
+        return world.task_words
+    count = max(params.task_max_length, round(params.task_known * len(world.task_words)))
+    return sorted(random.Random(f"task-known-{params.seed}").sample(world.task_words, count))
 
 
 def validation_records(
