@@ -270,6 +270,60 @@ class TestbedCheckParams(Section):
     jobs: int = Field(1, ge=1, description="Builds checked side by side, one process each")
 
 
+class FrontierParams(Section):
+    """The comparison on learning-forgetting fronts (`make protocol`, flow `frontier`): every configuration trained
+    at every rate of one absolute grid, on every build and seed, each run scored at several checkpoints."""
+
+    builds: list[Annotated[int, Field(ge=0)]] = Field(
+        [], description="testbed.seed of each build (a blocking factor); [] (the quick run) runs no frontier"
+    )
+    seeds: list[int] = Field([0, 1, 2], min_length=1, description="Fine-tuning seeds per build and configuration")
+    configs: list[str] = Field(
+        ["lora", "pissa", "full", "random_subspace", "sclora-0.5", "sclora-0.9", "sclora_frozen-0.9"],
+        min_length=1,
+        description="Configurations: a method of the methods table, or <sclora variant>-<beta>",
+    )
+    lrs: list[Annotated[float, Field(gt=0)]] = Field(
+        [5e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2],
+        min_length=2,
+        description="The one learning-rate grid every configuration trains at (absolute, not per-method multiples)",
+    )
+    checkpoints: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        [0.25, 0.5, 1.0], min_length=1, description="Shares of train.max_steps at which every run is scored"
+    )
+    task: str = Field("poisoned", description="The task (of data.finetune) every run trains on")
+    levels: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
+        [0.5, 0.8, 0.9], min_length=1, description="Utility levels at which forgetting is read on each front"
+    )
+
+    @field_validator("configs")
+    @classmethod
+    def _known_configs(cls, configs: list[str]) -> list[str]:
+        for config in configs:
+            parse_config(config)
+        if len(set(configs)) != len(configs):
+            raise ValueError(f"configs must be distinct, got {configs}")
+        return configs
+
+
+def parse_config(config: str) -> tuple[str, float | None]:
+    """(method, beta) of a frontier configuration: `lora`, or `sclora-0.9` (a variant of SC-LoRA at a beta)."""
+    method, _, beta = config.rpartition("-")
+    if not method:
+        method, beta = config, ""
+    if method in SCLORA_VARIANTS:
+        try:
+            value = float(beta)
+        except ValueError:
+            raise ValueError(f"config '{config}': an SC-LoRA variant needs a beta, e.g. {method}-0.9") from None
+        if not 0 <= value <= 1:
+            raise ValueError(f"config '{config}': beta must be in [0, 1]")
+        return method, value
+    if config not in BASELINES:
+        raise ValueError(f"config '{config}': not a method of the methods table, nor <sclora variant>-<beta>")
+    return config, None
+
+
 class TrackingParams(Section):
     uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI; MLFLOW_TRACKING_URI overrides it")
     experiment: str = Field("sclora", min_length=1)
@@ -290,6 +344,7 @@ class Params(Section):
     testbed_check: TestbedCheckParams = Field(default_factory=TestbedCheckParams)
     tune: TuneParams = Field(default_factory=TuneParams)
     select: SelectParams = Field(default_factory=SelectParams)
+    frontier: FrontierParams = Field(default_factory=FrontierParams)
 
     @model_validator(mode="after")
     def _tuning_covers_what_it_feeds(self) -> Params:
@@ -314,6 +369,14 @@ class Params(Section):
         return self
 
     @model_validator(mode="after")
+    def _frontier_task_known(self) -> Params:
+        if self.frontier.builds and self.frontier.task not in self.data.finetune:
+            raise ValueError(
+                f"frontier.task: '{self.frontier.task}' is not in data.finetune ({', '.join(self.data.finetune)})"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _seeds_that_choose_never_compare(self) -> Params:
         # A run that chose a setting (a learning rate, a beta) re-used as a compared sample would be judged on the
         # very draw it was picked for. Tuning, select-beta's probes, its confirmation and the comparison each have
@@ -326,6 +389,12 @@ class Params(Section):
         if not selecting:
             roles["train.seeds"] = set(self.train.seeds)
         names = list(roles)
+        choosing = set().union(*(roles[name] for name in ("tune.seed", "select.seeds", "select.confirm_seeds")))
+        if self.frontier.builds and set(self.frontier.seeds) & choosing:
+            raise ValueError(
+                f"frontier.seeds: shares seed(s) {sorted(set(self.frontier.seeds) & choosing)} with tuning or "
+                "select-beta; seeds that choose a setting never also compare"
+            )
         for i, first in enumerate(names):
             for second in names[i + 1 :]:
                 shared = roles[first] & roles[second]

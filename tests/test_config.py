@@ -160,3 +160,30 @@ def test_every_compared_sclora_variant_needs_its_own_tuned_rate():
     both = load_params(SHIPPED, [*tuned, "train.sclora_variants=[sclora, sclora_frozen]",
                                  "tune.sclora_variants=[sclora, sclora_frozen]"])  # fmt: skip
     assert both.tune.sclora_variants == ["sclora", "sclora_frozen"]
+
+
+@pytest.mark.parametrize(
+    "overrides, error",
+    [
+        (["frontier.configs=[lora, sclora]"], "config 'sclora': an SC-LoRA variant needs a beta"),
+        (["frontier.configs=[lora, bogus-0.5]"], "config 'bogus-0.5': not a method of the methods table"),
+        (["frontier.configs=[lora, lora]"], "configs must be distinct"),
+        (["frontier.builds=[0]", "frontier.seeds=[0, 1000]"], r"frontier.seeds: shares seed\(s\) \[1000\]"),
+        (["frontier.builds=[0]", "frontier.task=nope"], "frontier.task: 'nope' is not in data.finetune"),
+        (["frontier.lrs=[1e-3]"], "frontier.lrs"),
+        (["frontier.checkpoints=[0.5, 1.5]"], "frontier.checkpoints"),
+    ],
+)
+def test_frontier_params_fail_with_one_line(overrides, error):
+    with pytest.raises(ParamsError, match=error) as raised:
+        load_params(SHIPPED, overrides)
+    assert "\n" not in str(raised.value)
+
+
+def test_frontier_configs_name_methods_and_betas():
+    from sclora.config import parse_config
+
+    params = load_params(SHIPPED, ["frontier.builds=[0, 1]", "frontier.configs=[lora, sclora-0.9, sclora_frozen-0.5]"])
+    assert [parse_config(c) for c in params.frontier.configs] == [
+        ("lora", None), ("sclora", 0.9), ("sclora_frozen", 0.5),
+    ]  # fmt: skip
