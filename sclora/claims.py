@@ -9,10 +9,15 @@
 
 A claim whose configurations are absent from the table is left out; a comparison whose two sides trained at
 different learning rates says so (beta, or the method, is then confounded with the rate).
+
+On a table read at matched utility (sclora.matched: each utility level a task, both sides' utility the level by
+construction), `matched_utility=True` drops the comparisons' utility conditions: there is no utility difference to
+test, and a test of an exact zero with no spread would be a block, not evidence.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from itertools import pairwise
@@ -26,20 +31,21 @@ CONTROL = "random_subspace"
 FROZEN = "sclora_frozen"
 
 
-def check_claims(results: Results, rule: Rule | None = None) -> list[dict]:
+def check_claims(results: Results, rule: Rule | None = None, *, matched_utility: bool = False) -> list[dict]:
     """Each claim the table has runs for, judged: {"id", "claim", "verdict", "evidence": [lines], "comparisons"}."""
     judged = []
-    for claim in paper_claims(results):
+    for claim in paper_claims(results, matched_utility=matched_utility):
         verdict = judge(claim, results, rule)
         verdict["evidence"] += _rate_notes(results, claim)
         judged.append(verdict)
     return judged
 
 
-def judgement(results: Results, rule: Rule | None = None) -> dict:
+def judgement(results: Results, rule: Rule | None = None, *, matched_utility: bool = False) -> dict:
     """What `sclora judge` and the report write: the rule's numbers and every claim's verdict with its evidence."""
     rule = rule or Rule()
-    return {"rule": rule.describe(), "claims": check_claims(results, rule)}
+    described = {**rule.describe(), **({"utility": "matched by construction: no condition"} if matched_utility else {})}
+    return {"rule": described, "claims": check_claims(results, rule, matched_utility=matched_utility)}
 
 
 def verdict_lines(verdicts: dict) -> list[str]:
@@ -55,11 +61,20 @@ def verdict_lines(verdicts: dict) -> list[str]:
     return lines
 
 
-def paper_claims(results: Results) -> list[Claim]:
-    """The claims the table has the configurations for, as families of comparisons."""
+def paper_claims(results: Results, *, matched_utility: bool = False) -> list[Claim]:
+    """The claims the table has the configurations for, as families of comparisons; `matched_utility`: without
+    utility conditions (the module docstring says when)."""
     claims = [_preserves_more(results), _monotone_in_beta(results), _subspace_matters(results),
               _frozen_preserves_more(results)]  # fmt: skip
-    return [claim for claim in claims if claim is not None]
+    claims = [claim for claim in claims if claim is not None]
+    return [_without_utility(claim) for claim in claims] if matched_utility else claims
+
+
+def _without_utility(claim: Claim) -> Claim:
+    def strip(comparisons):
+        return None if comparisons is None else tuple(dataclasses.replace(c, utility=None) for c in comparisons)
+
+    return dataclasses.replace(claim, comparisons=strip(claim.comparisons), against=strip(claim.against))
 
 
 def _tasks(results: Results) -> list[str]:

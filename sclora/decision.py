@@ -11,7 +11,9 @@ task, paired by seed and item (sclora.intervals). Every comparison reads:
   (within the margin both ways: two one-sided tests), the margin being `tracking.gates.utility_tolerance`,
   the loss the promotion gates already accept. A resolved utility difference inside the margin fails nothing.
 
-Every test is one-sided at level ALPHA on sclora.intervals' estimate (seeds and items; with no spread, exact):
+Every test is one-sided at level ALPHA on sclora.intervals' estimate (seeds and items; with no spread, exact;
+with `Rule(builds="block")`, builds as a blocking factor over the runs, each comparison's evidence then giving the
+builds' own differences and the F test of build x method interaction: its verdict is about these builds):
 - gain shown on an endpoint: H0 "gain <= 0" rejected AND the estimated gain at least the smallest effect; Holm
   over the comparison's endpoints (at least one endpoint must show it: a union, so corrected);
 - loss shown on an endpoint: H0 "gain >= 0" rejected AND the estimated loss at least the smallest effect;
@@ -41,7 +43,7 @@ from typing import Literal
 
 from scipy import special
 
-from sclora.intervals import Estimate, difference
+from sclora.intervals import Estimate, build_differences, difference
 from sclora.metrics import AXES, direction
 from sclora.results import Results, config_runs
 
@@ -62,17 +64,23 @@ Config = tuple[str, float | None]  # (method, beta)
 
 @dataclass(frozen=True)
 class Rule:
-    """The rule's numbers. `utility_margin` comes from params' tracking.gates.utility_tolerance."""
+    """The rule's numbers. `utility_margin` comes from params' tracking.gates.utility_tolerance. `builds`: "unit"
+    (a build is the draw, its seeds averaged) or "block" (build as a blocking factor, seeds the replicates)."""
 
     utility_margin: float = 0.02
     smallest_effect: Mapping[str, float] = field(default_factory=lambda: dict(SMALLEST_EFFECT))
     alpha: float = ALPHA
+    builds: Literal["unit", "block"] = "unit"
 
     def describe(self) -> dict:
-        return {"alpha": self.alpha, "utility_margin": self.utility_margin,
+        blocked = (
+            "runs paired by (build, seed), build as a blocking factor: the mean of the builds' mean "
+            "differences, pooled within-build (seed) variance, Student's t with seeds - builds df"
+        )
+        crossed = "seeds x items crossed random effects, Student's t (Satterthwaite df); exact where no spread"
+        return {"alpha": self.alpha, "utility_margin": self.utility_margin, "builds": self.builds,
                 "smallest_effect": dict(self.smallest_effect), "confidence": 1 - 2 * self.alpha,
-                "interval": "seeds x items crossed random effects, Student's t (Satterthwaite df); exact where no "
-                            "spread",
+                "interval": blocked if self.builds == "block" else crossed,
                 "multiplicity": "Holm over each comparison's gains and over each claim's losses; intersection "
                                 "(every comparison) for holds"}  # fmt: skip
 
@@ -132,7 +140,7 @@ def judge(claim: Claim, results: Results, rule: Rule | None = None) -> dict:
 def _measure(c: Comparison, results: Results, rule: Rule) -> dict:
     endpoints, left_out = {}, []
     for metric, sign in ENDPOINTS.items():
-        estimate = _difference(results, c, metric)
+        estimate = _difference(results, c, metric, rule)
         if estimate.units < 2:
             left_out.append(
                 f"{metric}: " + ("not in the table" if estimate.units == 0 else "1 paired seed, no interval")
@@ -154,17 +162,33 @@ def _measure(c: Comparison, results: Results, rule: Rule) -> dict:
         loss_p = loss_p if gain <= -effect else 1.0
         no_gain = (estimate.p_below(effect) if sign > 0 else estimate.p_above(-effect)) < rule.alpha
         endpoints[metric] = {"estimate": estimate, "gain_p": gain_p, "loss_p": loss_p, "no_gain": no_gain}
-    utility = _difference(results, c, UTILITY) if c.utility else None
+        if rule.builds == "block":
+            endpoints[metric]["builds"] = build_differences(*_sides(results, c, metric))
+    utility = _difference(results, c, UTILITY, rule) if c.utility else None
     loss_p = {metric: e["loss_p"] for metric, e in endpoints.items()}
     if utility is not None and utility.units >= 2 and endpoints:
         loss_p[UTILITY] = utility.p_below(-rule.utility_margin)
     return {"endpoints": endpoints, "left_out": left_out, "utility": utility, "loss_p": loss_p, "losses": {}}
 
 
-def _difference(results: Results, c: Comparison, metric: str) -> Estimate:
-    a = config_runs(results, c.task, *c.a, metric)
-    b = config_runs(results, c.task, *c.b, metric)
-    return difference(a, b)
+def _sides(results: Results, c: Comparison, metric: str) -> tuple[dict, dict]:
+    return config_runs(results, c.task, *c.a, metric), config_runs(results, c.task, *c.b, metric)
+
+
+def _difference(results: Results, c: Comparison, metric: str, rule: Rule) -> Estimate:
+    return difference(*_sides(results, c, metric), blocks=rule.builds == "block")
+
+
+def _builds_text(builds: dict, alpha: float) -> str:
+    """The builds' own differences and the interaction test: the blocked verdict is about these builds."""
+    each = ", ".join(f"build {b} {d['difference']:+.3f}" for b, d in sorted(builds["builds"].items()))
+    if math.isnan(builds["f"]):
+        test = "build x method not testable"
+    else:
+        df = builds["df"]
+        agree = "builds DISAGREE" if builds["p"] < alpha else "no disagreement shown"
+        test = f"build x method F({df[0]}, {df[1]}) {builds['f']:.2f}, p {builds['p']:.3g}: {agree}"
+    return f"({each}; {test}; about these builds)"
 
 
 def _side_value(results: Results, c: Comparison, metric: str) -> float:
@@ -196,11 +220,14 @@ def _verdict(c: Comparison, m: dict, rule: Rule, *, judged_for_holds: bool) -> d
         else:
             reading = f"neither a gain nor a loss of {effect:g} shown"
         detectable = detectable_difference(e["estimate"], rule, effect, tests=len(metrics))
-        parts.append(f"{metric} {_interval(e['estimate'], rule)} {reading} (detectable: {detectable:.3f})")
+        builds = f" {_builds_text(e['builds'], rule.alpha)}" if "builds" in e else ""
+        parts.append(f"{metric} {_interval(e['estimate'], rule)} {reading} (detectable: {detectable:.3f}){builds}")
         detail[metric] = {**_numbers(e["estimate"], rule), "detectable": _number(detectable),
                           "gain_shown": bool(shown), "gain_p_holm": _number(p),
                           "loss_shown": bool(loss["shown"]), "loss_p_holm": _number(loss["p_holm"]),
                           "gain_ruled_out": bool(e["no_gain"])}  # fmt: skip
+        if "builds" in e:
+            detail[metric]["builds"] = {**e["builds"], "f": _number(e["builds"]["f"]), "p": _number(e["builds"]["p"])}
     gain = any(gains)
     loss = any(m["losses"].get(metric, {}).get("shown", False) for metric in metrics)
     utility_ok, utility_worse, utility_text = True, False, ""
@@ -252,7 +279,7 @@ def _interval(estimate: Estimate, rule: Rule) -> str:
 def _numbers(estimate: Estimate, rule: Rule) -> dict:
     i = estimate.interval(1 - 2 * rule.alpha)
     return {"difference": _number(i.mean), "low": _number(i.low), "high": _number(i.high), "seeds": i.units,
-            "items": i.items, "exact": i.exact}  # fmt: skip
+            "items": i.items, "exact": i.exact, "blocks": i.blocks}  # fmt: skip
 
 
 def _number(value: float) -> float | None:

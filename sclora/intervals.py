@@ -10,6 +10,14 @@ below the units-only term MS_units / (U I)). Two configurations are compared on 
 items both have, paired: the table is their item-by-item difference. Where several builds were made, a build
 is the unit (its seeds averaged): builds, not seeds, are then the independent draws.
 
+Builds as a blocking factor (`blocks=True`, runs only): where the verdict is about the builds made, not about
+builds in general, a build is a block and its seeds the replicates. The estimate is the mean over builds of the
+build's mean; its variance is the pooled within-build (seed) variance s_p^2 times sum_b 1/n_b, over B^2 (with equal
+seeds per build: sum_b s_b^2 / n_b over B^2), with N - B degrees of freedom. Build effects shared by both sides
+cancel in the pairing; what differs between builds (a build x method interaction) is read by `build_differences`
+(a one-way ANOVA of the paired differences on the builds, scipy.stats.f_oneway). Where no build has 2 seeds there
+is no within-build variance and the estimate falls back to builds as units.
+
 Why not a bootstrap: a crossed ("pigeonhole", Owen 2007) bootstrap counts the residual item x seed variance
 twice; on the synthetic protocol tables of tests/synthetic_results.py its standard error of a knowledge
 difference was 0.0144 where the estimates' true spread was 0.0105, which cost the rule its power for nothing.
@@ -56,6 +64,7 @@ class Interval:
     units: int
     items: int = 0
     exact: bool = False  # no spread at a bound: the Clopper-Pearson interval
+    blocks: int = 0  # > 0: builds as a blocking factor, this many builds
 
     @property
     def n(self) -> int:
@@ -70,6 +79,8 @@ class Interval:
         if math.isnan(self.low):
             return f"{self.mean:{fmt}} (no interval: {self.units} run(s))"
         what = f"{self.units} seeds x {self.items} items" if self.items else f"{self.units} seeds, runs only"
+        if self.blocks:
+            what = f"{self.units} seeds in {self.blocks} builds, build blocked, runs only"
         exact = ", exact: no spread" if self.exact else ""
         return f"{self.mean:{fmt}} [{self.low:{fmt}}, {self.high:{fmt}}] ({what}{exact})"
 
@@ -87,6 +98,7 @@ class Estimate:
     at_bound: bool = False  # every score of every side is the same 0 or 1 (a floor or ceiling for all)
     arms: int = 1
     share: bool = True  # a share in [0, 1]: bounds clipped to [0, 1] (a mean) or [-1, 1] (a difference)
+    blocks: int = 0  # > 0: builds as a blocking factor (this many builds), df = units - blocks
 
     @property
     def range(self) -> tuple[float, float]:
@@ -101,10 +113,10 @@ class Estimate:
             low, high = max(self.mean - width, low_end), min(self.mean + width, high_end)
             return Interval(self.mean, low, high, self.units, self.items, exact=True)
         if math.isnan(self.se):
-            return Interval(self.mean, math.nan, math.nan, self.units, self.items)
+            return Interval(self.mean, math.nan, math.nan, self.units, self.items, blocks=self.blocks)
         half = float(special.stdtrit(self.df, 1 - (1 - confidence) / 2)) * self.se  # Student's t quantile
         low, high = max(self.mean - half, low_end), min(self.mean + half, high_end)
-        return Interval(self.mean, low, high, self.units, self.items)
+        return Interval(self.mean, low, high, self.units, self.items, blocks=self.blocks)
 
     def p_above(self, threshold: float) -> float:
         """p-value of H0: true value <= threshold (small: the value is shown to exceed it)."""
@@ -123,20 +135,38 @@ class Estimate:
         return float(special.stdtr(self.df, (self.mean - threshold) / self.se))
 
 
-def mean(runs: Runs, *, share: bool = True) -> Estimate:
+def mean(runs: Runs, *, share: bool = True, blocks: bool = False) -> Estimate:
     """The mean of one configuration's runs over their units and items; `share`: the metric is a share in [0, 1]
-    (its bounds are clipped to it), not a log-probability or a delta."""
+    (its bounds are clipped to it), not a log-probability or a delta; `blocks`: builds as a blocking factor."""
     units = sorted(runs)
     table, items = _table([runs], units)
-    return _estimate(table[0], None, units, items, share)
+    return _estimate(table[0], None, units, items, share, blocks)
 
 
-def difference(runs: Runs, baseline: Runs, *, share: bool = True) -> Estimate:
+def difference(runs: Runs, baseline: Runs, *, share: bool = True, blocks: bool = False) -> Estimate:
     """`runs` - `baseline`, paired on the (build, seed) units and the items both have (a difference of shares
-    lies in [-1, 1])."""
+    lies in [-1, 1]); `blocks`: builds as a blocking factor (runs only: each run's mean)."""
     units = sorted(set(runs) & set(baseline))
     table, items = _table([runs, baseline], units)
-    return _estimate(table[0], table[1], units, items, share)
+    return _estimate(table[0], table[1], units, items, share, blocks)
+
+
+def build_differences(runs: Runs, baseline: Runs) -> dict:
+    """Per build, the mean paired difference (runs - baseline, run means) and its seeds; and the F test of the
+    build x method interaction, MS between builds / MS within (scipy.stats.f_oneway on the builds' differences):
+    {"builds": {build: {"difference", "seeds"}}, "f", "p", "df": [B - 1, N - B]} (f, p NaN where not testable)."""
+    units = sorted(set(runs) & set(baseline))
+    groups: dict[str, list[float]] = {}
+    for unit in units:
+        groups.setdefault(unit[0], []).append(_run_mean(runs[unit]) - _run_mean(baseline[unit]))
+    within = len(units) - len(groups)
+    f = p = math.nan
+    if len(groups) > 1 and within > 0:
+        spread = any(np.ptp(g) > 0 for g in groups.values())
+        if spread:  # with no within-build spread the ratio is undefined: nothing to test against
+            f, p = (float(x) for x in stats.f_oneway(*(np.asarray(g) for g in groups.values())))
+    return {"builds": {b: {"difference": float(np.mean(g)), "seeds": len(g)} for b, g in groups.items()},
+            "f": f, "p": p, "df": [len(groups) - 1, within]}  # fmt: skip
 
 
 def _table(sides: list[Runs], units: list[Unit]) -> tuple[list[np.ndarray], list[str]]:
@@ -161,7 +191,7 @@ def _run_mean(scores: Mapping[str, float]) -> float:
     return float(np.mean(list(scores.values())))
 
 
-def _estimate(a, b, units, items, share) -> Estimate:
+def _estimate(a, b, units, items, share, blocks=False) -> Estimate:
     n_items = 0 if items == [RUN_MEAN] else len(items)
     arms = 1 if b is None else 2
     if len(units) == 0:
@@ -171,6 +201,8 @@ def _estimate(a, b, units, items, share) -> Estimate:
     values = a if b is None else np.concatenate([a, b])
     at_bound = bool(n_items and values.min() == values.max() and values.flat[0] in (0.0, 1.0))
     builds = [unit[0] for unit in units]
+    if blocks and len(units) > len(set(builds)):  # some build has 2 seeds: a within-build variance exists
+        return _blocked(d.mean(axis=1), builds, len(units), at_bound, arms, share)  # run means: items 0
     if len(set(builds)) > 1:  # a build is the draw: average its seeds
         d = np.stack([d[[i for i, b in enumerate(builds) if b == build]].mean(axis=0) for build in sorted(set(builds))])
     clusters = d.shape[0]
@@ -182,6 +214,17 @@ def _estimate(a, b, units, items, share) -> Estimate:
     variance, df = crossed_variance(d)
     se = math.sqrt(variance) if variance > 0 else math.nan  # runs-only values with no spread: nothing measured
     return Estimate(estimate, se, df, len(units), n_items, at_bound=at_bound, arms=arms, share=share)
+
+
+def _blocked(d: np.ndarray, builds: list[str], units: int, at_bound: bool, arms: int, share: bool) -> Estimate:
+    """Builds as blocks: the mean of the builds' means, with the pooled within-build variance (module docstring)."""
+    groups = [d[[i for i, b in enumerate(builds) if b == build]] for build in sorted(set(builds))]
+    estimate = float(np.mean([g.mean() for g in groups]))
+    df = units - len(groups)
+    pooled = sum(float(np.sum((g - g.mean()) ** 2)) for g in groups) / df
+    variance = pooled * sum(1 / g.size for g in groups) / len(groups) ** 2
+    se = math.sqrt(variance) if variance > 0 else math.nan  # no spread: nothing measured, as with runs alone
+    return Estimate(estimate, se, float(df), units, 0, at_bound=at_bound, arms=arms, share=share, blocks=len(groups))
 
 
 def crossed_variance(d: np.ndarray) -> tuple[float, float]:

@@ -24,6 +24,7 @@ from sclora.atomic import atomic_dir  # noqa: E402
 from sclora.claims import judgement, verdict_lines  # noqa: E402
 from sclora.decision import Rule  # noqa: E402
 from sclora.forecast import rank_correlation, share_at  # noqa: E402
+from sclora.frontier import nondominated as pareto_front  # noqa: E402  (one front for both reports)
 from sclora.intervals import Interval, difference, mean  # noqa: E402
 from sclora.metrics import AXES, direction  # noqa: E402
 from sclora.results import (  # noqa: E402
@@ -57,23 +58,6 @@ PAIRED = (
     "benign_helpfulness",
 )
 SPECTRA_LAYERS = 4
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point dominates, both coordinates maximised, in order of x.
-
-    A point is dominated when another is at least as good on both and better on one;
-    points with a NaN coordinate are never on the front.
-    """
-    finite = [i for i, (x, y) in enumerate(points) if not (math.isnan(x) or math.isnan(y))]
-    front = [
-        i
-        for i in finite
-        if not any(
-            points[j][0] >= points[i][0] and points[j][1] >= points[i][1] and points[j] != points[i] for j in finite
-        )
-    ]
-    return sorted(front, key=lambda i: (points[i][0], -points[i][1]))
 
 
 def write_report(

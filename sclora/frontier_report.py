@@ -1,0 +1,332 @@
+"""The frontier report: the comparison read on learning-forgetting fronts over one shared learning-rate grid.
+
+`write_frontier_report(points, base, out_dir)` writes into `out_dir`, atomically (replaced as a whole, or not at
+all): `points.csv` (every point, with its knowledge forgetting), `matched.csv` (sclora.matched's table, in the
+results table's format), `verdicts.json` (the rule's numbers and each claim's verdict on the matched table, builds
+as a blocking factor), `report.md` and its PNGs. The headline is the matched-utility contrast, not one rate per
+method; intervals are the rule's (1 - 2 alpha, builds blocked: about these builds).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from sclora.atomic import atomic_dir  # noqa: E402
+from sclora.claims import judgement, verdict_lines  # noqa: E402
+from sclora.decision import Config, Rule, config_name  # noqa: E402
+from sclora.frontier import (  # noqa: E402
+    Forgetting,
+    Point,
+    UnitKey,
+    area_between,
+    check_points,
+    compliance,
+    first_checkpoint_utility,
+    front_curve,
+    knowledge_forgetting,
+    units,
+    value,
+)
+from sclora.intervals import Estimate, Interval, difference, mean  # noqa: E402
+from sclora.matched import MATCHED_RULE, level_task, matched_results  # noqa: E402
+from sclora.report import _save  # noqa: E402
+from sclora.results import Results, config_runs, write_table  # noqa: E402
+
+BASELINE: Config = ("lora", None)
+LEVELS = (0.5, 0.8, 0.9)
+GRID_POINTS = 41  # utility grid of the front plots
+POINT_COLUMNS = (
+    "build",
+    "task",
+    "method",
+    "beta",
+    "seed",
+    "lr",
+    "step",
+    "max_steps",
+    "utility",
+    "knowledge_forgetting",
+)
+# The fronts drawn: (file stem's panel, y label, forgetting of a point, y a share in [0, 1]).
+Panel = tuple[str, str, Forgetting, bool]
+
+
+def write_frontier_report(
+    points: Sequence[Point],
+    base: Mapping[int, Mapping[str, float]],
+    out_dir: str | Path,
+    levels: Sequence[float] = LEVELS,
+    rule: Rule | None = None,
+) -> dict:
+    """Write the report (module docstring) and return {"out_dir", "report", "plots" (paths as strings), "verdicts":
+    {claim id: verdict}}. `rule`: the decision rule's numbers; builds are always a blocking factor here. A bad input (no
+    points, a point without utility, a build without base metrics) is one ValueError and writes nothing."""
+    check_points(points, base)
+    if not levels:
+        raise ValueError("frontier report: no utility levels")
+    rule = dataclasses.replace(rule or MATCHED_RULE, builds="block")
+    lost = knowledge_forgetting(base)
+    grouped = units(points)
+    matched = matched_results(points, base, levels)
+    verdicts = {**judgement(matched, rule, matched_utility=True), "levels": [float(x) for x in levels]}
+    confidence = 1 - 2 * rule.alpha
+    panels: list[Panel] = [("knowledge", "knowledge forgetting (base - run)", lost, False),
+                           ("compliance", "harmful compliance (attack_success_rate)", compliance, True)]  # fmt: skip
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as staging:
+        _write_points(points, lost, staging / "points.csv")
+        write_table(matched.rows, staging / "matched.csv")
+        (staging / "verdicts.json").write_text(json.dumps(verdicts, indent=2) + "\n", encoding="utf-8")
+        plots = []
+        for task in _tasks(grouped):
+            plots.append(_front_plot(grouped, task, panels, confidence, staging / f"fronts_{task}.png"))
+            plots.append(_lr_plot(grouped, task, lost, staging / f"lr_{task}.png"))
+            plots.append(_step_plot(grouped, task, staging / f"steps_{task}.png"))
+        lines = [
+            "# SC-LoRA comparison on learning-forgetting fronts",
+            "",
+            _grid_line(points),
+            *_headline(matched, grouped, levels, confidence),
+            *_area_lines(grouped, lost, levels, confidence),
+            *_convergence_lines(grouped, confidence),
+            "",
+            "## The paper's claims at matched utility",
+            "",
+            *verdict_lines(verdicts),
+            "",
+            "## Plots",
+            "",
+            f"Fronts: per configuration the mean over units of the interpolated front, on the utility range every "
+            f"unit reaches, with the {confidence:.0%} interval over units (builds blocked) as a band.",
+            "",
+            *[f"- [{name}]({name})\n\n  ![{name}]({name})" for name in plots],
+        ]
+        (staging / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return {"out_dir": str(out_dir), "report": str(out_dir / "report.md"), "plots": [str(out_dir / n) for n in plots],
+            "verdicts": {claim["id"]: claim["verdict"] for claim in verdicts["claims"]}}  # fmt: skip
+
+
+def _write_points(points: Sequence[Point], lost: Forgetting, path: Path) -> None:
+    extra = sorted({key for point in points for key in point} - set(POINT_COLUMNS))
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*POINT_COLUMNS, *extra])
+        writer.writeheader()
+        for point in points:
+            row = {key: point.get(key) for key in (*POINT_COLUMNS, *extra)}
+            forgetting = lost(point)
+            row["knowledge_forgetting"] = "" if math.isnan(forgetting) else forgetting
+            writer.writerow({key: "" if v is None or (isinstance(v, float) and math.isnan(v)) else v
+                             for key, v in row.items()})  # fmt: skip
+
+
+def _tasks(grouped: Mapping[UnitKey, list]) -> list[str]:
+    return sorted({key[1] for key in grouped})
+
+
+def _configs(grouped: Mapping[UnitKey, list], task: str) -> list[Config]:
+    """The task's configurations, LoRA first, then by method and beta."""
+    configs = {(key[2], key[3]) for key in grouped if key[1] == task}
+    return sorted(configs, key=lambda c: (c != BASELINE, c[0], -1.0 if c[1] is None else c[1]))
+
+
+def _unit_runs(grouped: Mapping[UnitKey, list], task: str, config: Config, read: Callable[[list], float | None]):
+    """One configuration's per-unit values as runs for sclora.intervals: (build, seed) -> {"": value}."""
+    runs = {}
+    for (build, key_task, method, beta, seed), members in grouped.items():
+        if key_task == task and (method, beta) == config and (x := read(members)) is not None and not math.isnan(x):
+            runs[(str(build), seed)] = {"": float(x)}
+    return runs
+
+
+def _grid_line(points: Sequence[Point]) -> str:
+    lrs = ", ".join(f"{x:g}" for x in sorted({float(p["lr"]) for p in points}))
+    steps = ", ".join(str(x) for x in sorted({int(p["step"]) for p in points}))
+    builds = ", ".join(str(x) for x in sorted({int(p["build"]) for p in points}))
+    seeds = ", ".join(str(x) for x in sorted({int(p["seed"]) for p in points}))
+    return (f"Points: {len(points)}, every configuration on one learning-rate grid ({lrs}), scored at steps "
+            f"{steps}; builds {builds}; seeds {seeds}. A unit is one (build, task, configuration, seed).")  # fmt: skip
+
+
+def _cell(interval: Interval, signed: bool = False) -> str:
+    """mean [low, high], the mean alone where there is no interval, '-' where nothing was measured."""
+    fmt = "+.3f" if signed else ".3f"
+    if math.isnan(interval.mean):
+        return "-"
+    if math.isnan(interval.low):
+        return f"{interval.mean:{fmt}}"
+    return f"{interval.mean:{fmt}} [{interval.low:{fmt}}, {interval.high:{fmt}}]"
+
+
+def _ci(estimate: Estimate, confidence: float, signed: bool = False) -> str:
+    return _cell(estimate.interval(confidence), signed)
+
+
+def _headline(matched: Results, grouped, levels: Sequence[float], confidence: float) -> list[str]:
+    lines = ["", "## At matched utility", "",
+             f"Per task, configuration and utility level: the knowledge kept (base knowledge - the front's knowledge "
+             f"forgetting at that utility) and the harmful compliance on the compliance front at that utility, mean "
+             f"[{confidence:.0%} interval] over units; and the paired difference (build, seed) against "
+             f"{config_name(BASELINE)}. Units whose front does not reach the level are not in its row.", "",
+             "| task | configuration | utility | units | knowledge kept | compliance | knowledge kept - lora "
+             "| compliance - lora |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for task in _tasks(grouped):
+        for level in levels:
+            name = level_task(task, level)
+            for config in _configs(grouped, task):
+                cells = []
+                for metric in ("knowledge", "attack_success_rate"):
+                    runs = config_runs(matched, name, *config, metric)
+                    cells.append((runs, _ci(mean(runs, blocks=True), confidence)))
+                contrasts = []
+                for metric, (runs, _) in zip(("knowledge", "attack_success_rate"), cells, strict=True):
+                    baseline = config_runs(matched, name, *BASELINE, metric)
+                    shown = config != BASELINE and runs and baseline
+                    contrasts.append(_ci(difference(runs, baseline, blocks=True), confidence, True) if shown else "-")
+                count = len(cells[0][0])
+                lines.append(f"| {task} | {config_name(config)} | {level:g} | {count} | {cells[0][1]} | {cells[1][1]} "
+                             f"| {contrasts[0]} | {contrasts[1]} |")  # fmt: skip
+    return lines
+
+
+def _area_lines(grouped, lost: Forgetting, levels: Sequence[float], confidence: float) -> list[str]:
+    low, high = min(levels), max(levels)
+    lines = ["", f"## Area between fronts, utility {low:g} to {high:g}", "",
+             f"Per unit, the integral over utility of (the configuration's forgetting - {config_name(BASELINE)}'s) "
+             "along the interpolated fronts, over the part of the range both reach; negative: forgets less. Mean "
+             f"[{confidence:.0%} interval] over paired units.", "",
+             "| task | configuration | units | knowledge forgetting area | compliance area |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for task in _tasks(grouped):
+        base_units = {(k[0], k[4]): v for k, v in grouped.items() if k[1] == task and (k[2], k[3]) == BASELINE}
+        for config in _configs(grouped, task):
+            if config == BASELINE or not base_units:
+                continue
+            cells = []
+            for forgetting in (lost, compliance):
+                runs = {}
+                for (build, key_task, method, beta, seed), members in grouped.items():
+                    partner = base_units.get((build, seed))
+                    if key_task != task or (method, beta) != config or partner is None:
+                        continue
+                    area = area_between(members, partner, forgetting, low, high)
+                    if area is not None and not math.isnan(area):
+                        runs[(str(build), seed)] = {"": area}
+                cells.append((len(runs), _ci(mean(runs, share=False, blocks=True), confidence, True)))
+            lines.append(f"| {task} | {config_name(config)} | {cells[0][0]} | {cells[0][1]} | {cells[1][1]} |")
+    return lines
+
+
+def _convergence_lines(grouped, confidence: float) -> list[str]:
+    lines = ["", "## Convergence: utility at the first checkpoint", "",
+             f"Per unit, the best utility at its first checkpoint over the grid's rates; mean [{confidence:.0%} "
+             "interval] over units.", "", "| task | configuration | units | utility at the first checkpoint |",
+             "|---|---|---|---|"]  # fmt: skip
+    for task in _tasks(grouped):
+        for config in _configs(grouped, task):
+            runs = _unit_runs(grouped, task, config, first_checkpoint_utility)
+            lines.append(
+                f"| {task} | {config_name(config)} | {len(runs)} | {_ci(mean(runs, blocks=True), confidence)} |"
+            )
+    return lines
+
+
+def _label(ax, x: str, y: str, title: str) -> None:
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def _colors(configs: Sequence[Config]) -> dict[Config, tuple]:
+    cmap = plt.get_cmap("tab10")
+    return {config: cmap(i % 10) for i, config in enumerate(configs)}
+
+
+def _front_plot(grouped, task: str, panels: Sequence[Panel], confidence: float, path: Path) -> str:
+    members = [p for key, pts in grouped.items() if key[1] == task for p in pts]
+    utilities = [u for u in (value(p, "utility") for p in members) if not math.isnan(u)]
+    grid = np.linspace(min(utilities, default=0.0), max(utilities, default=1.0), GRID_POINTS)
+    configs = _configs(grouped, task)
+    colors = _colors(configs)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.6), squeeze=False)
+    for ax, (panel, label, forgetting, share) in zip(axes[0], panels, strict=True):
+        for config in configs:
+            curves = {(str(k[0]), k[4]): front_curve(v, forgetting, grid) for k, v in grouped.items()
+                      if k[1] == task and (k[2], k[3]) == config}  # fmt: skip
+            reached = np.all([~np.isnan(c) for c in curves.values()], axis=0)  # every unit: one mean over all
+            xs, means, lows, highs = [], [], [], []
+            for i in np.flatnonzero(reached):
+                interval = mean({u: {"": c[i]} for u, c in curves.items()}, share=share, blocks=True).interval(
+                    confidence
+                )
+                xs.append(grid[i])
+                means.append(interval.mean)
+                lows.append(interval.mean if math.isnan(interval.low) else interval.low)
+                highs.append(interval.mean if math.isnan(interval.high) else interval.high)
+            if xs:
+                ax.plot(xs, means, color=colors[config], label=f"{config_name(config)} ({len(curves)} units)")
+                ax.fill_between(xs, lows, highs, color=colors[config], alpha=0.2, lw=0)
+        _label(ax, "utility (task metric)", f"{label}, lower is better", f"{task}: front, utility vs {panel}")
+    return _save(fig, path)
+
+
+def _mean_by(grouped, task: str, config: Config, pick: Callable[[Point], bool], x: str, read: Forgetting):
+    """Mean over the configuration's units of `read` at each value of `x` among the points `pick` keeps."""
+    values: dict[float, list[float]] = {}
+    for key, pts in grouped.items():
+        if key[1] == task and (key[2], key[3]) == config:
+            for p in pts:
+                y = read(p)
+                if pick(p) and not math.isnan(y):
+                    values.setdefault(float(p[x]), []).append(y)
+    xs = sorted(values)
+    return xs, [float(np.mean(values[v])) for v in xs]
+
+
+def _lr_plot(grouped, task: str, lost: Forgetting, path: Path) -> str:
+    configs = _configs(grouped, task)
+    colors = _colors(configs)
+    final = {key: max(int(p["step"]) for p in pts) for key, pts in grouped.items()}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), squeeze=False)
+    for ax, (label, read) in zip(axes[0], (("utility", lambda p: value(p, "utility")),
+                                           ("knowledge forgetting", lost)), strict=True):  # fmt: skip
+        for config in configs:
+            steps = {final[k] for k in grouped if k[1] == task and (k[2], k[3]) == config}
+            xs, ys = _mean_by(grouped, task, config, lambda p, s=steps: int(p["step"]) in s, "lr", read)
+            ax.plot(xs, ys, "o-", ms=3, color=colors[config], label=config_name(config))
+        ax.set_xscale("log")
+        _label(
+            ax,
+            "learning rate",
+            f"{label} at the last step (mean over units)",
+            f"{task}: {label} against the learning rate",
+        )
+    return _save(fig, path)
+
+
+def _step_plot(grouped, task: str, path: Path) -> str:
+    lrs = sorted({float(p["lr"]) for key, pts in grouped.items() if key[1] == task for p in pts})
+    middle = min(lrs, key=lambda lr: abs(math.log(lr) - (math.log(lrs[0]) + math.log(lrs[-1])) / 2))
+    configs = _configs(grouped, task)
+    colors = _colors(configs)
+    fig, ax = plt.subplots(figsize=(6.5, 4.4))
+    for config in configs:
+        xs, ys = _mean_by(grouped, task, config, lambda p: float(p["lr"]) == middle, "step",
+                          lambda p: value(p, "utility"))  # fmt: skip
+        ax.plot(xs, ys, "o-", ms=3, color=colors[config], label=config_name(config))
+    _label(
+        ax, "step", "utility (mean over units)", f"{task}: utility against step at lr {middle:g} (the grid's middle)"
+    )
+    return _save(fig, path)
