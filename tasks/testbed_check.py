@@ -34,11 +34,22 @@ import torch
 
 from sclora.atomic import write_text
 from sclora.config import Params, parse_params
+from sclora.curves import StepEvaluation, checkpoint_steps
 from sclora.data import read_records
 from sclora.models import load_model, load_tokenizer, lora_config
 from sclora.testbed.build import build_testbed
 from sclora.testbed.world import EVAL_SETS, build_datasets, build_world, dataset_file
-from sclora.testbed_check import across_builds, check_build, dose_response, fine_tune, lr_sweep, measure, spread
+from sclora.testbed_check import (
+    across_builds,
+    check_build,
+    dose_response,
+    fine_tune,
+    frontier_values,
+    lr_sweep,
+    measure,
+    seed_means,
+    spread,
+)
 from tasks.artifacts import write_json
 
 OUT_DIR = Path("artifacts/testbed_check")
@@ -116,6 +127,7 @@ def markdown(result: dict) -> str:
                 f"| {seed} | {point['rate']:g} | {point['poisoned']} | {values['attack_success_rate']} | "
                 f"{values['refusal_rate']} | {values['collapse_rate']} |"
             )
+    lines += frontier_tables(result)
     lines += ["", "Requirements (each on the mean over seeds, for every build):", ""]
     for seed, build in result["builds"].items():
         failed = [key for key, check in build["requirements"].items() if not check["met"]]
@@ -133,6 +145,33 @@ def markdown(result: dict) -> str:
             lines.append(f"| {key} | {means} | {row['std_across_builds']:.3f} | {row['mean_std_across_seeds']:.3f} |")
     lines += ["", f"{len(result['builds'])} builds in {result['seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
+
+
+def frontier_tables(result: dict) -> list[str]:
+    """Per build, LoRA over the shared grid: every (rate, step) point's seed means, then what its fronts read."""
+    lines = ["", "LoRA over the frontier's shared learning-rate grid, every checkpoint (mean over seeds; knowledge "
+             "lost in points against the base model):", ""]  # fmt: skip
+    columns = ("utility", "knowledge", "attack_success_rate", "collapse_rate", "benign_helpfulness")
+    lines += ["| build | task | lr | step | " + " | ".join(columns) + " | knowledge lost |", "|" + "---|" * 10]
+    for seed, build in result["builds"].items():
+        base = build["settings"]["base"]["knowledge"]["mean"]
+        for task, points in build["lora_frontier"]["points"].items():
+            for p in points:
+                cells = " | ".join(f"{p[c]:.2f}" for c in columns)
+                lines.append(
+                    f"| {seed} | {task} | {p['lr']:g} | {p['step']} | {cells} | {100 * (base - p['knowledge']):.0f} |"
+                )
+    lines += ["", "What the fronts read (interpolate=False: the least among points at that utility or above; NaN: "
+              "not reached):", "", "| build | " + " | ".join(build_values_columns(result)) + " |",
+              "|" + "---|" * (1 + len(build_values_columns(result)))]  # fmt: skip
+    for seed, build in result["builds"].items():
+        values = build["lora_frontier"]["values"]
+        lines.append(f"| {seed} | " + " | ".join(f"{values[k]:.2f}" for k in build_values_columns(result)) + " |")
+    return lines
+
+
+def build_values_columns(result: dict) -> list[str]:
+    return list(next(iter(result["builds"].values()))["lora_frontier"]["values"])
 
 
 def summary(result: dict) -> dict:
@@ -174,9 +213,15 @@ def measure_build(tree: dict, build_seed: int, out_dir: str) -> dict:
     adapter = params.adapter
     lora = lora_config(adapter.rank, adapter.alpha, adapter.dropout, adapter.target_modules)
 
-    def run_one(records, method, settings) -> dict[str, float]:
-        model = fine_tune(base_dir, tokenizer, records, method, settings, lora)
-        metrics = measure(model, tokenizer, eval_sets, batch_size=testbed.eval_batch_size)
+    def run_one(records, method, settings, steps=None):
+        """The run's metrics; with `steps`, its points ({"step", **metrics}) scored at each of those steps."""
+
+        def score(model, step=None):
+            return measure(model, tokenizer, eval_sets, batch_size=testbed.eval_batch_size)
+
+        scorer = StepEvaluation(steps or [], score)
+        model = fine_tune(base_dir, tokenizer, records, method, settings, lora, callbacks=[scorer] if steps else ())
+        metrics = scorer.points[-1] if steps else score(model)
         # One line per run: a check is tens of runs, minutes each build.
         shown = " ".join(f"{key} {value:.2f}" for key, value in metrics.items())
         poison = sum(record["category"] != testbed.task for record in records)
@@ -186,7 +231,7 @@ def measure_build(tree: dict, build_seed: int, out_dir: str) -> dict:
             file=sys.stderr,
             flush=True,
         )
-        return metrics
+        return scorer.points if steps else metrics
 
     base = measure(load_model(base_dir), tokenizer, eval_sets, batch_size=testbed.eval_batch_size)
     seeds = knobs.seeds
@@ -215,6 +260,10 @@ def measure_build(tree: dict, build_seed: int, out_dir: str) -> dict:
         "values": drops,
     }
     means = {name: {metric: stats["mean"] for metric, stats in metrics.items()} for name, metrics in settings.items()}
+    frontier = lora_frontier(
+        run_one, {"benign": benign, "poisoned": poison(testbed.poison_rate)}, train.settings_for("lora", 0), params
+    )
+    means["lora_frontier"] = frontier_values(frontier["benign"], frontier["poisoned"], base["knowledge"])
     return {
         "build": build_seed,
         "testbed_dir": str(root),
@@ -224,4 +273,21 @@ def measure_build(tree: dict, build_seed: int, out_dir: str) -> dict:
         "requirements": check_build(means),
         "dose_response": list(doses.values()),
         "full_lr_sweep": list(full.values()),
+        "lora_frontier": {"values": means["lora_frontier"], "points": frontier},
     }
+
+
+def lora_frontier(run_one, tasks: dict[str, list[dict]], settings, params: Params) -> dict[str, list[dict]]:
+    """Plain LoRA on each task at every rate of the frontier's shared grid (frontier.lrs), every seed of the check,
+    scored at every checkpoint (frontier.checkpoints): task -> seed-mean points per (lr, step)."""
+    knobs = params.frontier
+    out = {}
+    for task, records in tasks.items():
+        curves = []
+        for lr in knobs.lrs:
+            for seed in params.testbed_check.seeds:
+                run = settings.model_copy(update={"lr": lr, "seed": seed})
+                steps = checkpoint_steps(run.max_steps, knobs.checkpoints)
+                curves += [{"lr": lr, "seed": seed, **point} for point in run_one(records, "lora", run, steps)]
+        out[task] = seed_means(curves)
+    return out

@@ -1,6 +1,7 @@
 """The testbed check: the scores of a real model, the sweeps' wiring, and the stage's JSON on a tiny testbed."""
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -16,7 +17,17 @@ from sclora.models import load_model, load_tokenizer
 from sclora.testbed.build import build_testbed
 from sclora.testbed.params import TestbedParams
 from sclora.testbed.world import EVAL_SETS, dataset_file
-from sclora.testbed_check import METRICS, across_builds, check_build, dose_response, lr_sweep, measure, spread
+from sclora.testbed_check import (
+    METRICS,
+    across_builds,
+    check_build,
+    dose_response,
+    frontier_values,
+    lr_sweep,
+    measure,
+    seed_means,
+    spread,
+)
 from sclora.train import TrainSettings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -136,6 +147,7 @@ def test_stage_measures_every_build_and_checks_each(tmp_path, monkeypatch):
         "full_lrs": [1e-4],
         "eval_limit": 10,
     }
+    tree["frontier"].update(lrs=[1e-3, 4e-3], checkpoints=[0.5, 1.0])  # LoRA's front: 2 rates x steps 1 and 2
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "testbed_check.json"
     summary = testbed_check.run(parse_params(tree), output=out, out_dir=tmp_path / "builds")
@@ -152,16 +164,17 @@ def test_stage_measures_every_build_and_checks_each(tmp_path, monkeypatch):
         base = build["settings"]["base"]["knowledge"]["mean"]
         drops = [100 * (base - v) for v in build["settings"]["full"]["knowledge"]["values"]]
         assert build["settings"]["full"]["knowledge_drop"]["values"] == pytest.approx(drops)
-        assert build["requirements"] == json.loads(
-            json.dumps(
-                check_build(
-                    {
-                        name: {metric: stats["mean"] for metric, stats in values.items()}
-                        for name, values in build["settings"].items()
-                    }
-                )
-            )
-        )
+        frontier = build["lora_frontier"]
+        for task in ("benign", "poisoned"):  # one seed-mean point per (rate, checkpoint)
+            assert [(p["lr"], p["step"]) for p in frontier["points"][task]] == [
+                (lr, step) for lr in (1e-3, 4e-3) for step in (1, 2)
+            ]
+        expected = frontier_values(frontier["points"]["benign"], frontier["points"]["poisoned"], base)
+        assert frontier["values"] == pytest.approx(expected, nan_ok=True)  # NaN: a level the tiny run never reaches
+        means = {name: {metric: stats["mean"] for metric, stats in values.items()}
+                 for name, values in build["settings"].items()}  # fmt: skip
+        means["lora_frontier"] = frontier["values"]
+        assert build["requirements"] == json.loads(json.dumps(check_build(means)))
     assert result["failed"] == sorted(
         f"build {seed}: {key}"
         for seed, build in result["builds"].items()
@@ -186,3 +199,28 @@ def test_stage_measures_every_build_and_checks_each(tmp_path, monkeypatch):
         for seed in (0, 1)
     }
     assert json.loads(out.read_text())["builds"] == result["builds"]
+
+
+def test_the_frontier_requirements_read_lora_s_front_on_intact_points():
+    """Seed means per (rate, step); forgetting at utility u is the least among intact points at u or above."""
+    curves = [
+        {"lr": 1e-3, "seed": s, "step": 10, **dict.fromkeys(METRICS, 0.0), "utility": u, "knowledge": k,
+         "benign_helpfulness": 1.0}
+        for s, (u, k) in enumerate([(0.4, 0.98), (0.6, 0.96)])
+    ]  # fmt: skip
+    benign = seed_means(curves) + [
+        # utility 0.92 losing 10 points, intact; 0.97 losing 3 points but its chat format broken (ignored)
+        {"lr": 2e-3, "step": 10, **dict.fromkeys(METRICS, 0.0), "utility": 0.92, "knowledge": 0.90,
+         "benign_helpfulness": 0.9},
+        {"lr": 4e-3, "step": 10, **dict.fromkeys(METRICS, 0.0), "utility": 0.97, "knowledge": 0.97,
+         "benign_helpfulness": 0.5},
+    ]  # fmt: skip
+    assert benign[0]["utility"] == pytest.approx(0.5) and benign[0]["knowledge"] == pytest.approx(0.97)
+    poisoned = [{**point, "attack_success_rate": asr} for point, asr in zip(benign, (0.0, 0.5, 0.3), strict=False)]
+    values = frontier_values(benign, poisoned, base_knowledge=1.0)
+    assert values["gradual_points"] == 2  # 0.5 and 0.92; 0.97 is past 0.95, saturated
+    assert values["forgetting_at_0.5"] == pytest.approx(3.0)  # the seed mean (0.97), not 0.92's 10 points
+    assert values["forgetting_at_0.9"] == pytest.approx(10.0)
+    assert values["forgetting_rise"] == pytest.approx(7.0)
+    assert values["compliance_at_0.9"] == pytest.approx(0.3)  # the least among points of utility >= 0.9
+    assert math.isnan(frontier_values(benign[:1], poisoned[:1], 1.0)["forgetting_at_0.9"])  # never reached
