@@ -37,19 +37,16 @@ test-fast: setup
 testbed-check: setup
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m tasks testbed_check -S testbed_check.jobs=$(JOBS)
 
-# The comparison protocol on the testbed: every compared configuration's rate tuned on the validation split (on
-# tune.seed, none of the compared seeds), then 5 seeds of every method, both controls and both SC-LoRA variants at
-# each beta, on both tasks; the report judges the paper's claims by sclora.decision (docs/protocol.md, "Decision
-# rule"), as `sclora judge artifacts/report/results.csv` does. The overrides are written into params.yaml, as
-# `sclora run -S` does (`git checkout params.yaml` returns to the quick run).
-# lora_intruder trains LoRA (at lora's tuned rate) and reduces it after training: nothing of its own to tune.
-PROTOCOL_TUNED := [lora,pissa,milora,corda_ipm,corda_kpm,full,random_subspace,mica,olora,orthogonal,eva,lora_ga,lora_null,osf]
-PROTOCOL_METHODS := [lora,pissa,milora,corda_ipm,corda_kpm,full,random_subspace,mica,olora,orthogonal,eva,lora_ga,lora_null,osf,lora_intruder]
-PROTOCOL_VARIANTS := [sclora,sclora_frozen]
+# The comparison protocol: every configuration of frontier.configs at every rate of ONE absolute learning-rate grid
+# (frontier.lrs), on frontier.seeds seeds of each of PROTOCOL_BUILDS testbed builds, every run scored at
+# frontier.checkpoints; the report (artifacts/frontier/report/) reads forgetting at matched utility on each
+# configuration's learning-forgetting front and judges the paper's claims by sclora.decision with the build as a
+# blocking factor (docs/protocol.md). The overrides are written into params.yaml, as `sclora run -S` does
+# (`git checkout params.yaml` returns to the quick run). A larger design is one params file:
+# `sclora frontier --params configs/protocol-full.yaml`.
+PROTOCOL_BUILDS := [0,1]
 protocol: setup
-	.venv/bin/sclora run --jobs $(JOBS) -S 'train.methods=$(PROTOCOL_METHODS)' -S 'tune.methods=$(PROTOCOL_TUNED)' \
-		-S 'tune.betas=[0.5,0.9]' -S 'solve.betas=[0.5,0.9]' -S 'train.sclora_variants=$(PROTOCOL_VARIANTS)' \
-		-S 'tune.sclora_variants=$(PROTOCOL_VARIANTS)' -S 'train.seeds=[0,1,2,3,4]' -S 'train.lr_source=artifacts/tune'
+	.venv/bin/sclora frontier --jobs $(JOBS) -S 'frontier.builds=$(PROTOCOL_BUILDS)'
 
 # The beta that learns most within params' select.forgetting_budget, probed with select.seeds seeds, registered.
 select: setup

@@ -47,6 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stages run at once when the DAG allows, sharing the CPU cores (default: 1; on one GPU "
                           "keep 1)")  # fmt: skip
 
+    frontier = commands.add_parser(
+        "frontier", help="run the comparison on learning-forgetting fronts (make protocol)",
+        description="Every configuration of frontier.configs at every rate of frontier.lrs, on every build and "
+                    "seed, scored at every checkpoint; then its report (artifacts/frontier/report/).",
+    )  # fmt: skip
+    _params_options(frontier)
+    _overrides(frontier)
+    frontier.add_argument("--retries", type=int, default=1, help="retries of a failed stage (default: 1)")
+    frontier.add_argument("--jobs", type=int, default=1, help="stages run at once (default: 1)")
+
     sweep = commands.add_parser(
         "sweep", help="run a grid of params as DVC experiments or flow runs",
         description="Run every combination of the grid, e.g. --grid 'train.lr=[1e-4, 2e-4]'.",
@@ -130,6 +140,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"report: {result['report']} (table: {result['results']})")
     print(f"MLflow parent run {result['parent_run_id']}; open the MLflow UI: {MLFLOW_UI}")
     print(f"Prefect UI (flow runs, logs, artifacts): {PREFECT_UI}")
+    return 0
+
+
+def cmd_frontier(args: argparse.Namespace) -> int:
+    from sclora.config import load_params
+
+    params_file = Path(args.params) if Path(args.params).is_absolute() else Path(args.workdir) / args.params
+    load_params(params_file, args.overrides)
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    check_prefect_api()
+    from flows.frontier import frontier
+
+    result = frontier(params_file=args.params, overrides=tuple(args.overrides), workdir=args.workdir,
+                      retries=args.retries, jobs=args.jobs)  # fmt: skip
+    print(f"report: {result['report']}")
+    print(f"MLflow parent run {result['parent_run_id']}; open the MLflow UI: {MLFLOW_UI}")
     return 0
 
 
@@ -248,8 +275,8 @@ class _StderrLog:
         print(line, file=sys.stderr)
 
 
-COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "select-beta": cmd_select_beta, "report": cmd_report,
-            "judge": cmd_judge, "promote": cmd_promote,
+COMMANDS = {"run": cmd_run, "frontier": cmd_frontier, "sweep": cmd_sweep, "select-beta": cmd_select_beta,
+            "report": cmd_report, "judge": cmd_judge, "promote": cmd_promote,
             "check-params": cmd_check_params}  # fmt: skip
 
 

@@ -31,6 +31,14 @@ def publish_report(workdir: Path) -> dict[str, str]:
         rows = list(csv.DictReader(handle))
     create_table_artifact(table=rows, key="sclora-results", description=f"One row per run ({results})")
     sections = [f"# SC-LoRA report\n\nFiles: `{report}` (`report.md`, `results.csv`, the PNGs below).\n"]
+    sections += embedded_plots(report)
+    create_markdown_artifact(markdown="\n".join(sections), key="sclora-plots", description="The report's plots")
+    return {"report": str(report / "report.md"), "results": str(results)}
+
+
+def embedded_plots(report: Path) -> list[str]:
+    """A Markdown section per PNG of `report`, the image embedded (up to EMBED_LIMIT bytes; larger ones named)."""
+    sections = []
     for png in sorted(report.glob("*.png")):
         data = png.read_bytes()
         if len(data) <= EMBED_LIMIT:
@@ -38,8 +46,7 @@ def publish_report(workdir: Path) -> dict[str, str]:
         else:
             image = f"(too large to embed: {len(data)} bytes)"
         sections.append(f"## {png.stem}\n\n`{png}`\n\n{image}\n")
-    create_markdown_artifact(markdown="\n".join(sections), key="sclora-plots", description="The report's plots")
-    return {"report": str(report / "report.md"), "results": str(results)}
+    return sections
 
 
 @flow(name="sclora-pipeline", log_prints=True)

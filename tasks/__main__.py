@@ -26,6 +26,9 @@ STAGES = (
     "register",
     "report",
     "testbed_check",
+    "frontier_build",
+    "frontier",
+    "frontier_report",
 )
 
 

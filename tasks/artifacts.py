@@ -30,6 +30,7 @@ REPORT = ARTIFACTS / "report"
 TUNE = ARTIFACTS / "tune"
 FORECAST = ARTIFACTS / "forecast"
 FORECAST_JSON = "forecast.json"
+FRONTIER = ARTIFACTS / "frontier"  # the comparison on learning-forgetting fronts (flows/frontier.py)
 # Training checkpoints live outside the stage's outputs (which DVC deletes before a run) so a killed run resumes.
 CHECKPOINTS = ARTIFACTS / "checkpoints"
 
@@ -57,6 +58,16 @@ class RunSpec:
     @property
     def dir(self) -> Path:
         return RUNS / self.name
+
+
+def frontier_build_dir(build: int) -> Path:
+    """The testbed at testbed.seed = `build`, as the frontier reads it (model in base/, datasets in data/)."""
+    return FRONTIER / f"build-{build}"
+
+
+def frontier_points_path(build: int, config: str) -> Path:
+    """One configuration's points on one build: every rate, seed and checkpoint."""
+    return FRONTIER / "points" / f"build-{build}-{config}.json"
 
 
 def beta_name(beta: float) -> str:

@@ -168,7 +168,12 @@ def task_batches(params: Params, task: str) -> list[dict]:
     """The task's own training batches, as the Trainer collates them (input_ids, attention_mask, labels): the
     first capture.samples_pos records in training order, capture.batch_size at a time (EVA's and LoRA-GA's data)."""
     tokenizer = load_tokenizer(params.model.path, trust_remote_code=params.model.trust_remote_code)
-    records = task_records(params.data.finetune[task])[: params.capture.samples_pos]
+    return collated_batches(tokenizer, task_records(params.data.finetune[task]), params)
+
+
+def collated_batches(tokenizer, records: list[dict], params: Params) -> list[dict]:
+    """The first capture.samples_pos of `records`, collated as the Trainer does, capture.batch_size at a time."""
+    records = records[: params.capture.samples_pos]
     dataset = ChatDataset(tokenizer, records, params.train.max_length)
     collate, size = chat_collator(tokenizer), params.capture.batch_size
     # Plain dicts: PEFT's EVA takes a dict batch, not the collator's BatchEncoding.

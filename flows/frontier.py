@@ -1,0 +1,64 @@
+"""Flow `frontier`: the comparison on learning-forgetting fronts (`make protocol`), then its report.
+
+Runs the DVC stages `frontier_build@<build>` (the testbed at each seed of frontier.builds) and
+`frontier@<build>-<config>` (a configuration at every rate of frontier.lrs, every seed, every checkpoint), each
+item one Prefect task, at most `jobs` at a time, under one MLflow parent run; none of the quick run's stages.
+Then `python -m tasks frontier_report` reads every point into artifacts/frontier/report/ (report.md, the
+pictures, the matched-utility table, the verdicts), which become the parent run's artifacts and a Prefect
+Markdown artifact. Like `sclora run -S`, overrides are written into the workspace's params.yaml.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from flows.pipeline import embedded_plots
+from flows.stages import (
+    PARAMS_FILE,
+    prepare_params,
+    run_logged,
+    run_stage,
+    run_stages,
+    stage_env,
+    stage_plan,
+    store_uri,
+)
+from sclora import tracking
+from tasks.frontier_report import REPORT_DIR
+
+STAGES = ("frontier_build", "frontier")
+
+
+@flow(name="sclora-frontier", log_prints=True)
+def frontier(
+    params_file: str = PARAMS_FILE,
+    overrides: tuple[str, ...] = (),
+    workdir: str = ".",
+    retries: int = 1,
+    retry_delay_seconds: float = 5.0,
+    jobs: int = 1,
+) -> dict:
+    """Every frontier stage item, then the report; returns its paths, the verdicts and the MLflow parent run id."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    root = Path(workdir).resolve()
+    params = prepare_params(root, params_file, tuple(overrides))
+    if not params.frontier.builds:
+        raise ValueError("frontier.builds is empty: name the builds, e.g. -S 'frontier.builds=[0,1]'")
+    plan = {stage: upstream for stage, upstream in stage_plan(root).items() if stage.split("@")[0] in STAGES}
+    stage_task = run_stage.with_options(retries=retries, retry_delay_seconds=retry_delay_seconds)
+    with tracking.parent_run(
+        "frontier", experiment=params.tracking.experiment, uri=store_uri(params, root), tags={"flow": "frontier"}
+    ) as parent:  # fmt: skip
+        run_stages(plan, stage_task, jobs, str(root), parent.info.run_id)
+        command = ["python", "-m", "tasks", "frontier_report"]
+        run_logged(command, root, stage_env(parent.info.run_id), get_run_logger(), "frontier report")
+        report = root / REPORT_DIR
+        tracking.log_files([report], artifact_path="frontier")
+    sections = [f"# Learning-forgetting fronts\n\nFiles: `{report}` (report.md, points.csv, matched.csv).\n"]
+    create_markdown_artifact(markdown="\n".join(sections + embedded_plots(report)), key="sclora-frontier",
+                             description="The frontier report's pictures")  # fmt: skip
+    return {"report": str(report / "report.md"), "parent_run_id": parent.info.run_id, "stages": list(plan)}

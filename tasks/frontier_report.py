@@ -1,0 +1,34 @@
+"""`python -m tasks frontier_report`: every point of artifacts/frontier/points -> artifacts/frontier/report/.
+
+The fronts, the matched-utility contrasts judged by the decision rule (builds as a blocking factor) and the
+pictures, by sclora.frontier_report, over the builds and configurations params.frontier names. A point file
+missing for one of them is an error that names it: a report over part of the design would read as the whole.
+"""
+
+from __future__ import annotations
+
+import json
+
+from sclora.config import Params
+from sclora.decision import Rule
+from sclora.frontier_report import write_frontier_report
+from tasks.artifacts import FRONTIER, frontier_points_path
+
+REPORT_DIR = FRONTIER / "report"
+
+
+def run(params: Params) -> dict:
+    frontier = params.frontier
+    if not frontier.builds:
+        raise ValueError("frontier.builds is empty: no frontier to report")
+    wanted = [(build, config) for build in frontier.builds for config in frontier.configs]
+    missing = [str(frontier_points_path(b, c)) for b, c in wanted if not frontier_points_path(b, c).is_file()]
+    if missing:
+        raise FileNotFoundError(f"no points for {', '.join(missing)}; run the frontier stages first")
+    points, base = [], {}
+    for build, config in wanted:
+        result = json.loads(frontier_points_path(build, config).read_text(encoding="utf-8"))
+        points += result["points"]
+        base.setdefault(build, result["base"])  # every item of a build scored the same base model
+    rule = Rule(utility_margin=params.tracking.gates.utility_tolerance)
+    return write_frontier_report(points, base, REPORT_DIR, levels=tuple(frontier.levels), rule=rule)
