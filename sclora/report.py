@@ -429,6 +429,27 @@ def _forecast_lines(forecast: Mapping[str, Mapping], groups: list[dict]) -> list
     return lines
 
 
+def rate_lines(results: Results) -> list[str]:
+    """What the table's rows are NOT: a comparison at matched utility. Each configuration ran at one learning rate;
+    where the rates differ, a difference between rows is also one of learning-rate scale, and the lines say so."""
+    rates: dict[str, set[float]] = {}
+    for row in results.rows:
+        beta = "" if math.isnan(row["beta"]) else f" {row['beta']:g}"
+        if not math.isnan(row["lr"]):
+            rates.setdefault(f"{row['method']}{beta}", set()).add(row["lr"])
+    if not rates:
+        return []
+    shown = ", ".join(f"{name} {'/'.join(f'{r:g}' for r in sorted(lrs))}" for name, lrs in rates.items())
+    if len(set().union(*rates.values())) == 1:
+        return ["", f"Learning rate: {shown}, the same for every row: a comparison at one rate, not at matched "
+                "utility (`make protocol` reads every configuration's front over one grid of rates)."]  # fmt: skip
+    return ["", f"**The rows ran at different learning rates** ({shown}): one rate per configuration. A difference "
+            "between rows is therefore also one of learning-rate scale: on one shared grid every method first learns "
+            "the task and then forgets, and where that starts is set by its rate (docs/protocol.md). The comparison "
+            "at matched utility, on each configuration's learning-forgetting front over one grid of rates, is "
+            "`make protocol` (artifacts/frontier/report/report.md)."]  # fmt: skip
+
+
 def _markdown(groups: list[dict], results: Results, plots: list[str], verdicts: dict, forecast_lines: list[str]) -> str:
     shown = [m for m in METRICS if any(not math.isnan(g["intervals"][m].mean) for g in groups)]
     lines = ["# SC-LoRA comparison", ""]
@@ -447,6 +468,7 @@ def _markdown(groups: list[dict], results: Results, plots: list[str], verdicts: 
             + " | ".join([g["task"], g["method"], beta, str(g["seeds"]), *cells, ", ".join(g.get("pareto", [])) or ""])
             + " |"
         )
+    lines += rate_lines(results)
     lines += _claim_lines(verdicts)
     lines += _paired_lines(groups, results)
     lines += forecast_lines

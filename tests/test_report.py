@@ -139,3 +139,20 @@ def test_single_seed_shows_means_only(tmp_path):
     differences = [line for line in paired.splitlines() if line.startswith("| benign")]
     assert len(differences) == 9 and not any("[" in line or "*" in line for line in differences)
     assert not math.isnan(float(next(csv.DictReader((out / "results.csv").open()))["utility"]))
+
+
+def test_the_report_says_when_its_rows_ran_at_different_learning_rates():
+    """One rate per configuration is no comparison at matched utility: the report says which rates, next to the
+    table, and where the matched comparison is."""
+    from sclora.report import rate_lines
+    from sclora.results import Results
+
+    def row(method, beta, lr):
+        return {"task": "benign", "method": method, "beta": beta, "lr": lr}
+
+    nan = float("nan")
+    differ = " ".join(rate_lines(Results([row("lora", nan, 4e-3), row("sclora", 0.9, 2e-3), row("lora", nan, 4e-3)])))
+    assert "ran at different learning rates** (lora 0.004, sclora 0.9 0.002)" in differ and "make protocol" in differ
+    same = " ".join(rate_lines(Results([row("lora", nan, 4e-3), row("pissa", nan, 4e-3)])))
+    assert "the same for every row" in same and "different" not in same
+    assert rate_lines(Results([row("lora", nan, nan)])) == []
