@@ -24,6 +24,7 @@ import yaml
 from infra_servers import BIN, HOST, Server, base_env, free_port, servers
 from stage_project import clean_env, prefect_artifact, run, tiny_params
 
+from flows.frontier import frontier as frontier_flow
 from flows.pipeline import pipeline as pipeline_flow
 from sclora.tracking import review_link, run_link
 
@@ -362,6 +363,38 @@ def test_pipeline_flow_on_the_real_dvc_yaml_with_tiny_params(tmp_path, monkeypat
     table = prefect_artifact("sclora-results")
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert len(rows) == 3
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_frontier_flow_on_the_real_dvc_yaml_trains_every_point_once_and_reports(tmp_path, monkeypatch, tiny_repro):
+    """`make protocol`'s flow: two builds, two configurations, every rate, seed and checkpoint, then the report;
+    none of the quick run's stages runs, and a second run trains nothing."""
+    repro = tiny_repro.work
+    params = tiny_params(repro.parent)
+    params["frontier"] = {"builds": [0, 1], "seeds": [0, 1], "configs": ["lora", "sclora-0.8"], "task": "benign",
+                          "lrs": [1.0e-3, 4.0e-3], "checkpoints": [0.5, 1.0], "levels": [0.5]}  # fmt: skip
+    work, env = flow_workspace(tmp_path, monkeypatch, params, repro)
+    result = frontier_flow(params_file=str(tmp_path / "tiny.yaml"), workdir=str(work), jobs=2)
+    items = [f"frontier@{b}-{c}" for b in (0, 1) for c in ("lora", "sclora-0.8")]
+    assert sorted(result["stages"]) == sorted(["frontier_build@0", "frontier_build@1", *items])
+    report = Path(result["report"])
+    with open(report.parent / "points.csv", newline="") as handle:
+        points = list(csv.DictReader(handle))
+    assert len(points) == 2 * 2 * 2 * 2 * 2  # builds x configs x rates x seeds x checkpoints
+    verdicts = json.loads((report.parent / "verdicts.json").read_text())
+    assert verdicts["rule"]["builds"] == "block"
+    text = report.read_text()
+    for png in report.parent.glob("*.png"):
+        assert f"({png.name})" in text
+    assert prefect_artifact("sclora-frontier") is not None
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repro.parent / 'mlflow.db'}")
+    logged = [f.path for f in client.list_artifacts(result["parent_run_id"], "frontier/report")]
+    assert "frontier/report/report.md" in logged
+    before = {item: (work / "artifacts/frontier/points" / f"build-{item[9:]}.json").read_bytes() for item in items}
+    again = frontier_flow(params_file=str(tmp_path / "tiny.yaml"), workdir=str(work), jobs=2)
+    assert again["stages"] == result["stages"]
+    for item, data in before.items():  # DVC found every item up to date: nothing retrained
+        assert (work / "artifacts/frontier/points" / f"build-{item[9:]}.json").read_bytes() == data
 
 
 @pytest.mark.usefixtures("prefect_harness")
