@@ -61,6 +61,19 @@ def verdict_lines(verdicts: dict) -> list[str]:
     return lines
 
 
+def convergence_claim(results: Results) -> Claim | None:
+    """SC-LoRA at every beta against LoRA on the convergence table (sclora.matched.convergence_results): more
+    utility at the first checkpoint. No utility condition: utility is the endpoint."""
+    comparisons = [
+        Comparison(task, (SWEPT, beta), ("lora", None), None)
+        for task in _tasks(results)
+        for beta in _betas(results)
+        if _has(results, task, "lora")
+    ]
+    return _claim("converges_faster", "SC-LoRA reaches more utility than LoRA at the first checkpoint (faster "
+                  "convergence, the best rate of the grid for each)", comparisons)  # fmt: skip
+
+
 def paper_claims(results: Results, *, matched_utility: bool = False) -> list[Claim]:
     """The claims the table has the configurations for, as families of comparisons; `matched_utility`: without
     utility conditions (the module docstring says when)."""

@@ -23,8 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sclora.atomic import atomic_dir  # noqa: E402
-from sclora.claims import judgement, verdict_lines  # noqa: E402
-from sclora.decision import Config, Rule, config_name  # noqa: E402
+from sclora.claims import convergence_claim, judgement, verdict_lines  # noqa: E402
+from sclora.decision import Config, Rule, config_name, judge  # noqa: E402
 from sclora.frontier import (  # noqa: E402
     Forgetting,
     Point,
@@ -39,7 +39,13 @@ from sclora.frontier import (  # noqa: E402
     value,
 )
 from sclora.intervals import Estimate, Interval, difference, mean  # noqa: E402
-from sclora.matched import MATCHED_RULE, level_task, matched_results  # noqa: E402
+from sclora.matched import (  # noqa: E402
+    CONVERGENCE_RULE,
+    MATCHED_RULE,
+    convergence_results,
+    level_task,
+    matched_results,
+)
 from sclora.report import _save  # noqa: E402
 from sclora.results import Results, config_runs, write_table  # noqa: E402
 
@@ -80,6 +86,11 @@ def write_frontier_report(
     grouped = units(points)
     matched = matched_results(points, base, levels)
     verdicts = {**judgement(matched, rule, matched_utility=True), "levels": [float(x) for x in levels]}
+    converged = convergence_results(points)
+    convergence = convergence_claim(converged)
+    if convergence is not None:
+        speed = dataclasses.replace(CONVERGENCE_RULE, alpha=rule.alpha)
+        verdicts["claims"].append({**judge(convergence, converged, speed), "rule": speed.describe()})
     confidence = 1 - 2 * rule.alpha
     panels: list[Panel] = [("knowledge", "knowledge forgetting (base - run)", lost, False),
                            ("compliance", "harmful compliance (attack_success_rate)", compliance, True)]  # fmt: skip

@@ -13,11 +13,21 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from sclora.decision import Rule
-from sclora.frontier import Point, check_points, compliance, forgetting_at, knowledge_forgetting, units
+from sclora.decision import CONVERGENCE, CONVERGENCE_EFFECT, Rule
+from sclora.frontier import (
+    Point,
+    check_points,
+    compliance,
+    first_checkpoint_utility,
+    forgetting_at,
+    knowledge_forgetting,
+    units,
+)
 from sclora.results import Results
 
 MATCHED_RULE = Rule(builds="block")
+# Convergence is judged on its own endpoint: the best utility at the first checkpoint (higher is faster).
+CONVERGENCE_RULE = Rule(builds="block", endpoints={CONVERGENCE: +1}, smallest_effect={CONVERGENCE: CONVERGENCE_EFFECT})
 
 
 def level_task(task: str, level: float) -> str:
@@ -42,4 +52,20 @@ def matched_results(points: Sequence[Point], base: Mapping[int, Mapping[str, flo
                          "build": str(build), "lr": math.nan, "step": math.nan, "utility": float(level),
                          "knowledge": math.nan if knowledge is None else float(base[build]["knowledge"]) - knowledge,
                          "attack_success_rate": math.nan if harmful is None else harmful})  # fmt: skip
+    return Results(rows)
+
+
+def convergence_results(points: Sequence[Point]) -> Results:
+    """One row per (task, config, build, seed): the unit's best utility at its first checkpoint over the grid's
+    rates (`first_checkpoint_utility`), under the task `f"{task} at the first checkpoint"`. Judge it with
+    CONVERGENCE_RULE; the units must share their checkpoint steps for the comparison to be one of speed."""
+    rows = []
+    for (build, task, method, beta, seed), members in units(points).items():
+        first = first_checkpoint_utility(members)
+        if first is None:
+            continue
+        name = f"{task} at the first checkpoint"
+        rows.append({"run": f"{name}-{method}{'' if beta is None else f'-{beta:g}'}-{seed}-build{build}",
+                     "task": name, "method": method, "beta": math.nan if beta is None else beta, "seed": seed,
+                     "build": str(build), "lr": math.nan, "step": math.nan, CONVERGENCE: float(first)})  # fmt: skip
     return Results(rows)

@@ -239,3 +239,28 @@ def test_compliance_and_knowledge_forgetting_read_the_point():
     base = {3: {"knowledge": 0.9}}
     p = point(0.5, 0.0, build=3, asr=0.25, base=0.7)
     assert knowledge_forgetting(base)(p) == pytest.approx(0.2) and compliance(p) == 0.25
+
+
+def test_convergence_is_judged_on_the_first_checkpoint_by_its_own_endpoint(tmp_path):
+    """A configuration whose first checkpoint is clearly ahead (its learning shifted by half a decade) holds
+    `converges_faster`; two equal ones do not; the report's verdicts carry the claim with its rule."""
+    from sclora.claims import convergence_claim
+    from sclora.decision import judge
+    from sclora.matched import CONVERGENCE_RULE, convergence_results
+
+    rng = np.random.default_rng(12)
+    points, base = synthetic(rng, {("lora", None): 0.0, ("sclora", 0.9): 0.0})
+    faster = [{**p, "utility": float(np.clip(p["utility"] + 0.15, 0, 1))} if p["method"] == "sclora" and
+              p["step"] == STEPS[0] else p for p in points]  # fmt: skip
+    for table, expected in ((faster, HOLDS), (points, None)):
+        results = convergence_results(table)
+        assert {row["task"] for row in results.rows} == {"poisoned at the first checkpoint"}
+        lora = [r for r in results.rows if r["method"] == "lora"]
+        unit = [p for p in table if p["method"] == "lora" and p["build"] == 0 and p["seed"] == 0]
+        assert lora[0]["first_checkpoint_utility"] == max(p["utility"] for p in unit if p["step"] == STEPS[0])
+        verdict = judge(convergence_claim(results), results, CONVERGENCE_RULE)["verdict"]
+        assert verdict == expected if expected else verdict != HOLDS
+    write_frontier_report(faster, base, tmp_path / "report")
+    verdicts = json.loads((tmp_path / "report" / "verdicts.json").read_text())
+    claim = next(c for c in verdicts["claims"] if c["id"] == "converges_faster")
+    assert claim["verdict"] == HOLDS and claim["rule"]["builds"] == "block"
