@@ -207,7 +207,7 @@ def cmd_select_beta(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from flows.pipeline import REPORT_DIR
+    from flows.publish import REPORT_DIR
     from flows.stages import run_logged, stage_env
 
     root = Path(args.workdir)

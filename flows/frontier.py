@@ -12,22 +12,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect import flow
 
-from flows.pipeline import embedded_plots
-from flows.stages import (
-    PARAMS_FILE,
-    prepare_params,
-    run_logged,
-    run_stage,
-    run_stages,
-    stage_env,
-    stage_plan,
-    store_uri,
-)
+from flows.publish import publish_frontier
+from flows.stages import PARAMS_FILE, prepare_params, run_stage, run_stages, stage_plan, store_uri
 from sclora import tracking
-from tasks.frontier_report import REPORT_DIR
 
 STAGES = ("frontier_build", "frontier")
 
@@ -54,11 +43,5 @@ def frontier(
         "frontier", experiment=params.tracking.experiment, uri=store_uri(params, root), tags={"flow": "frontier"}
     ) as parent:  # fmt: skip
         run_stages(plan, stage_task, jobs, str(root), parent.info.run_id)
-        command = ["python", "-m", "tasks", "frontier_report"]
-        run_logged(command, root, stage_env(parent.info.run_id), get_run_logger(), "frontier report")
-        report = root / REPORT_DIR
-        tracking.log_files([report], artifact_path="frontier")
-    sections = [f"# Learning-forgetting fronts\n\nFiles: `{report}` (report.md, points.csv, matched.csv).\n"]
-    create_markdown_artifact(markdown="\n".join(sections + embedded_plots(report)), key="sclora-frontier",
-                             description="The frontier report's pictures")  # fmt: skip
-    return {"report": str(report / "report.md"), "parent_run_id": parent.info.run_id, "stages": list(plan)}
+        report = publish_frontier(root, parent.info.run_id)
+    return {"report": report, "parent_run_id": parent.info.run_id, "stages": list(plan)}

@@ -18,7 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+# The paper's settings; configs/protocol-full.yaml is the protocol's larger allocation (its own test below).
+CONFIGS = sorted(path for path in (REPO / "configs").glob("*.yaml") if not path.name.startswith("protocol-"))
 SEVEN = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
 # One record per local source, in the fields each config's header tells the user to write.
@@ -111,3 +112,17 @@ def test_check_params_cli_accepts_a_config_and_rejects_a_broken_override(capsys)
     assert capsys.readouterr().out.strip() == f"{path}: ok"
     assert main(["check-params", path, "-S", "adapter.rank=0"]) == 1
     assert "adapter.rank" in capsys.readouterr().err
+
+
+def test_the_protocols_larger_allocation_is_params_yaml_with_a_larger_frontier():
+    """configs/protocol-full.yaml changes the frontier section and nothing else (so it cannot drift from the
+    shipped params), and its design is a superset of `make protocol`'s."""
+    import yaml
+
+    full = yaml.safe_load((REPO / "configs" / "protocol-full.yaml").read_text(encoding="utf-8"))
+    shipped = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    assert {k: v for k, v in full.items() if k != "frontier"} == {k: v for k, v in shipped.items() if k != "frontier"}
+    big = load_params(REPO / "configs" / "protocol-full.yaml").frontier
+    small = load_params(REPO / "params.yaml").frontier
+    assert len(big.builds) >= 3 and set(big.seeds) > set(small.seeds) and set(big.configs) > set(small.configs)
+    assert set(big.lrs) > set(small.lrs) and set(big.checkpoints) >= set(small.checkpoints)
