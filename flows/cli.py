@@ -125,7 +125,9 @@ def check_prefect_api(timeout_s: float = 10.0) -> None:
         raise ConnectionError(f"Prefect API {url} (PREFECT_API_URL) unreachable: {reason}") from None
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def ready_to_run(args: argparse.Namespace) -> None:
+    """What a flow command checks before a flow run starts: its params (with the overrides) load, --jobs >= 1, and
+    the Prefect API answers."""
     from sclora.config import load_params
 
     params_file = Path(args.params) if Path(args.params).is_absolute() else Path(args.workdir) / args.params
@@ -133,6 +135,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     check_prefect_api()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    ready_to_run(args)
     from flows.pipeline import pipeline
 
     result = pipeline(params_file=args.params, overrides=tuple(args.overrides), workdir=args.workdir,
@@ -144,13 +150,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_frontier(args: argparse.Namespace) -> int:
-    from sclora.config import load_params
-
-    params_file = Path(args.params) if Path(args.params).is_absolute() else Path(args.workdir) / args.params
-    load_params(params_file, args.overrides)
-    if args.jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
-    check_prefect_api()
+    ready_to_run(args)
     from flows.frontier import frontier
 
     result = frontier(params_file=args.params, overrides=tuple(args.overrides), workdir=args.workdir,
@@ -184,13 +184,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_select_beta(args: argparse.Namespace) -> int:
-    from sclora.config import load_params
-
-    params_file = Path(args.params) if Path(args.params).is_absolute() else Path(args.workdir) / args.params
-    load_params(params_file, args.overrides)
-    if args.jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
-    check_prefect_api()
+    ready_to_run(args)
     from flows.select_beta import SELECT_DIR, select_beta
 
     result = select_beta(params_file=args.params, overrides=tuple(args.overrides), workdir=args.workdir,
