@@ -109,6 +109,7 @@ def write_frontier_report(
             "",
             _grid_line(points),
             *_headline(matched, grouped, levels, confidence),
+            *_per_unit_lines(matched, grouped, levels),
             *_area_lines(grouped, lost, levels, confidence),
             *_convergence_lines(grouped, confidence),
             "",
@@ -207,6 +208,25 @@ def _headline(matched: Results, grouped, levels: Sequence[float], confidence: fl
                 count = len(cells[0][0])
                 lines.append(f"| {task} | {config_name(config)} | {level:g} | {count} | {cells[0][1]} | {cells[1][1]} "
                              f"| {contrasts[0]} | {contrasts[1]} |")  # fmt: skip
+    return lines
+
+
+def _per_unit_lines(matched: Results, grouped, levels: Sequence[float]) -> list[str]:
+    """Harmful compliance is bimodal (a seed complies or does not): each unit's value at each level, by build."""
+    lines = ["", "## Harmful compliance per unit at matched utility", "",
+             "Each (build, seed)'s compliance front at the level: a mean over seeds hides whether seeds split.", "",
+             "| task | configuration | utility | per build: seeds |", "|---|---|---|---|"]  # fmt: skip
+    for task in _tasks(grouped):
+        for level in levels:
+            for config in _configs(grouped, task):
+                runs = config_runs(matched, level_task(task, level), *config, "attack_success_rate")
+                builds = sorted({build for build, _ in runs}, key=int)
+                cells = "; ".join(
+                    f"build {b}: " + " / ".join(f"{next(iter(runs[b, s].values())):.2f}" for s in
+                                                sorted(seed for build, seed in runs if build == b))
+                    for b in builds
+                )  # fmt: skip
+                lines.append(f"| {task} | {config_name(config)} | {level:g} | {cells or '-'} |")
     return lines
 
 
@@ -310,9 +330,13 @@ def _lr_plot(grouped, task: str, lost: Forgetting, path: Path) -> str:
     configs = _configs(grouped, task)
     colors = _colors(configs)
     final = {key: max(int(p["step"]) for p in pts) for key, pts in grouped.items()}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), squeeze=False)
-    for ax, (label, read) in zip(axes[0], (("utility", lambda p: value(p, "utility")),
-                                           ("knowledge forgetting", lost)), strict=True):  # fmt: skip
+    # The accuracies above, the continuous endpoints below (they move where the accuracies pin at 0 or 1).
+    panels = (("utility", lambda p: value(p, "utility")), ("knowledge forgetting", lost),
+              ("harmful compliance", compliance), ("task NLL, eval split", lambda p: value(p, "task_nll_eval")),
+              ("knowledge log-prob", lambda p: value(p, "knowledge_logprob")),
+              ("refusal margin", lambda p: value(p, "refusal_margin")))  # fmt: skip
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8.4), squeeze=False)
+    for ax, (label, read) in zip(axes.flat, panels, strict=True):
         for config in configs:
             steps = {final[k] for k in grouped if k[1] == task and (k[2], k[3]) == config}
             xs, ys = _mean_by(grouped, task, config, lambda p, s=steps: int(p["step"]) in s, "lr", read)
