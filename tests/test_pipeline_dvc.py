@@ -340,7 +340,7 @@ def test_pipeline_flow_on_the_real_dvc_yaml_with_tiny_params(tmp_path, monkeypat
     work, env = flow_workspace(tmp_path, monkeypatch, tiny_params(repro.parent), repro)
 
     # Two stages at a time: concurrent stage processes share DVC's lock, the MLflow store and the HF caches.
-    override = "train.learning_rates.lora=2.0e-3"
+    override = "train.learning_rates.lora=3.0e-3"  # params.yaml has 2e-3: another rate, so LoRA trains again
     result = pipeline_flow(params_file=str(tmp_path / "tiny.yaml"), overrides=(override,), workdir=str(work), jobs=2)
     assert result["stages"] == ["testbed", "prepare", "capture", "solve@0.8", "forecast", "plan", "evaluate_base",
                                 "train@benign-lora-0", "train@benign-pissa-0", "train_sclora@benign-sclora-0.8-0",
@@ -349,7 +349,7 @@ def test_pipeline_flow_on_the_real_dvc_yaml_with_tiny_params(tmp_path, monkeypat
         rows = list(csv.DictReader(handle))
     assert sorted(row["run"] for row in rows) == list(RUNS)
     run_json = json.loads((work / "artifacts/runs/benign-lora-0/run.json").read_text())
-    assert run_json["lr"] == 2.0e-3  # the -S override reached the stage ...
+    assert run_json["lr"] == 3.0e-3  # the -S override reached the stage ...
     for name in RUNS[1:]:  # ... and DVC ran no other training
         assert (work / f"artifacts/runs/{name}/run.json").read_bytes() == (
             repro / f"artifacts/runs/{name}/run.json"
