@@ -29,6 +29,8 @@ from sclora.inits import apply_method, init_lora, lora_layers, post_hoc_step
 from sclora.methods import BY_NAME
 
 LARGEST: dict[str, float] = {}
+# A relative eigenvalue gap below this is float32 noise (the tiny GPT-2's MLP outputs have d_in 128 > tokens).
+UNRESOLVED_GAP = 1e-6
 F32 = 1e-5  # relative, in the Frobenius norm: float32 rounding of the same quantities computed two ways
 
 
@@ -208,10 +210,18 @@ def test_lora_null_is_the_papers_formula(arch):
     covariances = _paper_covariances(model, arch, data)
     original = {n: m.weight.detach().clone() for n, m in model.named_modules() if n in covariances}
     ours = init_lora(copy.deepcopy(model), lora_config(arch), "lora_null", neg=neg)
+    compared = 0
     for name, layer in lora_layers(ours):
         weight = original[name].double()
         weight = weight.T if arch == "gpt2" else weight  # Conv1D: (d_in, d_out)
         cov, r = covariances[name], layer.r["default"]
+        values = torch.linalg.eigvalsh(cov)
+        gap = float((values[r] - values[r - 1]) / values[-1])  # relative gap at the null space's edge
+        if gap < UNRESOLVED_GAP:
+            continue  # below float32's resolution the r smallest directions are any basis of a larger space
+        compared += 1
+        # Davis-Kahan: float32 rounding of the captured covariance (relative 6e-8) moves the basis by ~ eps / gap.
+        tolerance = max(F32, 1e-7 / gap)
         u_, _, _ = torch.linalg.svd(cov)
         null = u_[:, -r:]
         temp = weight @ (null @ null.T)
@@ -223,9 +233,10 @@ def test_lora_null_is_the_papers_formula(arch):
         )
         residual = layer.get_base_layer().weight.double()
         residual = residual.T if arch == "gpt2" else residual
-        assert _relative(f"lora_null B A vs the paper ({arch})", delta, paper_delta) < F32, name
-        assert _relative(f"lora_null W_res vs the paper ({arch})", residual, paper_residual) < F32, name
+        assert _relative(f"lora_null B A vs the paper ({arch})", delta, paper_delta) < tolerance, name
+        assert _relative(f"lora_null W_res vs the paper ({arch})", residual, paper_residual) < tolerance, name
         assert float(paper_delta.norm()) > 1e-6 * float(weight.norm())  # not vacuous
+    assert compared >= len(lora_layers(ours)) // 2  # most layers have a null space float32 can resolve
     # The adapter's input directions are the preserved data's quietest: their activations barely reach it.
     _, layer = lora_layers(ours)[0]
     a = layer.lora_A["default"].weight.double()
