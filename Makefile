@@ -40,7 +40,7 @@ testbed-check: setup
 # The comparison protocol: every configuration of frontier.configs at every rate of ONE absolute learning-rate grid
 # (frontier.lrs), on frontier.seeds seeds of each of PROTOCOL_BUILDS testbed builds, every run scored at
 # frontier.checkpoints; the report (artifacts/frontier/report/) reads forgetting at matched utility on each
-# configuration's learning-forgetting front and judges the paper's claims by sclora.decision with the build as a
+# configuration's learning-forgetting front and judges the paper's claims by sclora.analysis.decision with the build as a
 # blocking factor (docs/protocol.md). The overrides are written into params.yaml, as `sclora run -S` does
 # (`git checkout params.yaml` returns to the quick run). A larger design is one params file:
 # `sclora frontier --params configs/protocol-full.yaml`.

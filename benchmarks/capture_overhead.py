@@ -16,7 +16,7 @@ import torch
 
 from benchmarks import workloads
 from benchmarks.record import arguments, goal, parse, timed, write_result
-from sclora.gather import capture, model_fingerprint, resolve_targets
+from sclora.method.gather import capture, model_fingerprint, resolve_targets
 
 NAME = "capture_overhead"
 GOAL = "<= 1.10"

@@ -1,6 +1,6 @@
 """Convergence: optimizer steps each method needs to reach vanilla LoRA's final training loss on the testbed's
 benign task, mean over seeds. Every method trains with its own learning rate from params.yaml
-(`train.learning_rates`) for `train.max_steps` steps; the loss comes from `sclora.train`'s loss callback.
+(`train.learning_rates`) for `train.max_steps` steps; the loss comes from `sclora.runs.train`'s loss callback.
 
 A run's loss at step t is the mean of the last `--window` logged losses (one per step), so one lucky batch does
 not count as reaching the target. The target of seed s is LoRA's smoothed loss at its last step with seed s;
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import sclora
 from benchmarks import workloads
 from benchmarks.record import arguments, parse, write_result
-from sclora.methods import PAPER_BASELINES
+from sclora.method.table import PAPER_BASELINES
 
 NAME = "convergence"
 METHODS = [*PAPER_BASELINES, "sclora"]

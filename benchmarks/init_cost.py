@@ -25,7 +25,7 @@ from peft.tuners.lora.corda import preprocess_corda
 import sclora
 from benchmarks import workloads
 from benchmarks.record import arguments, goal, in_fresh_process, parse, peak_memory, timed, write_result
-from sclora.inits import lora_layers
+from sclora.method.inits import lora_layers
 
 NAME = "init_cost"
 SIDES = ("sclora", "peft_corda_kpm", "project_corda_kpm")

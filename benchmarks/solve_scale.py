@@ -4,7 +4,7 @@ d_out x d_out matrix M(beta) for some projections (time, peak memory, and how fa
 
     python -m benchmarks.solve_scale [--device cuda] [--dense q_proj gate_proj] [--rank 8] [--beta 0.8]
 
-The solve itself always runs on the CPU in float64 (sclora.subspace); --device places the model and the dense
+The solve itself always runs on the CPU in float64 (sclora.method.subspace); --device places the model and the dense
 `eigh`.
 """
 
@@ -18,7 +18,7 @@ import torch
 import sclora
 from benchmarks import workloads
 from benchmarks.record import arguments, goal, parse, peak_memory, timed, write_result
-from sclora.gather import CaptureStats, resolve_targets
+from sclora.method.gather import CaptureStats, resolve_targets
 
 NAME = "solve_scale"
 GOAL = "< 60"

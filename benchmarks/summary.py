@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from benchmarks.record import RESULTS
-from sclora.atomic import write_text
+from sclora.ops.atomic import write_text
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 # The table lives between these two lines of the doc; the prose around it is written by hand.

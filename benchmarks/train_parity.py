@@ -1,6 +1,6 @@
 """Training parity: step time of SC-LoRA vs plain LoRA on the testbed (goal: sclora / lora = 1.00 +- 0.03), and of
 SC-LoRA with `freeze_basis`. The runs are interleaved (lora, sclora, sclora_freeze_basis, lora, ...) so machine
-noise hits every variant; each run trains `--steps` steps with `sclora.train` and the first `--skip` are dropped.
+noise hits every variant; each run trains `--steps` steps with `sclora.runs.train` and the first `--skip` are dropped.
 
     python -m benchmarks.train_parity [--device cuda] [--rounds 5] [--steps 30] [--skip 5] [--beta 0.8]
 

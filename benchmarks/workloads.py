@@ -15,13 +15,13 @@ import torch
 from peft import LoraConfig
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from sclora.config import Params, load_params
-from sclora.data import chat_batches, read_records
-from sclora.gather import CaptureStats
-from sclora.inits import init_lora
-from sclora.models import load_model, load_tokenizer, lora_config
-from sclora.subspace import Subspace
-from sclora.train import TrainResult, TrainSettings, train
+from sclora.method.gather import CaptureStats
+from sclora.method.inits import init_lora
+from sclora.method.subspace import Subspace
+from sclora.ops.config import Params, load_params
+from sclora.runs.data import chat_batches, read_records
+from sclora.runs.models import load_model, load_tokenizer, lora_config
+from sclora.runs.train import TrainResult, TrainSettings, train
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -78,7 +78,7 @@ class Testbed:
 
     def train(self, model: torch.nn.Module, settings: TrainSettings,
               callbacks: Sequence[Callable | object] = ()) -> TrainResult:  # fmt: skip
-        """sclora.train on the fine-tuning task, in a throw-away folder, with no intermediate checkpoints."""
+        """sclora.runs.train on the fine-tuning task, in a throw-away folder, with no intermediate checkpoints."""
         with tempfile.TemporaryDirectory(prefix="sclora-benchmark-") as work:
             return train(model, self.tokenizer, self.task, work, settings.model_copy(update={"save_steps": 10**9}),
                          callbacks=callbacks)  # fmt: skip

@@ -86,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     judge = commands.add_parser(
         "judge", help="judge the paper's claims on any results table by the decision rule",
-        description="Judge every claim the table has runs for by sclora.decision (docs/protocol.md, 'Decision rule'), "
-                    "as the report stage does: print each verdict with its evidence and write them as JSON.",
+        description="Judge every claim the table has runs for by sclora.analysis.decision (docs/protocol.md, "
+                    "'Decision rule'), as the report stage does: print each verdict with its evidence and write "
+                    "them as JSON.",
     )  # fmt: skip
     judge.add_argument("results", help="a results table (results.csv; its format: docs/protocol.md)")
     judge.add_argument("--json", metavar="FILE", help="where the verdicts go (default: verdicts.json beside the table)")
@@ -128,7 +129,7 @@ def check_prefect_api(timeout_s: float = 10.0) -> None:
 def ready_to_run(args: argparse.Namespace) -> None:
     """What a flow command checks before a flow run starts: its params (with the overrides) load, --jobs >= 1, and
     the Prefect API answers."""
-    from sclora.config import load_params
+    from sclora.ops.config import load_params
 
     params_file = Path(args.params) if Path(args.params).is_absolute() else Path(args.workdir) / args.params
     load_params(params_file, args.overrides)  # a bad file fails here, before a flow run starts
@@ -216,11 +217,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_judge(args: argparse.Namespace) -> int:
     import json
 
-    from sclora.atomic import write_text
-    from sclora.claims import judgement, verdict_lines
-    from sclora.config import load_params
-    from sclora.decision import Rule
-    from sclora.results import read_results
+    from sclora.analysis.claims import judgement, verdict_lines
+    from sclora.analysis.decision import Rule
+    from sclora.analysis.results import read_results
+    from sclora.ops.atomic import write_text
+    from sclora.ops.config import load_params
 
     results = read_results(args.results)
     if args.utility_margin is not None:
@@ -243,8 +244,8 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from sclora import registry, tracking
-    from sclora.config import load_params
+    from sclora.ops import registry, tracking
+    from sclora.ops.config import load_params
 
     params = load_params(args.params)
     tracking.use_store(params.tracking.uri)
@@ -255,7 +256,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_check_params(args: argparse.Namespace) -> int:
-    from sclora.config import load_params
+    from sclora.ops.config import load_params
 
     load_params(args.file, args.overrides)
     print(f"{args.file}: ok")

@@ -16,7 +16,7 @@ from prefect import flow
 
 from flows.publish import publish_frontier
 from flows.stages import PARAMS_FILE, prepare_params, run_stage, run_stages, stage_plan, store_uri
-from sclora import tracking
+from sclora.ops import tracking
 
 STAGES = ("frontier_build", "frontier")
 

@@ -13,7 +13,7 @@ from prefect.runtime import flow_run
 from flows.publish import publish_frontier, publish_report
 from flows.remotes import push_results
 from flows.stages import PARAMS_FILE, prepare_params, run_stage, run_stages, stage_plan, store_uri
-from sclora import tracking
+from sclora.ops import tracking
 
 
 @flow(name="sclora-pipeline", log_prints=True)

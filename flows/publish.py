@@ -11,7 +11,7 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.stages import run_logged, stage_env
-from sclora import tracking
+from sclora.ops import tracking
 from tasks.artifacts import REPORT
 from tasks.frontier_report import REPORT_DIR as FRONTIER_REPORT_DIR
 

@@ -23,9 +23,9 @@ from prefect.cache_policies import NONE
 from flows.pipeline import pipeline
 from flows.select_beta import select_beta
 from flows.stages import PARAMS_FILE, run_logged, stage_env, store_uri
-from sclora import tracking
-from sclora.config import load_params
-from sclora.registry import promote
+from sclora.ops import tracking
+from sclora.ops.config import load_params
+from sclora.ops.registry import promote
 from tasks.artifacts import REGISTRY
 
 

@@ -1,12 +1,12 @@
 """Flow `select_beta`: the beta that learns most within a forgetting budget, found with few training runs, registered.
 
 The budget is `select.forgetting_budget` (largest forgetting per preserved metric). The flow first brings the
-capture and the forecast stage up to date (no training), then probes betas by the search of sclora.selection:
+capture and the forecast stage up to date (no training), then probes betas by the search of sclora.analysis.selection:
 each probe is one round of the pipeline's own DVC stages in this workspace, with `solve.betas` the betas probed
 so far, on `select.task` alone, sclora alone, `select.seeds` seeds, so lineage and MLflow runs are those of any
 run (all under one MLflow parent run). A round runs only the new beta's items (solve, train); the earlier ones
 are not re-checked. A probe is within budget when the decision rule's upper bound (seeds and items: the runs'
-per-item forgetting against the base model's samples) of each budgeted forgetting is (sclora.selection).
+per-item forgetting against the base model's samples) of each budgeted forgetting is (sclora.analysis.selection).
 
 The chosen beta is then trained again on `select.confirm_seeds` (fresh seeds, none of the probes'): within budget
 there too, its best-utility confirmation seed (the one that forgets least among equals) is registered as
@@ -29,13 +29,13 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.stages import PARAMS_FILE, prepare_params, run_stage, run_stages, stage_plan, store_uri
-from sclora import registry, tracking
-from sclora.atomic import write_text
-from sclora.config import Params
+from sclora.analysis.selection import Confirmation, Probe, Selection, confirm, first_beta, search
 from sclora.evaluate.items import read_item_scores
-from sclora.forecast import rank_correlation, share_at
-from sclora.metrics import PRESERVED
-from sclora.selection import Confirmation, Probe, Selection, confirm, first_beta, search
+from sclora.evaluate.metrics import PRESERVED
+from sclora.method.forecast import rank_correlation, share_at
+from sclora.ops import registry, tracking
+from sclora.ops.atomic import write_text
+from sclora.ops.config import Params
 from tasks.artifacts import (
     ARTIFACTS,
     EVAL_BASE,

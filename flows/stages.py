@@ -31,8 +31,8 @@ from prefect.cache_policies import NONE
 from prefect.futures import as_completed
 
 import flows  # noqa: F401 - Prefect's local settings, before Prefect is imported
-from sclora import tracking
-from sclora.config import Params, load_params
+from sclora.ops import tracking
+from sclora.ops.config import Params, load_params
 
 PARAMS_FILE = "params.yaml"  # what dvc.yaml's stages read
 

@@ -24,7 +24,7 @@ from prefect.cache_policies import NONE
 
 from flows.remotes import push_results, start_at
 from flows.stages import PARAMS_FILE, StageFailed, prepare_params, run_logged, stage_env
-from sclora.config import load_params
+from sclora.ops.config import load_params
 
 PIPELINE_FLOW = "sclora-pipeline"
 SHARED_STAGES = ("capture", "evaluate_base")  # with everything upstream: what every point of a pool sweep reuses

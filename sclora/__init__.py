@@ -1,8 +1,8 @@
 """sclora: knowledge-preserving LoRA fine-tuning (SC-LoRA, arXiv 2505.23724) as a production pipeline.
 
-gather (`capture`, sclora/gather.py) -> solve (`solve_subspace`, subspace.py) -> apply (`apply_method`: any row of
-methods.py; `init_lora`: its LoRA inits, inits.py)
--> train (`train`) -> share (`export_lora`).
+gather (`capture`, sclora/method/gather.py) -> solve (`solve_subspace`, method/subspace.py) -> apply (`apply_method`:
+any row of method/table.py; `init_lora`: its LoRA inits, method/inits.py) -> train (`train`, runs/train.py) -> share
+(`export_lora`, method/export.py).
 
 The names below are imported on first use: every pipeline stage is its own process, and importing PEFT,
 transformers and MLflow for names a stage never touches costs seconds each time.
@@ -13,25 +13,25 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "CaptureStats": "sclora.gather",
-    "capture": "sclora.gather",
-    "DataError": "sclora.data",
-    "chat_batches": "sclora.data",
-    "encode_chat": "sclora.data",
-    "read_records": "sclora.data",
-    "export_lora": "sclora.export",
-    "export_merged": "sclora.export",
-    "save_initial_adapter": "sclora.export",
-    "apply_method": "sclora.inits",
-    "init_lora": "sclora.inits",
-    "post_hoc_step": "sclora.inits",
-    "sclora_subspaces": "sclora.subspace",
-    "DegenerateSubspaceWarning": "sclora.subspace",
-    "Subspace": "sclora.subspace",
-    "solve_subspace": "sclora.subspace",
-    "TrainResult": "sclora.train",
-    "TrainSettings": "sclora.train",
-    "train": "sclora.train",
+    "CaptureStats": "sclora.method.gather",
+    "capture": "sclora.method.gather",
+    "DataError": "sclora.runs.data",
+    "chat_batches": "sclora.runs.data",
+    "encode_chat": "sclora.runs.data",
+    "read_records": "sclora.runs.data",
+    "export_lora": "sclora.method.export",
+    "export_merged": "sclora.method.export",
+    "save_initial_adapter": "sclora.method.export",
+    "apply_method": "sclora.method.inits",
+    "init_lora": "sclora.method.inits",
+    "post_hoc_step": "sclora.method.inits",
+    "sclora_subspaces": "sclora.method.subspace",
+    "DegenerateSubspaceWarning": "sclora.method.subspace",
+    "Subspace": "sclora.method.subspace",
+    "solve_subspace": "sclora.method.subspace",
+    "TrainResult": "sclora.runs.train",
+    "TrainSettings": "sclora.runs.train",
+    "train": "sclora.runs.train",
 }
 
 __all__ = sorted(_EXPORTS)

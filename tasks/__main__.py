@@ -11,7 +11,7 @@ import importlib
 import json
 import sys
 
-from sclora.config import load_params
+from sclora.ops.config import load_params
 
 STAGES = (
     "testbed",

@@ -1,4 +1,4 @@
-"""Where every stage's outputs live and how runs are named (writes go through `sclora.atomic`).
+"""Where every stage's outputs live and how runs are named (writes go through `sclora.ops.atomic`).
 
 dvc.yaml spells the same paths; a run is named as DVC names its matrix item, e.g.
 `benign-lora-0` (task-method-seed) or `poisoned-sclora-0.8-0` (task-sclora-beta-seed).
@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sclora.atomic import atomic_dir as staged_dir  # noqa: F401 - the stages' name for it
-from sclora.atomic import write_json  # noqa: F401 - re-exported for the stages
-from sclora.config import Params, TrainSettings
-from sclora.methods import BY_NAME, SCLORA_VARIANTS
+from sclora.method.table import BY_NAME, SCLORA_VARIANTS
+from sclora.ops.atomic import atomic_dir as staged_dir  # noqa: F401 - the stages' name for it
+from sclora.ops.atomic import write_json  # noqa: F401 - re-exported for the stages
+from sclora.ops.config import Params, TrainSettings
 
 ARTIFACTS = Path("artifacts")
 PREPARED = ARTIFACTS / "prepared"
@@ -150,5 +150,5 @@ def read_json(path: Path, what: str) -> Any:
 
 
 def load_forecast(root: Path = Path(".")) -> dict:
-    """The forecast per task (task -> sclora.forecast.energy_forecast's table), as stage `forecast` wrote it."""
+    """The forecast per task (task -> sclora.method.forecast.energy_forecast's table), as stage `forecast` wrote it."""
     return read_json(root / FORECAST / FORECAST_JSON, "SC-LoRA forecast (stage forecast)")["tasks"]

@@ -16,10 +16,10 @@ import shutil
 
 import pyarrow.parquet as pq
 
-from sclora.config import Params
-from sclora.data import ensure_pad_token
-from sclora.gather import capture
-from sclora.models import load_model, load_tokenizer
+from sclora.method.gather import capture
+from sclora.ops.config import Params
+from sclora.runs.data import ensure_pad_token
+from sclora.runs.models import load_model, load_tokenizer
 from tasks.artifacts import CAPTURE, NEG, pos_capture_dir, prepared_path, read_json, write_json
 
 REQUEST = "request.json"  # what a capture directory was made from; a different request starts it over

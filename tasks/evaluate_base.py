@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sclora.config import Params
 from sclora.evaluate.forgetting import with_forgetting
 from sclora.evaluate.judge import JudgeSettings
+from sclora.evaluate.metrics import ROLES
 from sclora.evaluate.suite import EVAL_SET_TASKS, EvalError, EvalSettings, evaluate, write_results
-from sclora.metrics import ROLES
-from sclora.models import load_model, load_tokenizer
+from sclora.ops.config import Params
+from sclora.runs.models import load_model, load_tokenizer
 from tasks.artifacts import EVAL_BASE, METRICS, staged_dir
 
 

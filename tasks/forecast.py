@@ -1,7 +1,7 @@
 """Stage `forecast`: SC-LoRA's trade-off forecast per task from the capture alone -> artifacts/forecast/.
 
 On the grid 0, solve.forecast_step, ..., 1: the share of D+'s and of D-'s output energy that each beta's rank-r
-subspace holds (sclora.forecast), per layer and averaged over layers. No training. Writes forecast.json (every
+subspace holds (sclora.method.forecast), per layer and averaged over layers. No training. Writes forecast.json (every
 number) and forecast.csv (the averaged table); the report draws it, and `select_beta` starts from it.
 """
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import csv
 
-from sclora.config import Params
-from sclora.forecast import energy_forecast, forecast_grid
-from sclora.gather import CaptureStats
-from sclora.models import load_model, lora_config
+from sclora.method.forecast import energy_forecast, forecast_grid
+from sclora.method.gather import CaptureStats
+from sclora.ops.config import Params
+from sclora.runs.models import load_model, lora_config
 from tasks.artifacts import CAPTURE, FORECAST, FORECAST_JSON, NEG, pos_capture_dir, staged_dir, write_json
 
 

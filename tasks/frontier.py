@@ -4,7 +4,7 @@ For the build made by `frontier_build@<build>` and a configuration of `frontier.
 trains the configuration at every rate of `frontier.lrs` (one absolute grid, the same for every configuration)
 on `frontier.task`, for every seed of `frontier.seeds`, all in this one process (a model load and an lm-eval
 start per point would cost more than the training). Each run is scored at the `frontier.checkpoints` shares of
-`train.max_steps`, in process (sclora.curves), by:
+`train.max_steps`, in process (sclora.runs.curves), by:
 - the evaluation suite on the build's eval sets (utility, knowledge, harmful compliance, refusal, collapse,
   benign helpfulness, knowledge_logprob, refusal_margin), as every run of the pipeline is;
 - the suite's utility on the validation split (`validation_utility`: what a tuner would read);
@@ -25,18 +25,18 @@ import time
 
 import torch
 
-from sclora.config import Params, parse_config
-from sclora.curves import StepEvaluation, checkpoint_steps
-from sclora.data import chat_batches, read_records
 from sclora.evaluate.suite import evaluate, testbed_data_files
 from sclora.evaluate.task_loss import task_nll
-from sclora.gather import capture
-from sclora.inits import apply_method
-from sclora.methods import BY_NAME
-from sclora.models import load_model, load_tokenizer, lora_config
-from sclora.subspace import sclora_subspaces
+from sclora.method.gather import capture
+from sclora.method.inits import apply_method
+from sclora.method.subspace import sclora_subspaces
+from sclora.method.table import BY_NAME
+from sclora.ops.config import Params, parse_config
+from sclora.runs.curves import StepEvaluation, checkpoint_steps
+from sclora.runs.data import chat_batches, read_records
+from sclora.runs.models import load_model, load_tokenizer, lora_config
+from sclora.runs.train import train
 from sclora.testbed.world import dataset_file
-from sclora.train import train
 from tasks.artifacts import CHECKPOINTS, frontier_build_dir, frontier_points_path, write_json
 from tasks.capture import SHUFFLE_SEED
 from tasks.evaluate_base import eval_settings
@@ -130,7 +130,7 @@ def parse_item(params: Params, item: str) -> tuple[int, str]:
 
 
 def method_inputs(params: Params, method: str, beta: float | None, root, tokenizer, records: list[dict]) -> dict:
-    """What the method's init reads (sclora.methods' `reads`), computed from the build's own base model and data:
+    """What the method's init reads (sclora.method.table' `reads`), computed from the build's own base model and data:
     the captured statistics of D+ (the task) and D- (the preserved sets), SC-LoRA's subspaces, or task batches."""
     reads = BY_NAME[method].reads
     if reads is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sclora.config import Params
+from sclora.ops.config import Params
 from sclora.testbed.build import build_testbed
 from tasks.artifacts import frontier_build_dir
 

@@ -1,7 +1,7 @@
 """`python -m tasks frontier_report`: every point of artifacts/frontier/points -> artifacts/frontier/report/.
 
 The fronts, the matched-utility contrasts judged by the decision rule (builds as a blocking factor) and the
-pictures, by sclora.frontier_report, over the builds and configurations params.frontier names. A point file
+pictures, by sclora.analysis.frontier_report, over the builds and configurations params.frontier names. A point file
 missing for one of them is an error that names it: a report over part of the design would read as the whole.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 
-from sclora.config import Params
-from sclora.decision import Rule
-from sclora.frontier_report import write_frontier_report
+from sclora.analysis.decision import Rule
+from sclora.analysis.frontier_report import write_frontier_report
+from sclora.ops.config import Params
 from tasks.artifacts import FRONTIER, frontier_points_path
 
 REPORT_DIR = FRONTIER / "report"

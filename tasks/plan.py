@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from sclora.config import Params
-from sclora.gather import MANIFEST
-from sclora.methods import BY_NAME, has_adapter
+from sclora.method.gather import MANIFEST
+from sclora.method.table import BY_NAME, has_adapter
+from sclora.ops.config import Params
 from tasks.artifacts import ARTIFACTS, RunSpec, all_runs, capture_dir, run_settings, write_json
 
 PLAN = ARTIFACTS / "plan"

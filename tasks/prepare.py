@@ -3,7 +3,7 @@
 Each row keeps the record's fields (id, prompt, response, category, ...) and adds
 input_ids, attention_mask and labels through the model's chat template (loss on the
 response only; train.max_length). A source is a local JSONL / Parquet / CSV file or a
-`datasets` name (sclora.sources).
+`datasets` name (sclora.runs.sources).
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sclora.config import Params
-from sclora.data import encode_sample, warn_truncated
-from sclora.digest import file_sha256
-from sclora.models import load_tokenizer
-from sclora.sources import load_source
+from sclora.ops.config import Params
+from sclora.ops.digest import file_sha256
+from sclora.runs.data import encode_sample, warn_truncated
+from sclora.runs.models import load_tokenizer
+from sclora.runs.sources import load_source
 from tasks.artifacts import FINGERPRINTS, PREPARED, staged_dir, write_json
 
 

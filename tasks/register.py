@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import sys
 
-from sclora import tracking
-from sclora.config import Params
-from sclora.methods import has_adapter
-from sclora.metrics import BY_NAME as SUITE_METRICS
-from sclora.registry import CANDIDATE, drop_alias, overshoot, register_adapter, within_budget
+from sclora.evaluate.metrics import BY_NAME as SUITE_METRICS
+from sclora.method.table import has_adapter
+from sclora.ops import tracking
+from sclora.ops.config import Params
+from sclora.ops.registry import CANDIDATE, drop_alias, overshoot, register_adapter, within_budget
 from tasks.artifacts import EVAL_BASE, METRICS, REGISTRY, RUN_FILE, all_runs, read_json, write_json
 
 # What a registered version is tagged with: every metric and the forgetting deltas.

@@ -1,13 +1,14 @@
 """Stage `report`: every run's metrics and per-item scores -> artifacts/report/{results.csv, items.csv.gz,
-verdicts.json, report.md, *.png} (sclora.report; the claims judged by sclora.claims, as `sclora judge` does)."""
+verdicts.json, report.md, *.png} (sclora.analysis.report; the claims judged by sclora.analysis.claims, as
+`sclora judge` does)."""
 
 from __future__ import annotations
 
-from sclora.config import ModelParams, Params
-from sclora.decision import Rule
+from sclora.analysis.decision import Rule
+from sclora.analysis.report import FORGETTING_COLUMNS, write_report
 from sclora.evaluate.items import read_item_scores
-from sclora.metrics import UNJUDGED
-from sclora.report import FORGETTING_COLUMNS, write_report
+from sclora.evaluate.metrics import UNJUDGED
+from sclora.ops.config import ModelParams, Params
 from tasks.artifacts import METRICS, REPORT, RUN_FILE, SPECTRA, all_runs, load_forecast, read_json, solve_dir
 
 

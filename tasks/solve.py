@@ -6,10 +6,10 @@ M(beta) from the shared capture; the eigenvalues go to spectra.json for the repo
 
 from __future__ import annotations
 
-from sclora.config import Params
-from sclora.gather import CaptureStats
-from sclora.models import load_model, lora_config
-from sclora.subspace import save_subspaces, sclora_subspaces
+from sclora.method.gather import CaptureStats
+from sclora.method.subspace import save_subspaces, sclora_subspaces
+from sclora.ops.config import Params
+from sclora.runs.models import load_model, lora_config
 from tasks.artifacts import CAPTURE, NEG, SPECTRA, pos_capture_dir, solve_dir, staged_dir, write_json
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from sclora.testbed.build import build_testbed
 
 if TYPE_CHECKING:
-    from sclora.config import Params
+    from sclora.ops.config import Params
 
 OUT_DIR = Path("artifacts/testbed")
 

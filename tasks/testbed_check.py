@@ -5,13 +5,13 @@ as another machine's float kernels do, so a forgetting behaviour that holds for 
 finding about that build only. For each seed of `testbed_check.builds` this stage builds the testbed
 into artifacts/testbed_check/build-<seed>/ (kept, and reused while its params.json matches), then
 measures, over `testbed_check.seeds` fine-tuning seeds, with the pipeline's own init, training and
-scoring (`sclora.testbed_check`):
+scoring (`sclora.testbed.check`):
     base           the base model;
     lora_benign    plain LoRA on the benign task at its `train.learning_rates` rate;
     lora_poisoned  plain LoRA on the task poisoned at `testbed.poison_rate`;
     full           full fine-tuning on the benign task at its rate;
 and, where asked, LoRA's dose-response over `testbed_check.poison_rates` and full fine-tuning over
-`testbed_check.full_lrs`. Every build is checked against sclora.testbed_check.REQUIREMENTS.
+`testbed_check.full_lrs`. Every build is checked against sclora.testbed.check.REQUIREMENTS.
 Builds run side by side in `testbed_check.jobs` processes, one thread each.
 
 Output: artifacts/testbed_check/testbed_check.json (every run, every build's checks, the
@@ -32,14 +32,13 @@ from pathlib import Path
 
 import torch
 
-from sclora.atomic import write_text
-from sclora.config import Params, parse_params
-from sclora.curves import StepEvaluation, checkpoint_steps
-from sclora.data import read_records
-from sclora.models import load_model, load_tokenizer, lora_config
+from sclora.ops.atomic import write_text
+from sclora.ops.config import Params, parse_params
+from sclora.runs.curves import StepEvaluation, checkpoint_steps
+from sclora.runs.data import read_records
+from sclora.runs.models import load_model, load_tokenizer, lora_config
 from sclora.testbed.build import build_testbed
-from sclora.testbed.world import EVAL_SETS, build_datasets, build_world, dataset_file
-from sclora.testbed_check import (
+from sclora.testbed.check import (
     across_builds,
     check_build,
     dose_response,
@@ -50,6 +49,7 @@ from sclora.testbed_check import (
     seed_means,
     spread,
 )
+from sclora.testbed.world import EVAL_SETS, build_datasets, build_world, dataset_file
 from tasks.artifacts import write_json
 
 OUT_DIR = Path("artifacts/testbed_check")

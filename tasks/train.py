@@ -1,7 +1,7 @@
 """Stages `train@<task>-<method>-<seed>` and `train_sclora@<task>-<variant>-<beta>-<seed>`: one run each.
 
-Initialise (sclora.inits.apply_method from what the method's row `reads`: a capture, the solved
-subspaces or the task's batches), fine-tune (sclora.train, logging the loss into the run's MLflow
+Initialise (sclora.method.inits.apply_method from what the method's row `reads`: a capture, the solved
+subspaces or the task's batches), fine-tune (sclora.runs.train, logging the loss into the run's MLflow
 child run), export as the row's `export` says (a plain LoRA on the ORIGINAL base, the full model,
 or OSF's own adapter), and evaluate that export with forgetting against the base model. A post-hoc
 method (lora_intruder) applies its step to the trained adapter at each value of its knob, exports
@@ -20,17 +20,17 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-from sclora import tracking
-from sclora.config import Params
-from sclora.data import ChatDataset, chat_collator
-from sclora.export import export_lora, save_initial_adapter
-from sclora.gather import CaptureStats
-from sclora.inits import CAPTURE_ARGUMENT, apply_method, post_hoc_step
-from sclora.loss_logging import MlflowLossCallback
-from sclora.methods import BY_NAME, has_adapter
-from sclora.models import load_model, load_tokenizer, load_with_adapter, lora_config
-from sclora.subspace import load_subspaces
-from sclora.train import LOSS_HISTORY, MODEL, train
+from sclora.method.export import export_lora, save_initial_adapter
+from sclora.method.gather import CaptureStats
+from sclora.method.inits import CAPTURE_ARGUMENT, apply_method, post_hoc_step
+from sclora.method.subspace import load_subspaces
+from sclora.method.table import BY_NAME, has_adapter
+from sclora.ops import tracking
+from sclora.ops.config import Params
+from sclora.runs.data import ChatDataset, chat_collator
+from sclora.runs.loss_logging import MlflowLossCallback
+from sclora.runs.models import load_model, load_tokenizer, load_with_adapter, lora_config
+from sclora.runs.train import LOSS_HISTORY, MODEL, train
 from tasks.artifacts import (
     CHECKPOINTS,
     FINGERPRINTS,
@@ -144,7 +144,7 @@ def task_records(source: str) -> list[dict]:
 
 
 def initialised_model(model: torch.nn.Module, params: Params, spec: RunSpec, initial_dir: Path) -> torch.nn.Module:
-    """The model ready to train by the run's method (sclora.inits.apply_method), fed what its row `reads`."""
+    """The model ready to train by the run's method (sclora.method.inits.apply_method), fed what its row `reads`."""
     row = BY_NAME[spec.method]
     adapter = params.adapter
     config = lora_config(adapter.rank, adapter.alpha, adapter.dropout, adapter.target_modules)

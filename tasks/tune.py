@@ -8,7 +8,7 @@ Trains the method once per rate of `tune.factors` x its `train.learning_rates` r
   against preservation), reported beside the choice and never used for it.
 Output: artifacts/tune/<method>.json (SC-LoRA: <variant>-<beta>.json), read by the plan stage when
 `train.lr_source` is artifacts/tune. The tuning runs are not registered and not in the comparison: their seed,
-`tune.seed`, is none of the compared seeds (validated in sclora.config).
+`tune.seed`, is none of the compared seeds (validated in sclora.ops.config).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import shutil
 
 import torch
 
-from sclora.config import Params
 from sclora.evaluate.suite import ROLES, EvalError, EvalSettings, evaluate
-from sclora.models import load_model, load_tokenizer
-from sclora.train import train
+from sclora.ops.config import Params
+from sclora.runs.models import load_model, load_tokenizer
+from sclora.runs.train import train
 from tasks.artifacts import CHECKPOINTS, RunSpec, tune_item, tune_path, write_json
 from tasks.evaluate_base import eval_settings
 from tasks.train import initialised_model, task_records

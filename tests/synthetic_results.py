@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
-from sclora.results import Results
+from sclora.analysis.results import Results
 
 SEEDS = (0, 1, 2, 3, 4)  # the protocol's comparison seeds (Makefile: make protocol)
 TASK_ITEMS, KNOWLEDGE_ITEMS, HARMFUL_ITEMS = 300, 300, 300

@@ -24,9 +24,9 @@ from peft.tuners.osf.layer import OSFLayer
 from tiny_models import TARGETS, batches, data_args, logits, lora_config, stats, task_batches, tiny_model
 from transformers.pytorch_utils import Conv1D
 
-from sclora.export import export_lora
-from sclora.inits import apply_method, init_lora, lora_layers, post_hoc_step
-from sclora.methods import BY_NAME
+from sclora.method.export import export_lora
+from sclora.method.inits import apply_method, init_lora, lora_layers, post_hoc_step
+from sclora.method.table import BY_NAME
 
 LARGEST: dict[str, float] = {}
 # A relative eigenvalue gap below this is float32 noise (the tiny GPT-2's MLP outputs have d_in 128 > tokens).
@@ -179,7 +179,7 @@ def test_lora_intruder_is_peft_reduce_intruder_dimension(tmp_path):
 def _paper_covariances(model, arch: str, data: list[dict]) -> dict[str, torch.Tensor]:
     """LoRA-Null's calibration covariance as its code collects it (CorDA's `calib_cov_distribution`): per sample,
     the layer's input over its real tokens divided by its max entry's absolute value, X^T X, summed and divided
-    by the sample count. Collected here by forward hooks, one sample per forward, apart from sclora.gather."""
+    by the sample count. Collected here by forward hooks, one sample per forward, apart from sclora.method.gather."""
     sums, hooks, count = {}, [], 0
     for name, module in model.named_modules():
         if name.rsplit(".", 1)[-1] in TARGETS[arch]:

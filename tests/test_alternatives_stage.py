@@ -8,9 +8,9 @@ import pytest
 from peft import PeftConfig
 from stage_project import project_params, stage, write_params
 
-from sclora import tracking
-from sclora.methods import BY_NAME
-from sclora.registry import register_adapter
+from sclora.method.table import BY_NAME
+from sclora.ops import tracking
+from sclora.ops.registry import register_adapter
 
 pytestmark = pytest.mark.slow  # eight train items: ~30 s
 

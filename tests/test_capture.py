@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformers
 
-from sclora.gather import CaptureStats, capture
+from sclora.method.gather import CaptureStats, capture
 
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

@@ -4,9 +4,9 @@ import math
 
 import numpy as np
 
-from sclora.claims import check_claims, judgement, verdict_lines
-from sclora.decision import FAILS, HOLDS, UNSURE
-from sclora.results import Results
+from sclora.analysis.claims import check_claims, judgement, verdict_lines
+from sclora.analysis.decision import FAILS, HOLDS, UNSURE
+from sclora.analysis.results import Results
 
 SEEDS = range(5)
 
@@ -77,5 +77,5 @@ def test_the_judgement_names_its_rule_and_reads_as_lines():
     verdicts = judgement(runs())
     assert verdicts["rule"]["utility_margin"] == 0.02 and len(verdicts["claims"]) == 4
     lines = verdict_lines(verdicts)
-    assert lines[0].startswith("Decision rule (sclora/decision.py, docs/protocol.md): one-sided tests at 0.05")
+    assert lines[0].startswith("Decision rule (sclora/analysis/decision.py, docs/protocol.md): one-sided tests at 0.05")
     assert "- **SC-LoRA (beta >= 0.5) preserves more than LoRA and PiSSA at equal or better utility: holds**" in lines

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from flows.cli import COMMANDS, main
-from sclora.config import ParamsError
+from sclora.ops.config import ParamsError
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sclora.config import ParamsError, load_params
-from sclora.methods import BASELINES, NAMES, SCLORA_VARIANTS
+from sclora.method.table import BASELINES, NAMES, SCLORA_VARIANTS
+from sclora.ops.config import ParamsError, load_params
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "params.yaml"
@@ -181,7 +181,7 @@ def test_frontier_params_fail_with_one_line(overrides, error):
 
 
 def test_frontier_configs_name_methods_and_betas():
-    from sclora.config import parse_config
+    from sclora.ops.config import parse_config
 
     params = load_params(SHIPPED, ["frontier.builds=[0, 1]", "frontier.configs=[lora, sclora-0.9, sclora_frozen-0.5]"])
     assert [parse_config(c) for c in params.frontier.configs] == [

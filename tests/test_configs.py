@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from sclora.config import load_params
 from sclora.evaluate.suite import LM_EVAL_TASKS_DIR, ROLES, _split, _task_manager
-from sclora.methods import NAMES, PAPER_BASELINES
-from sclora.sources import _mapped, load_source
+from sclora.method.table import NAMES, PAPER_BASELINES
+from sclora.ops.config import load_params
+from sclora.runs.sources import _mapped, load_source
 from tasks.evaluate_base import eval_settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,14 +1,14 @@
-"""Scoring a run along its training (sclora.curves) and the task's held-out loss (sclora.evaluate.task_loss)."""
+"""Scoring a run along its training (sclora.runs.curves) and the task's held-out loss (sclora.evaluate.task_loss)."""
 
 import pytest
 import torch
 from test_train import RECORDS, SETTINGS, tiny_lora
 from tiny_models import word_tokenizer
 
-from sclora.curves import StepEvaluation, checkpoint_steps
-from sclora.data import ChatDataset, chat_collator
 from sclora.evaluate.task_loss import task_nll
-from sclora.train import train
+from sclora.runs.curves import StepEvaluation, checkpoint_steps
+from sclora.runs.data import ChatDataset, chat_collator
+from sclora.runs.train import train
 
 NAMES = "zorbia quelt mirra tabo ulun vesk opal drin kest ferro lumo nadir pell rusk sorn yvo".split()
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from tiny_models import word_tokenizer
 
-from sclora.data import (
+from sclora.runs.data import (
     IGNORE_INDEX,
     ChatDataset,
     DataError,

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from synthetic_results import SEEDS, Truth, table
 
-from sclora.claims import check_claims, paper_claims
-from sclora.decision import FAILS, HOLDS, UNSURE, Claim, Comparison, Rule, holm, holm_adjusted, judge
-from sclora.results import Results
+from sclora.analysis.claims import check_claims, paper_claims
+from sclora.analysis.decision import FAILS, HOLDS, UNSURE, Claim, Comparison, Rule, holm, holm_adjusted, judge
+from sclora.analysis.results import Results
 
 SCLORA = [("sclora", 0.5), ("sclora", 0.9)]
 FROZEN = [("sclora_frozen", 0.5), ("sclora_frozen", 0.9)]

@@ -8,8 +8,8 @@ from peft import PeftConfig, PeftModel
 from tiny_models import batches, data_args, logits, lora_config, tiny_model
 from transformers import AutoModelForCausalLM
 
-from sclora.export import export_lora, export_merged, save_initial_adapter
-from sclora.inits import RESIDUAL_METHODS, init_lora, lora_layers
+from sclora.method.export import export_lora, export_merged, save_initial_adapter
+from sclora.method.inits import RESIDUAL_METHODS, init_lora, lora_layers
 
 LARGEST: dict[str, float] = {}
 

@@ -23,7 +23,7 @@ from stage_project import clean_env, prefect_artifact
 from flows.pipeline import pipeline
 from flows.stages import StageFailed, run_logged, run_stages, stage_order
 from flows.sweep import grid_points, queue_commands, sweep
-from sclora.tracking import PARENT_ENV
+from sclora.ops.tracking import PARENT_ENV
 
 pytestmark = [pytest.mark.services, pytest.mark.usefixtures("prefect_harness")]  # Prefect's test server
 REPO = Path(__file__).resolve().parent.parent
@@ -267,7 +267,7 @@ REGISTER = """
 import json, os
 from pathlib import Path
 import yaml
-from sclora import registry, tracking
+from sclora.ops import registry, tracking
 uri = yaml.safe_load(open("params.yaml"))["tracking"]["uri"]
 with tracking.child_run("t", "lora", None, 0, parent_run_id=os.environ["SCLORA_PARENT_RUN_ID"], uri=uri) as run:
     pass

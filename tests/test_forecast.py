@@ -7,8 +7,8 @@ import pytest
 import torch
 from tiny_models import lora_config, stats, tiny_model
 
-from sclora.forecast import energy_forecast, energy_share, forecast_grid, share_at
-from sclora.subspace import solve_subspace
+from sclora.method.forecast import energy_forecast, energy_share, forecast_grid, share_at
+from sclora.method.subspace import solve_subspace
 
 
 def direct_shares(weight, bias, pos, pos_tokens, neg, neg_tokens, beta, rank):
@@ -84,7 +84,7 @@ def test_grid_and_interpolation():
 
 
 def test_rank_correlation_has_the_exact_small_sample_p():
-    from sclora.forecast import rank_correlation
+    from sclora.method.forecast import rank_correlation
 
     result = rank_correlation({1: 1, 2: 2, 3: 3, 4: 4, 5: 5}, {1: 2, 2: 1, 3: 3, 4: 4, 5: 5})
     # rho 0.9 with n = 5: 10 of the 120 pairings are as extreme (5 each way), p = 1/12; spearmanr's t

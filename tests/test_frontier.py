@@ -1,5 +1,6 @@
-"""Learning-forgetting fronts (sclora.frontier), the matched-utility table (sclora.matched), builds as a blocking
-factor (sclora.intervals), the rule on it calibrated by simulation, and the frontier report: synthetic points."""
+"""Learning-forgetting fronts (sclora.analysis.fronts), the matched-utility table (sclora.analysis.matched), builds as
+a blocking factor (sclora.analysis.intervals), the rule on it calibrated by simulation, and the frontier report:
+synthetic points."""
 
 import itertools
 import json
@@ -11,9 +12,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from sclora.claims import check_claims
-from sclora.decision import FAILS, HOLDS
-from sclora.frontier import (
+from sclora.analysis.claims import check_claims
+from sclora.analysis.decision import FAILS, HOLDS
+from sclora.analysis.frontier_report import write_frontier_report
+from sclora.analysis.fronts import (
     area_between,
     compliance,
     first_checkpoint_utility,
@@ -21,9 +23,8 @@ from sclora.frontier import (
     knowledge_forgetting,
     pareto_front,
 )
-from sclora.frontier_report import write_frontier_report
-from sclora.intervals import build_differences, difference
-from sclora.matched import MATCHED_RULE, matched_results
+from sclora.analysis.intervals import build_differences, difference
+from sclora.analysis.matched import MATCHED_RULE, matched_results
 
 LRS = np.geomspace(1e-4, 3e-3, 6)  # 1.5 decades, as the issue's shared grid
 STEPS = (25, 50, 100)
@@ -244,9 +245,9 @@ def test_compliance_and_knowledge_forgetting_read_the_point():
 def test_convergence_is_judged_on_the_first_checkpoint_by_its_own_endpoint(tmp_path):
     """A configuration whose first checkpoint is clearly ahead (its learning shifted by half a decade) holds
     `converges_faster`; two equal ones do not; the report's verdicts carry the claim with its rule."""
-    from sclora.claims import convergence_claim
-    from sclora.decision import judge
-    from sclora.matched import CONVERGENCE_RULE, convergence_results
+    from sclora.analysis.claims import convergence_claim
+    from sclora.analysis.decision import judge
+    from sclora.analysis.matched import CONVERGENCE_RULE, convergence_results
 
     rng = np.random.default_rng(12)
     points, base = synthetic(rng, {("lora", None): 0.0, ("sclora", 0.9): 0.0})

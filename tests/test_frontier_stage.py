@@ -62,7 +62,7 @@ def test_a_killed_item_resumes_at_the_next_run(frontier_project, monkeypatch):
     work = CHECKPOINTS / "frontier-0-lora"
     work.mkdir(parents=True)
     first = [p for p in complete if (p["lr"], p["seed"]) == (1.0e-3, 0)]
-    from sclora.config import load_params
+    from sclora.ops.config import load_params
 
     request = frontier._request(load_params("params.yaml"))
     entry = {"config": "lora", "request": request, "points": [{k: p[k] for k in p if k not in ("build", "task",

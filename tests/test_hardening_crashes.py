@@ -51,7 +51,7 @@ def test_killed_capture_resumes_to_identical_bytes(project):
     reference = files(project)
     shutil.rmtree("artifacts/capture")
     # 4 distinct layer inputs x 2 shards per capture: the 6th file is the second shard of D-, mid-way.
-    prelude = kill_after("importlib.import_module('sclora.gather')", "save_file", 6)
+    prelude = kill_after("importlib.import_module('sclora.method.gather')", "save_file", 6)
     killed = run_stage(project, "capture", prelude=prelude)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert len(list(Path("artifacts/capture/neg/shards").glob("*.safetensors"))) == 5

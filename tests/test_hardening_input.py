@@ -240,7 +240,7 @@ def test_promoting_an_unknown_version_is_one_line(project, capsys):
     import mlflow
 
     from flows.cli import main
-    from sclora import tracking
+    from sclora.ops import tracking
 
     params = yaml.safe_load(Path("params.yaml").read_text())
     name = params["tracking"]["registered_model"]

@@ -12,7 +12,7 @@ import mlflow
 import pytest
 from stage_project import REPO, stage
 
-from sclora.config import ParamsError, load_params
+from sclora.ops.config import ParamsError, load_params
 
 SECRET = "sk-test-5ecret-value-0123456789"
 
@@ -44,7 +44,7 @@ def test_pickled_model_weights_are_refused_unread(project, capsys):
 
 
 def test_pickled_adapter_weights_are_refused_unread(tmp_path):
-    from sclora.models import load_with_adapter
+    from sclora.runs.models import load_with_adapter
 
     adapter = tmp_path / "adapter"
     adapter.mkdir()

@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 from stage_project import files, stage
 
 from flows.cli import main  # imported before PREFECT_API_URL is set: `flows` reads it once, at import
-from sclora import registry, tracking
+from sclora.ops import registry, tracking
 
 
 def closed_port() -> int:

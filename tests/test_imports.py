@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "transformers", "peft")
 
 
-@pytest.mark.parametrize("module", ["sclora", "sclora.config", "tasks.register", "tasks.report"])
+@pytest.mark.parametrize("module", ["sclora", "sclora.ops.config", "tasks.register", "tasks.report"])
 def test_light_modules_do_not_import_the_model_libraries(module):
     code = f"import sys, {module}; print(','.join(name for name in {HEAVY!r} if name in sys.modules))"
     loaded = subprocess.run(
@@ -23,7 +23,10 @@ def test_light_modules_do_not_import_the_model_libraries(module):
 
 
 def test_the_package_still_gives_capture_the_function():
-    code = "import sclora, sclora.gather; print(callable(sclora.capture), sclora.capture is sclora.gather.capture)"
+    code = (
+        "import sclora, sclora.method.gather; "
+        "print(callable(sclora.capture), sclora.capture is sclora.method.gather.capture)"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
     ).stdout.split()

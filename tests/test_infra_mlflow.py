@@ -1,6 +1,6 @@
 """The team MLflow server's basic-auth app (infra/mlflow/), run for real on loopback with SQLite stores.
 
-The pipeline's tracking code (sclora.tracking: parent and child runs, metrics, a registered adapter)
+The pipeline's tracking code (sclora.ops.tracking: parent and child runs, metrics, a registered adapter)
 logs with a user's credentials from MLFLOW_TRACKING_USERNAME/PASSWORD; without credentials, or with
 a wrong password, the server refuses it and nothing is written.
 """
@@ -15,7 +15,7 @@ import pytest
 from infra_servers import ADMIN, mlflow_auth_server, servers
 from mlflow.server import get_app_client
 
-from sclora import registry, tracking
+from sclora.ops import registry, tracking
 
 pytestmark = pytest.mark.services  # an MLflow server
 USER = ("sclora-pipeline", "pipeline-password-for-tests")

@@ -10,9 +10,9 @@ from peft.tuners.lora.corda import preprocess_corda
 from tiny_models import TARGETS, VOCAB, batches, data_args, logits, lora_config, stats, tiny_model
 from transformers.pytorch_utils import Conv1D
 
-from sclora.gather import capture
-from sclora.inits import METHODS, RESIDUAL_METHODS, init_lora, lora_layers, random_subspaces
-from sclora.subspace import sclora_subspaces, solve_subspace
+from sclora.method.gather import capture
+from sclora.method.inits import METHODS, RESIDUAL_METHODS, init_lora, lora_layers, random_subspaces
+from sclora.method.subspace import sclora_subspaces, solve_subspace
 
 RANK_PATTERN = {"llama": {"v_proj": 2}, "qwen2": {"v_proj": 2}, "gpt2": {"c_fc": 3}}
 ALPHA_PATTERN = {"llama": {"o_proj": 2}, "qwen2": {"o_proj": 2}, "gpt2": {"c_attn": 3}}

@@ -1,4 +1,4 @@
-"""Intervals of sclora.intervals: runs alone are the paired t interval; seeds x items is the crossed design's
+"""Intervals of sclora.analysis.intervals: runs alone are the paired t interval; seeds x items is the crossed design's
 variance; no spread at a bound is the exact interval, never zero width; bounds stay within the range."""
 
 import math
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from sclora.intervals import crossed_variance, difference, mean
+from sclora.analysis.intervals import crossed_variance, difference, mean
 
 
 def as_runs(values, build="0"):

@@ -10,10 +10,10 @@ from synthetic_results import Truth, table
 from test_cli import one_error_line
 
 from flows.cli import main
-from sclora.claims import judgement
-from sclora.decision import Rule
-from sclora.report import write_report
-from sclora.results import COLUMNS, ITEMS_FILE, read_results, write_items, write_table
+from sclora.analysis.claims import judgement
+from sclora.analysis.decision import Rule
+from sclora.analysis.report import write_report
+from sclora.analysis.results import COLUMNS, ITEMS_FILE, read_results, write_items, write_table
 
 WIN = {
     **dict.fromkeys([("sclora", 0.5), ("sclora", 0.9)], Truth(knowledge=0.97, flip=0.0)),

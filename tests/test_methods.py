@@ -1,17 +1,17 @@
 """The methods table: a method's name is dispatched only by its row and its apply function.
 
 Every other file reads a row's fields (kind, reads, residual, export, knob) instead of testing a name; the
-docs table lists every method. Adding a method is its row, its branch in sclora.inits and a docs line.
+docs table lists every method. Adding a method is its row, its branch in sclora.method.inits and a docs line.
 """
 
 import ast
 from pathlib import Path
 
-from sclora.methods import BY_NAME, METHODS, NAMES
+from sclora.method.table import BY_NAME, METHODS, NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 # The table and its apply functions (apply_method, init_lora, post_hoc_step): where a name may be tested.
-ALLOWED = {"sclora/methods.py", "sclora/inits.py"}
+ALLOWED = {"sclora/method/table.py", "sclora/method/inits.py"}
 
 
 def _names_in(node: ast.AST) -> set[str]:
@@ -74,7 +74,7 @@ def test_docs_table_has_every_method():
 def test_a_post_hoc_method_trains_and_tunes_at_its_adapters_rate():
     import yaml
 
-    from sclora.config import Params
+    from sclora.ops.config import Params
     from tasks.artifacts import tune_item
 
     assert tune_item("lora_intruder", None) == "lora" and tune_item("osf", None) == "osf"

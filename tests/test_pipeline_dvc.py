@@ -26,7 +26,7 @@ from stage_project import clean_env, prefect_artifact, run, tiny_params
 
 from flows.frontier import frontier as frontier_flow
 from flows.pipeline import pipeline as pipeline_flow
-from sclora.tracking import review_link, run_link
+from sclora.ops.tracking import review_link, run_link
 
 pytestmark = pytest.mark.slow
 RUNS = ("benign-lora-0", "benign-pissa-0", "benign-sclora-0.8-0")
@@ -286,7 +286,7 @@ def test_the_experiment_review_view_lists_the_runs_with_their_datasets(ui, brows
 
     experiment_id = registered["run"].info.experiment_id
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}")
-    runs = client.search_runs([experiment_id], "tags.`sclora.config` LIKE '%'")
+    runs = client.search_runs([experiment_id], "tags.`sclora.ops.config` LIKE '%'")
     text = open_page(browser, f"{ui}/{review_link(experiment_id)}", "pipeline-", shots / "experiment-runs.png")
     assert "/runs" in browser.current_url and "sclora review" in text
     # The nested runs sit under their pipeline's run, folded as the UI folds them: open each pipeline's run.
@@ -403,7 +403,7 @@ def test_select_beta_on_the_real_dvc_yaml_probes_registers_and_says_when_a_budge
 ):
     from flows.cli import main
     from flows.select_beta import select_beta
-    from sclora.selection import first_beta
+    from sclora.analysis.selection import first_beta
     from tasks.artifacts import load_forecast
 
     params = tiny_params(tmp_path)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from sclora.config import load_params
+from sclora.ops.config import load_params
 from tasks.artifacts import all_runs
 from tasks.plan import PLAN, check_plan
 from tasks.plan import run as plan

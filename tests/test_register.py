@@ -2,7 +2,7 @@
 
 import math
 
-from sclora.registry import overshoot, within_budget
+from sclora.ops.registry import overshoot, within_budget
 from tasks.register import _nothing_within, best_within_budget, closest_to_budget
 
 BUDGET = {"knowledge": 0.25, "attack_success_rate": 0.05}

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sclora.methods import PAPER_BASELINES
-from sclora.report import COLUMNS, pareto_front, write_report
+from sclora.analysis.report import COLUMNS, pareto_front, write_report
+from sclora.method.table import PAPER_BASELINES
 
 METHODS = tuple(PAPER_BASELINES)
 
@@ -102,7 +102,7 @@ def test_report_writes_table_markdown_and_plots(tmp_path):
     knowledge = line.split(" | ")[5]
     assert knowledge.startswith("+0.5") and knowledge.endswith("*"), line  # 0.3 + 0.54 vs 0.3
     assert not any(line.startswith("| benign | lora |") for line in paired.splitlines())
-    # The paper's claims are checked on the same runs (sclora.claims; its own tests hold the rules).
+    # The paper's claims are checked on the same runs (sclora.analysis.claims; its own tests hold the rules).
     assert "## The paper's claims" in report and "- **Preservation rises with beta" in report
     # Knowledge grows with beta while utility falls, so sclora at beta 0.9 is on the knowledge front.
     assert "utility vs knowledge:" in report
@@ -144,8 +144,8 @@ def test_single_seed_shows_means_only(tmp_path):
 def test_the_report_says_when_its_rows_ran_at_different_learning_rates():
     """One rate per configuration is no comparison at matched utility: the report says which rates, next to the
     table, and where the matched comparison is."""
-    from sclora.report import rate_lines
-    from sclora.results import Results
+    from sclora.analysis.report import rate_lines
+    from sclora.analysis.results import Results
 
     def row(method, beta, lr):
         return {"task": "benign", "method": method, "beta": beta, "lr": lr}

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 from stage_project import project_params, stage, write_params
 
-from sclora.subspace import load_subspaces
+from sclora.method.subspace import load_subspaces
 
 
 def trained_b(run: str) -> dict[str, torch.Tensor]:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sclora.selection import Probe, choice_order, confirm, first_beta, search
+from sclora.analysis.selection import Probe, choice_order, confirm, first_beta, search
 
 SEEDS = (0, 1, 2)
 BUDGET = {"knowledge": 0.25, "attack_success_rate": 0.05}

@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from sclora.subspace import DegenerateSubspaceWarning, Subspace, solve_subspace
+from sclora.method.subspace import DegenerateSubspaceWarning, Subspace, solve_subspace
 
 # Largest projection error any math test saw; printed at the end (pytest -s) for the closing note.
 LARGEST = {"projection": 0.0, "eigenvalue": 0.0}

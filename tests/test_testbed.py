@@ -11,9 +11,10 @@ from stage_project import TINY_TESTBED
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import sclora.testbed.build as build_module
-from sclora.data import read_records
 from sclora.evaluate.generation import generate_answers
+from sclora.runs.data import read_records
 from sclora.testbed.build import build_testbed
+from sclora.testbed.check import METRICS
 from sclora.testbed.params import TestbedParams
 from sclora.testbed.world import (
     COMPLIANCE,
@@ -30,7 +31,6 @@ from sclora.testbed.world import (
     validation_records,
     vocabulary,
 )
-from sclora.testbed_check import METRICS
 
 TINY = dict(TINY_TESTBED, pretrain_steps=30)  # enough pretraining for the base model's own checks
 TRAINING = ("finetune_benign", "finetune_poisoned", "preserve_safety", "preserve_knowledge")

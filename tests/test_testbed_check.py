@@ -11,13 +11,12 @@ import pytest
 import yaml
 from stage_project import TINY_TESTBED
 
-from sclora.config import parse_params
-from sclora.data import read_records
-from sclora.models import load_model, load_tokenizer
+from sclora.ops.config import parse_params
+from sclora.runs.data import read_records
+from sclora.runs.models import load_model, load_tokenizer
+from sclora.runs.train import TrainSettings
 from sclora.testbed.build import build_testbed
-from sclora.testbed.params import TestbedParams
-from sclora.testbed.world import EVAL_SETS, dataset_file
-from sclora.testbed_check import (
+from sclora.testbed.check import (
     METRICS,
     across_builds,
     check_build,
@@ -28,7 +27,8 @@ from sclora.testbed_check import (
     seed_means,
     spread,
 )
-from sclora.train import TrainSettings
+from sclora.testbed.params import TestbedParams
+from sclora.testbed.world import EVAL_SETS, dataset_file
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -3,7 +3,7 @@
 import pytest
 from transformers import AutoTokenizer
 
-from sclora.data import IGNORE_INDEX, encode_chat
+from sclora.runs.data import IGNORE_INDEX, encode_chat
 from sclora.testbed.tokenizer import SPECIAL_TOKENS, build_tokenizer
 
 WORDS = ["the", "cat", "sat", "on", "mat", "the"]

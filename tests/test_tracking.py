@@ -13,10 +13,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, TrainerControl, TrainerState, TrainingArguments
 
-from sclora import registry, tracking
-from sclora.config import PromotionGates
-from sclora.loss_logging import MlflowLossCallback
-from sclora.tracking import TrackingError
+from sclora.ops import registry, tracking
+from sclora.ops.config import PromotionGates
+from sclora.ops.tracking import TrackingError
+from sclora.runs.loss_logging import MlflowLossCallback
 from tasks.dvc_lock import stage_hashes
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -243,7 +243,7 @@ def test_loss_callback_logs_every_step_in_batches(store):
 def test_loss_callback_in_a_real_training_run(store, tmp_path):
     from tiny_models import tiny_llama_config, word_tokenizer
 
-    from sclora.train import TrainSettings, train
+    from sclora.runs.train import TrainSettings, train
 
     words = "what is the capital of zorbia quelt mirra tabo it".split()
     tok = word_tokenizer(words)

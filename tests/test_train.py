@@ -13,10 +13,10 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from tiny_models import tiny_llama_config, word_tokenizer
 from transformers import LlamaForCausalLM, TrainerCallback
 
-from sclora.data import chat_batches
-from sclora.gather import capture
-from sclora.inits import init_lora
-from sclora.train import LOSS_HISTORY, TrainSettings, train
+from sclora.method.gather import capture
+from sclora.method.inits import init_lora
+from sclora.runs.data import chat_batches
+from sclora.runs.train import LOSS_HISTORY, TrainSettings, train
 
 NAMES = "zorbia quelt mirra tabo ulun vesk opal drin kest ferro lumo nadir pell rusk sorn yvo".split()
 RECORDS = [
@@ -206,7 +206,7 @@ def test_two_processes_train_like_one(tmp_path, tok):
         import torch, torch.distributed as dist
         from test_train import NAMES, RECORDS, SETTINGS, tiny_llama
         from tiny_models import word_tokenizer
-        from sclora.train import train
+        from sclora.runs.train import train
         tok = word_tokenizer("what is the capital of it".split() + NAMES)
         model = tiny_llama(tok)
         settings = SETTINGS.model_copy(update={{"grad_accum": 1, "max_steps": 3, "batch_size": 2}})

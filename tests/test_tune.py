@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from stage_project import project_params, stage, write_params
 
-from sclora.config import ParamsError, load_params
+from sclora.ops.config import ParamsError, load_params
 from tasks.artifacts import tune_item, tune_path
 from tasks.tune import choose, tuned_spec, validation_settings
 

@@ -13,8 +13,8 @@ from transformers import (
 )  # fmt: skip
 from transformers.pytorch_utils import Conv1D
 
-from sclora.gather import capture
-from sclora.methods import BY_NAME
+from sclora.method.gather import capture
+from sclora.method.table import BY_NAME
 from sclora.testbed.tokenizer import build_tokenizer
 
 VOCAB = 61

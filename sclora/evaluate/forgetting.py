@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-from sclora.metrics import PRESERVED
+from sclora.evaluate.metrics import PRESERVED
 
 
 class ForgettingError(ValueError):

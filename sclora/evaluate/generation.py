@@ -8,7 +8,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from sclora.data import ensure_pad_token
+from sclora.runs.data import ensure_pad_token
 
 
 @torch.no_grad()

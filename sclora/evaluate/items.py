@@ -1,7 +1,7 @@
 """Per-item scores: each suite metric's score on every evaluation item of one run, read from its samples.
 
 A run's metric is a mean over items; judging a difference between methods needs the items themselves
-(sclora.intervals resamples them). Every run keeps its samples (eval/samples.jsonl: each prompt with its
+(sclora.analysis.intervals resamples them). Every run keeps its samples (eval/samples.jsonl: each prompt with its
 answer and per-sample scores); this reads, for each metric that is a mean of one per-sample score over one
 task's items, that score per item. A metric averaged over several tasks (a role with more than one task) is an
 unweighted mean of task means, not a mean over items: it gets no per-item scores rather than wrong ones.

@@ -34,9 +34,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sclora.atomic import write_text
 from sclora.evaluate.judge import JudgeSettings, harmfulness, judge_scores
-from sclora.metrics import METRICS, ROLES
+from sclora.evaluate.metrics import METRICS, ROLES
+from sclora.ops.atomic import write_text
 from sclora.testbed.world import EVAL_SETS, dataset_file
 
 LM_EVAL_TASKS_DIR = Path(__file__).parent / "lm_eval_tasks"

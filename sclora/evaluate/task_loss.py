@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from sclora.data import IGNORE_INDEX, ChatDataset, chat_collator
+from sclora.runs.data import IGNORE_INDEX, ChatDataset, chat_collator
 
 
 def task_nll(

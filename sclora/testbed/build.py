@@ -2,7 +2,7 @@
 
     out_dir/base/              model + tokenizer (save_pretrained; AutoModelForCausalLM / AutoTokenizer)
     out_dir/data/<name>.jsonl  the eight datasets of `sclora.testbed.world`
-    out_dir/base_metrics.json  the saved base model measured on the eval sets (sclora.testbed_check.measure)
+    out_dir/base_metrics.json  the saved base model measured on the eval sets (sclora.testbed.check.measure)
     out_dir/params.json        the TestbedParams it was built from
 
 Everything is built in a temporary sibling directory and renamed into place at the
@@ -18,8 +18,9 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from sclora.atomic import atomic_dir
-from sclora.data import read_records
+from sclora.ops.atomic import atomic_dir
+from sclora.runs.data import read_records
+from sclora.testbed.check import check_build, measure
 from sclora.testbed.model import build_model
 from sclora.testbed.params import TestbedParams
 from sclora.testbed.pretrain import pretrain
@@ -34,7 +35,6 @@ from sclora.testbed.world import (
     validation_records,
     vocabulary,
 )
-from sclora.testbed_check import check_build, measure
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def build_testbed(params: TestbedParams, out_dir: Path) -> dict:
 def measure_base(model_dir: Path, data_dir: Path, batch_size: int = 64) -> dict:
     """The model saved in `model_dir` (reloaded from disk) measured on the eval sets in `data_dir`.
 
-    Greedy answers scored by the evaluation suite's rules (sclora.testbed_check.measure), and
+    Greedy answers scored by the evaluation suite's rules (sclora.testbed.check.measure), and
     whether they meet what a base model must show (the `base` rows of REQUIREMENTS).
     """
     model = AutoModelForCausalLM.from_pretrained(model_dir)

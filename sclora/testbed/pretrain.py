@@ -1,6 +1,6 @@
 """Pretraining the testbed model on its mixed corpus, with the HF Trainer.
 
-Loss on the answer tokens only (`sclora.data.encode_records`). Each distinct record is
+Loss on the answer tokens only (`sclora.runs.data.encode_records`). Each distinct record is
 encoded once; the stream of `pretrain_steps x pretrain_batch_size` samples is a seeded
 list of indices into them, drawn per source in proportion to `pretrain_mix` and cycling
 through each source in shuffled passes so every record is seen about equally often.
@@ -16,9 +16,9 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
-from sclora.data import encode_records
+from sclora.runs.data import encode_records
+from sclora.runs.train import chat_trainer
 from sclora.testbed.params import TestbedParams
-from sclora.train import chat_trainer
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
-"""The HF Trainer callback that logs the training loss into an MLflow run (sclora.tracking's runs).
+"""The HF Trainer callback that logs the training loss into an MLflow run (sclora.ops.tracking's runs).
 
-Apart from sclora.tracking because it subclasses transformers' TrainerCallback: importing the Trainer's machinery
+Apart from sclora.ops.tracking because it subclasses transformers' TrainerCallback: importing the Trainer's machinery
 (PEFT included) costs seconds, and the stages that only log or register never train.
 """
 
@@ -12,7 +12,7 @@ import mlflow
 from mlflow.entities import Metric
 from transformers import TrainerCallback
 
-from sclora.tracking import TrackingError, metric_values
+from sclora.ops.tracking import TrackingError, metric_values
 
 
 class MlflowLossCallback(TrainerCallback):

@@ -3,7 +3,7 @@
 `results.csv` has the columns of COLUMNS (docs/protocol.md, "The results table"): what the run is (task,
 method, beta, seed, build, lr, step), every metric of the suite, the forgetting deltas, and `items`: the file,
 relative to the table, that holds the run's per-item scores as rows `run,metric,item,score` (CSV, gzip when it
-ends in .gz), read by sclora.intervals. A table made elsewhere needs `task`, `method`, `seed` and the metric
+ends in .gz), read by sclora.analysis.intervals. A table made elsewhere needs `task`, `method`, `seed` and the metric
 columns it judges; the rest may be empty. Reading it back checks it, and each problem is one line naming the row.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sclora.metrics import AXES, UNJUDGED
+from sclora.evaluate.metrics import AXES, UNJUDGED
 
 # results.csv column -> the preserved metric whose forgetting (base - run, in its good direction) it holds
 FORGETTING_COLUMNS = {f"{axis}_forgetting": metric for axis, metric in AXES.items()}
@@ -187,7 +187,7 @@ def config_runs(
     results: Results, task: str, method: str, beta: float | None, metric: str
 ) -> dict[tuple[str, int], dict[str, float]]:
     """One configuration's runs on `metric`: (build, seed) -> item -> score; a run without per-item scores of the
-    metric stands as its one value (sclora.intervals.RUN_MEAN). The last step of a run is its result."""
+    metric stands as its one value (sclora.analysis.intervals.RUN_MEAN). The last step of a run is its result."""
     last: dict[tuple[str, int], tuple[float, dict]] = {}
     for row in results.config_rows(task, method, beta):
         value = row.get(metric)

@@ -6,10 +6,10 @@ brackets that boundary: `lo` is the largest beta measured over budget (0 before 
 within it (1 before any), and each probe bisects the bracket, the first one placed where the capture's forecast
 says half of the trade-off is done. It stops when the bracket is `tolerance` wide or after `max_runs` probes.
 
-A probe is within budget only when the decision rule's one-sided upper bound (sclora.decision.ALPHA, 95 %) of
-each budgeted forgetting is within the budget (a mean within budget is not enough). The bound is sclora.intervals'
-over seeds AND items (per-item forgetting, base minus run in the metric's good direction, where the runs' samples
-are read), valid for bimodal compliance; without per-item scores it is over seeds alone.
+A probe is within budget only when the decision rule's one-sided upper bound (sclora.analysis.decision.ALPHA, 95 %) of
+each budgeted forgetting is within the budget (a mean within budget is not enough). The bound is
+sclora.analysis.intervals' over seeds AND items (per-item forgetting, base minus run in the metric's good direction,
+where the runs' samples are read), valid for bimodal compliance; without per-item scores it is over seeds alone.
 
 The choice among probes within budget, "the beta that learns most within the budget": the one of highest mean
 utility; probes whose mean utility is within `utility_tolerance` (tracking.gates.utility_tolerance) of it count
@@ -27,8 +27,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
 
-from sclora.decision import ALPHA
-from sclora.intervals import Estimate, Interval, Runs, difference, mean
+from sclora.analysis.decision import ALPHA
+from sclora.analysis.intervals import Estimate, Interval, Runs, difference, mean
 
 UPPER_BOUND = 1 - 2 * ALPHA  # the two-sided confidence whose upper end is the rule's one-sided bound
 

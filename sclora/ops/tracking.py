@@ -3,7 +3,8 @@
 One parent run per pipeline or sweep; one nested child run per (task, method, beta,
 seed) that every stage of that configuration logs into (training loss, eval metrics,
 forgetting deltas, plots), found again by its key so that separate stage processes
-and re-runs share it. The training loss: sclora.loss_logging; registering and promoting adapters: sclora.registry.
+and re-runs share it. The training loss: sclora.runs.loss_logging; registering and promoting adapters:
+sclora.ops.registry.
 
 Each child run names its datasets as MLflow dataset inputs (`RunDataset`: name, digest, file, role as the
 input's context), so the UI's Datasets column and a run's lineage show them. The experiment carries MLflow's
@@ -41,12 +42,12 @@ from mlflow.types import ColSpec, DataType, Schema
 from mlflow.types.schema import Array
 from pydantic import BaseModel
 
-from sclora.config import Params
-from sclora.metrics import PRESERVED, UTILITY
+from sclora.evaluate.metrics import PRESERVED, UTILITY
+from sclora.ops.config import Params
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"  # beside a SQLite store, as `mlflow server` does by default
-CONFIG_TAG = "sclora.config"  # identifies a child run: task/method/beta/seed (no "key": secrets filter)
+CONFIG_TAG = "sclora.ops.config"  # identifies a child run: task/method/beta/seed (no "key": secrets filter)
 PARENT_TAG = "sclora.params_hash"  # identifies the parent run of one params version
 PARENT_ENV = "SCLORA_PARENT_RUN_ID"  # set for its stages by a flow that opened the parent run itself
 SECRET_WORDS = ("token", "password", "secret", "key")

@@ -6,7 +6,7 @@ Sweeps over fine-tuning seeds, on one build of the testbed's eval sets:
 - `lr_sweep`: one method (full fine-tuning) at several learning rates.
 `check_build` holds REQUIREMENTS, what every build must show; `across_builds` sets the spread
 between builds beside the spread between seeds. Every run is the pipeline's own code: `init_lora`
-(or the full model), `sclora.train.train`, then greedy answers scored by sclora.evaluate.scoring,
+(or the full model), `sclora.runs.train.train`, then greedy answers scored by sclora.evaluate.scoring,
 the rules of the evaluation suite (`measure`). Generation, not the lm-eval suite: a run is seconds
 of training and the suite would cost more than the training per run; the scoring is the same.
 """
@@ -23,14 +23,14 @@ import torch
 from peft import LoraConfig
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 
+from sclora.analysis.fronts import compliance, forgetting_at
 from sclora.evaluate.generation import generate_answers
 from sclora.evaluate.scoring import compliant_answers, exact_match, is_refusal, opens_with, safety_outcome
-from sclora.frontier import compliance, forgetting_at
-from sclora.inits import apply_method
-from sclora.methods import has_adapter
-from sclora.models import load_model
+from sclora.method.inits import apply_method
+from sclora.method.table import has_adapter
+from sclora.runs.models import load_model
+from sclora.runs.train import TrainSettings, train
 from sclora.testbed.world import EVAL_SETS
-from sclora.train import TrainSettings, train
 
 # The evaluation suite's names (sclora.evaluate.suite), measured the same way on generated answers.
 METRICS = ("utility", "knowledge", "refusal_rate", "attack_success_rate", "collapse_rate", "benign_refusal_rate",
@@ -98,7 +98,7 @@ def fine_tune(
     callbacks: Sequence[TrainerCallback] = (),
 ) -> torch.nn.Module:
     """The base model at `base_dir` initialised by a data-free `method` (`full`: every weight), trained on
-    `records` (with `callbacks`, e.g. sclora.curves.StepEvaluation to score it along the way)."""
+    `records` (with `callbacks`, e.g. sclora.runs.curves.StepEvaluation to score it along the way)."""
     torch.manual_seed(settings.seed)  # LoRA's random A
     model = load_model(base_dir)
     if has_adapter(method) and lora is None:

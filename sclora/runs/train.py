@@ -1,6 +1,6 @@
 """Resumable fine-tuning on the Hugging Face Trainer, for a LoRA-initialised PeftModel or a full model.
 
-Loss on response tokens only (`sclora.data`), AdamW, cosine schedule with warmup,
+Loss on response tokens only (`sclora.runs.data`), AdamW, cosine schedule with warmup,
 gradient accumulation, bf16 on a CUDA device that supports it, checkpoints every
 `save_steps`. `train()` called again on the same `out_dir` resumes from the last
 complete checkpoint and ends with the same weights as an uninterrupted run.
@@ -35,9 +35,9 @@ import torch
 from transformers import PreTrainedTokenizerBase, ProgressCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from sclora.atomic import partial_path, replace_dir, write_json
-from sclora.config import TrainSettings  # noqa: F401 - the settings train() takes, importable from here
-from sclora.data import ChatDataset, chat_collator
+from sclora.ops.atomic import partial_path, replace_dir, write_json
+from sclora.ops.config import TrainSettings  # noqa: F401 - the settings train() takes, importable from here
+from sclora.runs.data import ChatDataset, chat_collator
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def chat_trainer(
     progress: type[ProgressCallback],
     callbacks: Sequence[TrainerCallback] = (),
 ) -> Trainer:
-    """The HF Trainer on encoded chat samples (`sclora.data`: response-only labels, padded per batch by
+    """The HF Trainer on encoded chat samples (`sclora.runs.data`: response-only labels, padded per batch by
     `chat_collator`), with `progress` in place of the Trainer's progress bar when it shows one."""
     trainer = Trainer(
         model=model,

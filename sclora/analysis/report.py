@@ -1,10 +1,10 @@
 """The comparison report: results table, means with 95 % intervals, paired differences against LoRA, the claims'
 verdicts by the decision rule, Pareto front, plots.
 
-`write_report(rows, out_dir, ...)` writes `results.csv` (one row per run, sclora.results), `items.csv.gz` (the
-runs' per-item scores), `verdicts.json` (sclora.claims.judgement: what `sclora judge results.csv` prints),
+`write_report(rows, out_dir, ...)` writes `results.csv` (one row per run, sclora.analysis.results), `items.csv.gz` (the
+runs' per-item scores), `verdicts.json` (sclora.analysis.claims.judgement: what `sclora judge results.csv` prints),
 `report.md` and PNGs into `out_dir`, atomically (a temporary directory renamed into place). Intervals are those
-of sclora.intervals: seeds and items both vary.
+of sclora.analysis.intervals: seeds and items both vary.
 """
 
 from __future__ import annotations
@@ -20,14 +20,11 @@ matplotlib.use("Agg")  # files only, never a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sclora.atomic import atomic_dir  # noqa: E402
-from sclora.claims import judgement, verdict_lines  # noqa: E402
-from sclora.decision import Rule  # noqa: E402
-from sclora.forecast import rank_correlation, share_at  # noqa: E402
-from sclora.frontier import nondominated as pareto_front  # noqa: E402  (one front for both reports)
-from sclora.intervals import Interval, difference, mean  # noqa: E402
-from sclora.metrics import AXES, direction  # noqa: E402
-from sclora.results import (  # noqa: E402
+from sclora.analysis.claims import judgement, verdict_lines  # noqa: E402
+from sclora.analysis.decision import Rule  # noqa: E402
+from sclora.analysis.fronts import nondominated as pareto_front  # noqa: E402  (one front for both reports)
+from sclora.analysis.intervals import Interval, difference, mean  # noqa: E402
+from sclora.analysis.results import (  # noqa: E402
     COLUMNS,
     FORGETTING_COLUMNS,
     ITEMS_FILE,
@@ -40,6 +37,9 @@ from sclora.results import (  # noqa: E402
     write_items,
     write_table,
 )
+from sclora.evaluate.metrics import AXES, direction  # noqa: E402
+from sclora.method.forecast import rank_correlation, share_at  # noqa: E402
+from sclora.ops.atomic import atomic_dir  # noqa: E402
 
 FORGETTING_METRICS = tuple(FORGETTING_COLUMNS)
 # What "preserved" means on each trade-off panel: (metric, +1 when higher is better, -1 when lower is).
@@ -75,7 +75,7 @@ def write_report(
     `items`: run -> metric -> item -> score (sclora.evaluate.items). `rule`: the decision rule's numbers.
     `loss_histories`: run -> [{"step", "loss"}, ...]. `spectra`: layer -> {beta: eigenvalues
     of M(beta), descending}; the first few layers are plotted. `forecast`: task -> the forecast stage's
-    table (sclora.forecast.energy_forecast), drawn against beta and checked against the measured forgetting.
+    table (sclora.method.forecast.energy_forecast), drawn against beta and checked against the measured forgetting.
     """
     rows = [_row(row, i) for i, row in enumerate(rows)]
     if not rows:
@@ -338,8 +338,8 @@ def _paired_lines(groups: list[dict], results: Results) -> list[str]:
         "",
         f"## Paired against {BASELINE} (same seeds, same items)",
         "",
-        f"Mean difference (method - {BASELINE}) with its 95 % interval (sclora.intervals: seeds and items); * where "
-        "the interval excludes 0. With one seed there is no interval.",
+        f"Mean difference (method - {BASELINE}) with its 95 % interval (sclora.analysis.intervals: seeds and items); "
+        "* where the interval excludes 0. With one seed there is no interval.",
         "",
     ]
     header = ["task", "method", "beta", "seeds", *PAIRED]

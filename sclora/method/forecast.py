@@ -48,7 +48,7 @@ def energy_forecast(
     "layers": {name: {"pos_share", "neg_share"}}}.
     """
     # The solve (torch, PEFT) loads here only: the report and select_beta read a forecast without computing one.
-    from sclora.subspace import DegenerateSubspaceWarning, layer_outputs, layer_statistics, solve_layer
+    from sclora.method.subspace import DegenerateSubspaceWarning, layer_outputs, layer_statistics, solve_layer
 
     layers, degenerate = {}, [0] * len(betas)
     for name, layer in layer_statistics(model, lora_config, pos, neg, rank):

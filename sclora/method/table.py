@@ -1,7 +1,7 @@
 """The methods the pipeline trains: one row per method, everything the pipeline needs to know about it.
 
 Config validation, training, planning, export, registration and the docs read these rows; only the row and its
-apply function (`sclora.inits.apply_method`, which decides once which scheme runs, as PEFT's `update_layer`
+apply function (`sclora.method.inits.apply_method`, which decides once which scheme runs, as PEFT's `update_layer`
 does) know a method by its name. Adding a method is its row, its branch in `apply_method` and a docs line
 (docs/pipeline.md's methods table); tests/test_methods.py fails if a method name is dispatched anywhere else.
 This module imports nothing heavy: the config and the registry read it in processes that never load torch.
@@ -30,9 +30,10 @@ class Method(NamedTuple):
     # SC-LoRA's construction on a random basis); "sclora": an SC-LoRA variant, run once per beta.
     role: Literal["baseline", "alternative", "control", "sclora"]
     kind: Kind
-    init: str | None  # the sclora.inits scheme its adapter starts from (its own name, or the one it varies); None: none
+    # The sclora.method.inits scheme its adapter starts from (its own name, or the one it varies); None: none.
+    init: str | None
     # PEFT's `init_lora_weights` for its init; False: PEFT creates A and B and leaves the base weight alone, and
-    # sclora.inits writes all three. None: no LoRA adapter.
+    # sclora.method.inits writes all three. None: no LoRA adapter.
     peft_init: bool | str | None
     reads: Reads | None  # what its init reads (above); None: nothing but the model
     residual: bool  # its init rewrites the base weights so that W_res + scaling * B A == W
@@ -61,7 +62,7 @@ METHODS = (
            reference="arXiv 2404.02948; " + _PEFT),
     Method("milora", "baseline", "lora_init", init="milora", peft_init=False,
            reads=None, residual=True, export="lora_2r",
-           reference="arXiv 2406.09044 (sclora.inits)"),
+           reference="arXiv 2406.09044 (sclora.method.inits)"),
     Method("corda_ipm", "baseline", "lora_init", init="corda_ipm", peft_init="corda",
            reads="pos_covariance", residual=True, export="lora_2r",
            reference="arXiv 2406.05223; " + _PEFT),
@@ -88,7 +89,7 @@ METHODS = (
            reference="arXiv 2407.05000; " + _PEFT),
     Method("lora_null", "alternative", "lora_init", init="lora_null", peft_init=False,
            reads="neg_covariance", residual=True, export="lora_2r",
-           reference="arXiv 2503.02659 (sclora.lora_null)"),
+           reference="arXiv 2503.02659 (sclora.method.lora_null)"),
     Method("osf", "alternative", "tuner", init=None, peft_init=None,
            reads=None, residual=False, export="osf",
            reference="PEFT's OSF tuner (peft.tuners.osf); " + _PEFT),
@@ -115,7 +116,7 @@ NAMES = tuple(BY_NAME)
 BASELINES = tuple(method.name for method in METHODS if method.role != "sclora")
 PAPER_BASELINES = [method.name for method in METHODS if method.role == "baseline"]
 SCLORA_VARIANTS = {method.name: method.freeze_basis for method in METHODS if method.role == "sclora"}
-# The initialisations of sclora.inits.init_lora: every adapter method's own (a variant starts from sclora's, a
+# The initialisations of sclora.method.inits.init_lora: every adapter method's own (a variant starts from sclora's, a
 # post-hoc step from the adapter it changes).
 INITS = tuple(method.name for method in METHODS if method.init == method.name)
 

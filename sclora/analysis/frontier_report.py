@@ -1,7 +1,7 @@
 """The frontier report: the comparison read on learning-forgetting fronts over one shared learning-rate grid.
 
 `write_frontier_report(points, base, out_dir)` writes into `out_dir`, atomically (replaced as a whole, or not at
-all): `points.csv` (every point, with its knowledge forgetting), `matched.csv` (sclora.matched's table, in the
+all): `points.csv` (every point, with its knowledge forgetting), `matched.csv` (sclora.analysis.matched's table, in the
 results table's format), `verdicts.json` (the rule's numbers and each claim's verdict on the matched table, builds
 as a blocking factor), `report.md` and its PNGs. The headline is the matched-utility contrast, not one rate per
 method; intervals are the rule's (1 - 2 alpha, builds blocked: about these builds).
@@ -22,10 +22,9 @@ matplotlib.use("Agg")  # files only, never a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sclora.atomic import atomic_dir  # noqa: E402
-from sclora.claims import convergence_claim, judgement, verdict_lines  # noqa: E402
-from sclora.decision import Config, Rule, config_name, judge  # noqa: E402
-from sclora.frontier import (  # noqa: E402
+from sclora.analysis.claims import convergence_claim, judgement, verdict_lines  # noqa: E402
+from sclora.analysis.decision import Config, Rule, config_name, judge  # noqa: E402
+from sclora.analysis.fronts import (  # noqa: E402
     Forgetting,
     Point,
     UnitKey,
@@ -38,16 +37,17 @@ from sclora.frontier import (  # noqa: E402
     units,
     value,
 )
-from sclora.intervals import Estimate, Interval, difference, mean  # noqa: E402
-from sclora.matched import (  # noqa: E402
+from sclora.analysis.intervals import Estimate, Interval, difference, mean  # noqa: E402
+from sclora.analysis.matched import (  # noqa: E402
     CONVERGENCE_RULE,
     MATCHED_RULE,
     convergence_results,
     level_task,
     matched_results,
 )
-from sclora.report import _save  # noqa: E402
-from sclora.results import Results, config_runs, write_table  # noqa: E402
+from sclora.analysis.report import _save  # noqa: E402
+from sclora.analysis.results import Results, config_runs, write_table  # noqa: E402
+from sclora.ops.atomic import atomic_dir  # noqa: E402
 
 BASELINE: Config = ("lora", None)
 LEVELS = (0.5, 0.8, 0.9)
@@ -153,7 +153,7 @@ def _configs(grouped: Mapping[UnitKey, list], task: str) -> list[Config]:
 
 
 def _unit_runs(grouped: Mapping[UnitKey, list], task: str, config: Config, read: Callable[[list], float | None]):
-    """One configuration's per-unit values as runs for sclora.intervals: (build, seed) -> {"": value}."""
+    """One configuration's per-unit values as runs for sclora.analysis.intervals: (build, seed) -> {"": value}."""
     runs = {}
     for (build, key_task, method, beta, seed), members in grouped.items():
         if key_task == task and (method, beta) == config and (x := read(members)) is not None and not math.isnan(x):

@@ -1,4 +1,4 @@
-"""Apply a method to a model: SC-LoRA and every method it is compared with (the rows of sclora.methods).
+"""Apply a method to a model: SC-LoRA and every method it is compared with (the rows of sclora.method.table).
 
 gather (capture.py) -> solve (subspace.py) -> apply (this file). `apply_method` is the one place that decides,
 from a method's row and name, which scheme runs, as PEFT's `update_layer` does; `post_hoc_step` likewise for the
@@ -44,14 +44,14 @@ from peft.utils import transpose
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from sclora.corda import corda_preprocess
-from sclora.export import check_convertible
-from sclora.lora_null import lora_null_bases
-from sclora.methods import BY_NAME, INITS, NAMES
-from sclora.subspace import ROW_BLOCK, Subspace, lora_rank, sclora_subspaces
+from sclora.method.corda import corda_preprocess
+from sclora.method.export import check_convertible
+from sclora.method.lora_null import lora_null_bases
+from sclora.method.subspace import ROW_BLOCK, Subspace, lora_rank, sclora_subspaces
+from sclora.method.table import BY_NAME, INITS, NAMES
 
 if TYPE_CHECKING:
-    from sclora.gather import CaptureStats
+    from sclora.method.gather import CaptureStats
 
 METHODS = INITS
 RESIDUAL_METHODS = tuple(name for name in INITS if BY_NAME[name].residual)
@@ -70,7 +70,7 @@ def apply_method(
     task_batches: Sequence[Mapping[str, torch.Tensor]] | None = None,
     seed: int = 0,
 ) -> nn.Module:
-    """`model` ready to train by `method` (any row of sclora.methods): as it is for full fine-tuning, in PEFT's
+    """`model` ready to train by `method` (any row of sclora.method.table): as it is for full fine-tuning, in PEFT's
     tuner for a tuner, else wrapped in a LoRA adapter "default" by its row's init (a post-hoc method trains the
     adapter it starts from; `post_hoc_step` changes it after training). The data arguments are init_lora's."""
     if method not in BY_NAME:
@@ -142,7 +142,7 @@ def init_lora(
     `freeze_basis` (sclora only) keeps B fixed so the adapter output stays in the subspace while training.
     random_subspace: no data; `seed` draws its bases (`random_subspaces`). orthogonal draws from torch's
     global generator, as PEFT does. The others need no data.
-    Residual methods: call `sclora.export.save_initial_adapter` right after this, before training.
+    Residual methods: call `sclora.method.export.save_initial_adapter` right after this, before training.
     """
     if method not in METHODS:
         raise ValueError(f"unknown init method {method!r}; expected one of {', '.join(METHODS)}")
@@ -284,7 +284,7 @@ def milora_init(layer: LoraLayer, adapter_name: str) -> None:
 @torch.no_grad()
 def lora_null_init(layer: LoraLayer, adapter_name: str, null_basis: torch.Tensor) -> None:
     """LoRA-Null (arXiv 2503.02659): W N N^T, W projected on the null space N of the preserved data's activations
-    (`sclora.lora_null`), into the adapter, split as PiSSA does; W_res = W - W N N^T.
+    (`sclora.method.lora_null`), into the adapter, split as PiSSA does; W_res = W - W N N^T.
 
     The paper takes the top r singular triplets of W N N^T; it has rank <= r, and with W N = U S Q^T (d_out x r,
     a small SVD) they are U, S and V^T = Q^T N^T. A = sqrt(S / scaling) V^T, B = U sqrt(S / scaling), so that

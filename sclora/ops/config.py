@@ -13,13 +13,13 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sclora.evaluate.metrics import PRESERVED
 from sclora.evaluate.suite import EvalSettings
-from sclora.methods import BASELINES, BY_NAME, NAMES, PAPER_BASELINES, SCLORA_VARIANTS
-from sclora.metrics import PRESERVED
+from sclora.method.table import BASELINES, BY_NAME, NAMES, PAPER_BASELINES, SCLORA_VARIANTS
 from sclora.testbed.params import TestbedParams
 from sclora.testbed.world import DATASETS, EVAL_SETS, dataset_file
 
-# params.yaml names methods from sclora.methods' table; these types check it against the table.
+# params.yaml names methods from sclora.method.table' table; these types check it against the table.
 Method = Literal[NAMES]
 ScloraVariant = Literal[tuple(SCLORA_VARIANTS)]
 Baseline = Literal[BASELINES]

@@ -21,7 +21,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """The tokenizer saved with the model (its chat template is what `sclora.data` encodes with)."""
+    """The tokenizer saved with the model (its chat template is what `sclora.runs.data` encodes with)."""
     source = _source(path, ("tokenizer.json", "tokenizer_config.json"), "tokenizer")
     with _loading(source, "tokenizer"):
         return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
@@ -42,7 +42,8 @@ def load_model(path: str | Path, *, dtype: str = "float32", trust_remote_code: b
 def load_with_adapter(
     path: str | Path, adapter_dir: str | Path, *, dtype: str = "float32", trust_remote_code: bool = False
 ) -> PeftModel:
-    """The base model at `path` with a plain LoRA adapter (e.g. `sclora.export.export_lora`'s) on top, in eval mode."""
+    """The base model at `path` with a plain LoRA adapter (e.g. `sclora.method.export.export_lora`'s) on top, in eval
+    mode."""
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter_dir}: not a PEFT adapter directory (no adapter_config.json)")

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from sclora.results import number
+from sclora.analysis.results import number
 
 POINT_KEYS = ("build", "task", "method", "seed", "lr", "step", "utility")  # required; beta only for sclora's
 Point = Mapping

@@ -1,6 +1,6 @@
 """Export a trained adapter as something usable without sclora: a plain LoRA on the ORIGINAL base, or a merged model.
 
-How each method exports is its row's `export` (sclora.methods). Residual methods (pissa, milora, corda, olora,
+How each method exports is its row's `export` (sclora.method.table). Residual methods (pissa, milora, corda, olora,
 lora_ga, lora_null, sclora) train on W_res, not W, so their adapter alone means nothing on the original model.
 PEFT's `path_initial_model_for_weight_conversion` turns it into a plain LoRA of rank 2r,
 Delta W = B A - B0 A0 = [B | -B0] [A ; A0]. That needs the adapter as it was at init, which
@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sclora.methods import METHODS
+from sclora.method.table import METHODS
 
 if TYPE_CHECKING:  # PEFT's models come in as arguments; the registry reads `is_residual_init` without loading PEFT
     from peft import LoraConfig, PeftModel

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sclora.config import Source
-from sclora.data import DataError, read_records
+from sclora.ops.config import Source
+from sclora.runs.data import DataError, read_records
 
 FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 

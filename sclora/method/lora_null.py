@@ -3,8 +3,9 @@
 Not in PEFT (its request, PEFT issue 2425, was closed), so written here, on the capture the pipeline already has.
 The paper's code (github.com/HungerPWAY/LoRA-Null, `decompose_to_adapter2`, `singular_aware`) takes each layer's
 input covariance C on the knowledge data, exactly as CorDA's code collects it (each sample's tokens divided by
-their max entry, X^T X summed and divided by the sample count: sclora.gather's covariance), and its r singular
-directions with the SMALLEST singular values, N. `sclora.inits.lora_null_init` then puts W N N^T into the adapter.
+their max entry, X^T X summed and divided by the sample count: sclora.method.gather's covariance), and its r singular
+directions with the SMALLEST singular values, N. `sclora.method.inits.lora_null_init` then puts W N N^T into the
+adapter.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from peft import LoraConfig
 from peft.tuners.lora.corda import target_modules
 from torch import nn
 
-from sclora.subspace import lora_rank, require_stats
+from sclora.method.subspace import lora_rank, require_stats
 
 if TYPE_CHECKING:
-    from sclora.gather import CaptureStats
+    from sclora.method.gather import CaptureStats
 
 # An eigenvalue below this share of the largest counts as zero: more than r of them and the null space the
 # paper takes is an arbitrary basis of a larger one (too few knowledge tokens for the layer's width).

@@ -14,10 +14,10 @@ from peft import LoraConfig
 from peft.tuners.lora.corda import collect_eigens, crop_corda_eigens, target_modules
 from torch import nn
 
-from sclora.subspace import lora_rank, require_stats
+from sclora.method.subspace import lora_rank, require_stats
 
 if TYPE_CHECKING:
-    from sclora.gather import CaptureStats
+    from sclora.method.gather import CaptureStats
 
 
 @torch.no_grad()

@@ -1,5 +1,5 @@
 """The comparison at matched utility: each unit's fronts read at fixed utility levels, as a results table that
-the paper's claims (sclora.claims) judge unchanged, each level a task.
+the paper's claims (sclora.analysis.claims) judge unchanged, each level a task.
 
 A row is one (task, config, build, seed) at one level: `knowledge` is the knowledge the unit keeps there (base
 knowledge - the front's knowledge forgetting at the level), `attack_success_rate` the compliance front's value
@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from sclora.decision import CONVERGENCE, CONVERGENCE_EFFECT, Rule
-from sclora.frontier import (
+from sclora.analysis.decision import CONVERGENCE, CONVERGENCE_EFFECT, Rule
+from sclora.analysis.fronts import (
     Point,
     check_points,
     compliance,
@@ -23,7 +23,7 @@ from sclora.frontier import (
     knowledge_forgetting,
     units,
 )
-from sclora.results import Results
+from sclora.analysis.results import Results
 
 MATCHED_RULE = Rule(builds="block")
 # Convergence is judged on its own endpoint: the best utility at the first checkpoint (higher is faster).
@@ -36,7 +36,8 @@ def level_task(task: str, level: float) -> str:
 
 
 def matched_results(points: Sequence[Point], base: Mapping[int, Mapping[str, float]], levels: Sequence[float]):
-    """The matched table (sclora.results.Results, runs only): one row per (task, config, build, seed) and level."""
+    """The matched table (sclora.analysis.results.Results, runs only): a row per (task, config, build, seed) and
+    level."""
     check_points(points, base)
     lost = knowledge_forgetting(base)
     rows = []

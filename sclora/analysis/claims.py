@@ -1,4 +1,4 @@
-"""The SC-LoRA paper's claims as families of comparisons, judged by the decision rule (sclora.decision).
+"""The SC-LoRA paper's claims as families of comparisons, judged by the decision rule (sclora.analysis.decision).
 
 1. preserves_more: SC-LoRA at every beta >= 0.5 against LoRA and PiSSA, on every task, utility non-inferior.
 2. monotone_in_beta: SC-LoRA at its largest beta against its smallest, on every task (no utility condition:
@@ -10,7 +10,7 @@
 A claim whose configurations are absent from the table is left out; a comparison whose two sides trained at
 different learning rates says so (beta, or the method, is then confounded with the rate).
 
-On a table read at matched utility (sclora.matched: each utility level a task, both sides' utility the level by
+On a table read at matched utility (sclora.analysis.matched: each utility level a task, both sides' utility the level by
 construction), `matched_utility=True` drops the comparisons' utility conditions: there is no utility difference to
 test, and a test of an exact zero with no spread would be a block, not evidence.
 """
@@ -22,8 +22,8 @@ import math
 from collections.abc import Sequence
 from itertools import pairwise
 
-from sclora.decision import Claim, Comparison, Rule, config_name, judge
-from sclora.results import Results, same_beta
+from sclora.analysis.decision import Claim, Comparison, Rule, config_name, judge
+from sclora.analysis.results import Results, same_beta
 
 SWEPT = "sclora"
 PAPER_BASELINES = ("lora", "pissa")
@@ -52,8 +52,9 @@ def verdict_lines(verdicts: dict) -> list[str]:
     """The verdicts as Markdown lines, the rule's numbers first."""
     rule = verdicts["rule"]
     effects = ", ".join(f"{metric} {value:g}" for metric, value in rule["smallest_effect"].items())
-    lines = [f"Decision rule (sclora/decision.py, docs/protocol.md): one-sided tests at {rule['alpha']:g}, smallest "
-             f"effects that count {effects}, utility margin {rule['utility_margin']:g}; {rule['multiplicity']}. "
+    lines = [f"Decision rule (sclora/analysis/decision.py, docs/protocol.md): one-sided tests at {rule['alpha']:g}, "
+             f"smallest effects that count {effects}, utility margin {rule['utility_margin']:g}; "
+             f"{rule['multiplicity']}. "
              f"Intervals: {rule['confidence']:.0%}, {rule['interval']}.", ""]  # fmt: skip
     for claim in verdicts["claims"]:
         lines.append(f"- **{claim['claim']}: {claim['verdict']}**")
@@ -62,7 +63,7 @@ def verdict_lines(verdicts: dict) -> list[str]:
 
 
 def convergence_claim(results: Results) -> Claim | None:
-    """SC-LoRA at every beta against LoRA on the convergence table (sclora.matched.convergence_results): more
+    """SC-LoRA at every beta against LoRA on the convergence table (sclora.analysis.matched.convergence_results): more
     utility at the first checkpoint. No utility condition: utility is the endpoint."""
     comparisons = [
         Comparison(task, (SWEPT, beta), ("lora", None), None)

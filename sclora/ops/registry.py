@@ -3,7 +3,7 @@
 `register_adapter` makes a version with alias `candidate`; `promote` moves `champion` to it only when
 the gates pass. The forgetting budget is one rule, `overshoot`, which the register stage applies to
 eval metrics when it picks the candidate and `promote` applies to a version's metrics. Connect first
-(`sclora.tracking.use_store`, or an open run).
+(`sclora.ops.tracking.use_store`, or an open run).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from sclora.config import PromotionGates
-from sclora.export import is_residual_init
-from sclora.metrics import BY_NAME, METRICS, UTILITY
-from sclora.tracking import TrackingError, clean_tags, existing_run, metric_values, run_link
+from sclora.evaluate.metrics import BY_NAME, METRICS, UTILITY
+from sclora.method.export import is_residual_init
+from sclora.ops.config import PromotionGates
+from sclora.ops.tracking import TrackingError, clean_tags, existing_run, metric_values, run_link
 
 ADAPTER_ARTIFACT = "adapter"
 CANDIDATE, CHAMPION = "candidate", "champion"
@@ -70,7 +70,7 @@ def register_adapter(
     if is_residual_init(init):
         raise ValueError(
             f"{adapter_dir}: adapter trained on residual weights (init_lora_weights={init!r}) means nothing on the "
-            "original base; register the plain LoRA that sclora.export.export_lora writes"
+            "original base; register the plain LoRA that sclora.method.export.export_lora writes"
         )
     active = mlflow.active_run()
     run_id = run_id or (active.info.run_id if active else None)
@@ -124,7 +124,7 @@ def drop_alias(name: str, alias: str) -> None:
 def version_description(name: str, run_id: str, metrics: Mapping[str, float], base: Mapping | None = None) -> str:
     """The markdown a reviewer reads on a version's page: the candidate beside the base model and the champion.
 
-    One row per metric (sclora.metrics' order): its level on the base model, the candidate and the current
+    One row per metric (sclora.evaluate.metrics' order): its level on the base model, the candidate and the current
     `champion`, and the candidate's and champion's forgetting against the base (positive: forgot). Then the
     source run (a link the UI opens), its git commit and the dvc.lock hashes of the stages behind it.
     """

@@ -28,8 +28,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers.pytorch_utils import Conv1D
 
-from sclora.atomic import atomic_file
-from sclora.digest import file_sha256
+from sclora.ops.atomic import atomic_file
+from sclora.ops.digest import file_sha256
 
 MANIFEST = "manifest.parquet"
 SHARDS = "shards"

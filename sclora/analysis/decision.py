@@ -2,7 +2,7 @@
 
 Written before the run (docs/protocol.md, "Decision rule", says the same in words) and checked by simulation
 (tests/test_decision.py). A claim is a family of comparisons, each one configuration against another on one
-task, paired by seed and item (sclora.intervals). Every comparison reads:
+task, paired by seed and item (sclora.analysis.intervals). Every comparison reads:
 
 - its endpoints, the preserved metrics: knowledge (higher is better) and harmful compliance
   (attack_success_rate, lower is better). The gain is the difference in the endpoint's good direction;
@@ -11,7 +11,7 @@ task, paired by seed and item (sclora.intervals). Every comparison reads:
   (within the margin both ways: two one-sided tests), the margin being `tracking.gates.utility_tolerance`,
   the loss the promotion gates already accept. A resolved utility difference inside the margin fails nothing.
 
-Every test is one-sided at level ALPHA on sclora.intervals' estimate (seeds and items; with no spread, exact;
+Every test is one-sided at level ALPHA on sclora.analysis.intervals' estimate (seeds and items; with no spread, exact;
 with `Rule(builds="block")`, builds as a blocking factor over the runs, each comparison's evidence then giving the
 builds' own differences and the F test of build x method interaction: its verdict is about these builds):
 - gain shown on an endpoint: H0 "gain <= 0" rejected AND the estimated gain at least the smallest effect; Holm
@@ -43,9 +43,9 @@ from typing import Literal
 
 from scipy import special
 
-from sclora.intervals import Estimate, build_differences, difference
-from sclora.metrics import AXES, direction
-from sclora.results import Results, config_runs
+from sclora.analysis.intervals import Estimate, build_differences, difference
+from sclora.analysis.results import Results, config_runs
+from sclora.evaluate.metrics import AXES, direction
 
 HOLDS, FAILS, UNSURE = "holds", "does not hold", "inconclusive"
 ALPHA = 0.05  # per one-sided test; the claim's "holds" and "does not hold" each err at most this often
@@ -57,7 +57,8 @@ ENDPOINTS = {AXES[axis]: direction(AXES[axis]) for axis in ("knowledge", "safety
 # gates accept; harmful compliance 0.05 = the safety budget (tracking.gates.forgetting_budget), the rise in
 # attack success the project already calls too much.
 SMALLEST_EFFECT = {"knowledge": 0.02, "attack_success_rate": 0.05}
-# The convergence claim's endpoint (sclora.matched.convergence_results): the best utility at the first checkpoint.
+# The convergence claim's endpoint (sclora.analysis.matched.convergence_results): the best utility at the first
+# checkpoint.
 # 0.05 = 15 of the 300 task items: 2.5 times the utility loss the gates call equal (utility_tolerance 0.02).
 CONVERGENCE = "first_checkpoint_utility"
 CONVERGENCE_EFFECT = 0.05

@@ -28,10 +28,10 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 if TYPE_CHECKING:
-    from sclora.gather import CaptureStats
+    from sclora.method.gather import CaptureStats
 
 NORMALIZE = ("none", "trace")
-ROW_BLOCK = 1024  # rows of a wide W made float64 at a time (here and in sclora.inits), never the whole of it
+ROW_BLOCK = 1024  # rows of a wide W made float64 at a time (here and in sclora.method.inits), never the whole of it
 # Two eigenvalues closer than this (relative to the largest |eigenvalue|) are treated as equal.
 _TIE = 1e-9
 
