@@ -18,6 +18,7 @@ import sclora
 from benchmarks import workloads
 from benchmarks.record import arguments, parse, write_result
 from sclora.method.table import PAPER_BASELINES
+from sclora.runs.inputs import Given
 
 NAME = "convergence"
 METHODS = [*PAPER_BASELINES, "sclora"]
@@ -61,8 +62,8 @@ def main(argv: list[str] | None = None) -> None:
             def record_loss(step: int, logs: dict, history=history) -> None:
                 history.append((step, logs["loss"]))
 
-            model = bed.initialised(method, seed, pos=pos, neg=neg, subspaces=spaces)
-            bed.train(model, bed.settings(method, seed), callbacks=[record_loss])
+            inputs = Given(pos=pos, neg=neg, subspaces=spaces)
+            bed.run(method, bed.settings(method, seed), inputs, callbacks=[record_loss])
             losses[method][seed] = history
             final[method][seed] = smoothed(history, args.window)[-1][1]
 

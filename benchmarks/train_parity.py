@@ -17,10 +17,11 @@ from transformers import TrainerCallback
 import sclora
 from benchmarks import workloads
 from benchmarks.record import arguments, goal, parse, synchronize, write_result
+from sclora.runs.inputs import Given
 
 NAME = "train_parity"
 GOAL = "1.00 +- 0.03"
-VARIANTS = {"lora": ("lora", False), "sclora": ("sclora", False), "sclora_freeze_basis": ("sclora", True)}
+VARIANTS = {"lora": "lora", "sclora": "sclora", "sclora_freeze_basis": "sclora_frozen"}  # name -> method
 
 
 class StepTimes(TrainerCallback):
@@ -54,10 +55,9 @@ def main(argv: list[str] | None = None) -> None:
 
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
     for round_ in range(args.rounds):
-        for name, (method, freeze) in VARIANTS.items():
-            model = bed.initialised(method, seed=round_, subspaces=spaces, freeze_basis=freeze)
+        for name, method in VARIANTS.items():
             steps = StepTimes(args.device)
-            bed.train(model, bed.settings(method, round_, max_steps=args.steps), callbacks=[steps])
+            bed.run(method, bed.settings(method, round_, max_steps=args.steps), Given(subspaces=spaces), [steps])
             times[name] += steps.times[args.skip :]
     median = {name: statistics.median(t) for name, t in times.items()}
     figures = {f"{name}.median_step_s": median[name] for name in VARIANTS}

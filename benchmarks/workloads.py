@@ -15,13 +15,13 @@ import torch
 from peft import LoraConfig
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from sclora.method.gather import CaptureStats
-from sclora.method.inits import init_lora
-from sclora.method.subspace import Subspace
 from sclora.ops.config import Params, load_params
 from sclora.runs.data import chat_batches, read_records
+from sclora.runs.inputs import Inputs
 from sclora.runs.models import load_model, load_tokenizer, lora_config
-from sclora.runs.train import TrainResult, TrainSettings, train
+from sclora.runs.run import RunResult, run
+from sclora.runs.train import TrainSettings
+from sclora.testbed.params import testbed_params
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -51,37 +51,19 @@ class Testbed:
         """Padded token batches of `records` (the chat template, prompt and response), as capture reads them."""
         return list(chat_batches(self.tokenizer, records, batch_size or self.batch_size, self.max_length))
 
-    def initialised(
-        self,
-        method: str,
-        seed: int,
-        *,
-        pos: CaptureStats | None = None,
-        neg: CaptureStats | None = None,
-        subspaces: dict[str, Subspace] | None = None,
-        freeze_basis: bool = False,
-    ) -> torch.nn.Module:
-        """A fresh base model ready to train by `method` (`full`: every weight), seeded as the train stage does.
-        corda_ipm reads `pos`, corda_kpm `neg` (captured with covariances), sclora `subspaces`."""
-        torch.manual_seed(seed)  # LoRA's random A
-        model = self.model()
-        if method == "full":
-            return model.train()
-        data = {"corda_ipm": {"pos": pos}, "corda_kpm": {"neg": neg}}.get(method, {})
-        if method == "sclora":
-            data = {"subspaces": subspaces, "freeze_basis": freeze_basis}
-        return init_lora(model, self.lora, method, **data).train()
-
     def settings(self, method: str, seed: int, **changes) -> TrainSettings:
         """params.yaml's training settings for `method` (its learning rate) and `seed`, with `changes`."""
         return self.params.train.settings_for(method, seed).model_copy(update=changes)
 
-    def train(self, model: torch.nn.Module, settings: TrainSettings,
-              callbacks: Sequence[Callable | object] = ()) -> TrainResult:  # fmt: skip
-        """sclora.runs.train on the fine-tuning task, in a throw-away folder, with no intermediate checkpoints."""
+    def run(self, method: str, settings: TrainSettings, inputs: Inputs | None = None,
+            callbacks: Sequence[Callable | object] = ()) -> RunResult:  # fmt: skip
+        """A run of the library (sclora.runs.run) on the fine-tuning task: `method` (any row; `full`: every weight)
+        prepared from `inputs` (sclora.runs.inputs.Given: what the benchmark computed itself), trained in a
+        throw-away folder with no intermediate checkpoints."""
         with tempfile.TemporaryDirectory(prefix="sclora-benchmark-") as work:
-            return train(model, self.tokenizer, self.task, work, settings.model_copy(update={"save_steps": 10**9}),
-                         callbacks=callbacks)  # fmt: skip
+            quiet = settings.model_copy(update={"save_steps": 10**9})
+            return run(self.model, self.tokenizer, self.task, method, quiet, work, lora=self.lora, inputs=inputs,
+                       callbacks=callbacks)  # fmt: skip
 
 
 def testbed(params_path: str | Path = ROOT / "params.yaml", task: str = "benign") -> Testbed:
@@ -92,7 +74,7 @@ def testbed(params_path: str | Path = ROOT / "params.yaml", task: str = "benign"
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir}: no testbed model; build it with `python -m tasks testbed`")
     built = model_dir.parent / "params.json"  # what the testbed stage built it from
-    if built.is_file() and json.loads(built.read_text()) != params.testbed.model_dump():
+    if built.is_file() and json.loads(built.read_text()) != testbed_params(params).model_dump():
         raise ValueError(f"{built}: the testbed was built from other params than params.yaml's `testbed:`; "
                          "rebuild it with `python -m tasks testbed`")  # fmt: skip
     sources = params.data.sources

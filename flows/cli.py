@@ -126,13 +126,21 @@ def check_prefect_api(timeout_s: float = 10.0) -> None:
         raise ConnectionError(f"Prefect API {url} (PREFECT_API_URL) unreachable: {reason}") from None
 
 
+def checked_params(path: str | Path, overrides: list[str]):
+    """The params file loaded and validated, the testbed's own sections too."""
+    from sclora.ops.config import load_params
+    from sclora.testbed.params import check_sections
+
+    params = load_params(path, overrides)
+    check_sections(params, str(path))
+    return params
+
+
 def ready_to_run(args: argparse.Namespace) -> None:
     """What a flow command checks before a flow run starts: its params (with the overrides) load, --jobs >= 1, and
     the Prefect API answers."""
-    from sclora.ops.config import load_params
-
     params_file = Path(args.params) if Path(args.params).is_absolute() else Path(args.workdir) / args.params
-    load_params(params_file, args.overrides)  # a bad file fails here, before a flow run starts
+    checked_params(params_file, args.overrides)  # a bad file fails here, before a flow run starts
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     check_prefect_api()
@@ -256,9 +264,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_check_params(args: argparse.Namespace) -> int:
-    from sclora.ops.config import load_params
-
-    load_params(args.file, args.overrides)
+    checked_params(args.file, args.overrides)
     print(f"{args.file}: ok")
     return 0
 

@@ -12,6 +12,7 @@ import json
 import sys
 
 from sclora.ops.config import load_params
+from sclora.testbed.params import check_sections
 
 STAGES = (
     "testbed",
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params, args.overrides)
+        check_sections(params, args.params)
         stage = importlib.import_module(f"tasks.{args.stage}")
         result = stage.run(params, args.item) if args.item else stage.run(params)
     except Exception as error:  # noqa: BLE001 - the one place a stage's errors are caught: print one line

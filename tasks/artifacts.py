@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sclora.method.table import BY_NAME, SCLORA_VARIANTS
+from sclora.method.table import BY_NAME, SCLORA_VARIANTS, has_adapter
 from sclora.ops.atomic import atomic_dir as staged_dir  # noqa: F401 - the stages' name for it
 from sclora.ops.atomic import write_json  # noqa: F401 - re-exported for the stages
 from sclora.ops.config import Params, TrainSettings
+from sclora.runs.inputs import Stored
 
 ARTIFACTS = Path("artifacts")
 PREPARED = ARTIFACTS / "prepared"
@@ -25,11 +26,13 @@ CAPTURE = ARTIFACTS / "capture"
 SOLVE = ARTIFACTS / "solve"
 RUNS = ARTIFACTS / "runs"
 EVAL_BASE = ARTIFACTS / "eval" / "base"
+BASE_METRICS = EVAL_BASE / "metrics.json"  # the base model's metrics: every run's forgetting is against them
 REGISTRY = ARTIFACTS / "registry.json"
 REPORT = ARTIFACTS / "report"
 TUNE = ARTIFACTS / "tune"
 FORECAST = ARTIFACTS / "forecast"
 FORECAST_JSON = "forecast.json"
+PLAN = ARTIFACTS / "plan"
 FRONTIER = ARTIFACTS / "frontier"  # the comparison on learning-forgetting fronts (flows/frontier.py)
 # Training checkpoints live outside the stage's outputs (which DVC deletes before a run) so a killed run resumes.
 CHECKPOINTS = ARTIFACTS / "checkpoints"
@@ -152,3 +155,90 @@ def read_json(path: Path, what: str) -> Any:
 def load_forecast(root: Path = Path(".")) -> dict:
     """The forecast per task (task -> sclora.method.forecast.energy_forecast's table), as stage `forecast` wrote it."""
     return read_json(root / FORECAST / FORECAST_JSON, "SC-LoRA forecast (stage forecast)")["tasks"]
+
+
+def load_base(params: Params):
+    """The base model params.model names, in its dtype, in eval mode."""
+    from sclora.runs.models import load_model
+
+    model = params.model
+    return load_model(model.path, dtype=model.dtype, trust_remote_code=model.trust_remote_code)
+
+
+def task_records(source: str) -> list[dict]:
+    """A prepared source's records (id, prompt, response), as stage prepare wrote them."""
+    import pyarrow.parquet as pq
+
+    path = prepared_path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: prepared source '{source}' not found; run the prepare stage")
+    return pq.read_table(path, columns=["id", "prompt", "response"]).to_pylist()
+
+
+def stored_inputs(params: Params, task: str) -> Stored:
+    """A run's inputs on `task` as the capture and solve stages wrote them (sclora.runs.inputs.Stored)."""
+
+    def batches() -> list[dict]:  # the first capture.samples_pos records, capture.batch_size at a time
+        from sclora.runs.data import training_batches
+        from sclora.runs.models import load_tokenizer
+
+        tokenizer = load_tokenizer(params.model.path, trust_remote_code=params.model.trust_remote_code)
+        records = task_records(params.data.finetune[task])[: params.capture.samples_pos]
+        return training_batches(tokenizer, records, params.capture.batch_size, params.train.max_length)
+
+    return Stored(
+        pos_dir=pos_capture_dir(task),
+        neg_dir=CAPTURE / NEG,
+        subspaces_file=lambda beta: solve_dir(beta) / f"{task}.safetensors",
+        batches=batches,
+    )
+
+
+# The captures a run's init can read (its row's `reads`); the solved subspaces are a dvc.yaml dependency instead.
+CAPTURES = ("pos_covariance", "neg_covariance")
+
+
+def plan_path(spec: RunSpec) -> Path:
+    """The plan stage's file for run `spec`: what in the params decides it."""
+    return PLAN / f"{spec.name}.json"
+
+
+def run_inputs(params: Params, spec: RunSpec) -> dict:
+    """Everything in `params` (and, for CorDA, the capture) that decides the result of run `spec`."""
+    data = params.data
+    sources = sorted({data.finetune[spec.task], *data.eval.values()})
+    inputs = {
+        "run": spec.name, "task": spec.task, "method": spec.method, "beta": spec.beta, "seed": spec.seed,
+        "train": run_settings(params, spec).model_dump(mode="json"),
+        "model": params.model.model_dump(mode="json"),
+        "data": {"task_source": data.finetune[spec.task], "eval": dict(data.eval),
+                 "sources": {name: data.sources[name].model_dump(mode="json") for name in sources}},
+        "eval": params.eval.model_dump(mode="json"),
+    }  # fmt: skip
+    if has_adapter(spec.method):
+        inputs["adapter"] = params.adapter.model_dump(mode="json")
+    reads = BY_NAME[spec.method].reads
+    if reads in CAPTURES:
+        inputs["capture"] = capture_hashes(capture_dir(reads, spec.task))
+    elif reads == "task_batches":  # the first capture.samples_pos of the task, capture.batch_size at a time
+        inputs["task_batches"] = params.capture.model_dump(mode="json", include={"samples_pos", "batch_size"})
+    return inputs
+
+
+def capture_hashes(directory: Path) -> list[str]:
+    """The sha256 of every shard of the capture in `directory` (empty when there is none yet)."""
+    import pyarrow.parquet as pq
+
+    from sclora.method.gather import MANIFEST
+
+    manifest = directory / MANIFEST
+    if not manifest.is_file():
+        return []
+    return sorted(pq.read_table(manifest, columns=["sha256"]).column("sha256").to_pylist())
+
+
+def check_plan(params: Params, spec: RunSpec) -> None:
+    """Fail when the run's plan file exists but says other than the params: DVC would not know what ran."""
+    path = plan_path(spec)
+    if path.is_file() and json.loads(path.read_text(encoding="utf-8")) != run_inputs(params, spec):
+        raise ValueError(f"{path} is stale against params.yaml: run the plan stage first (dvc repro plan)")

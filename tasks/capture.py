@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import shutil
 
 import pyarrow.parquet as pq
@@ -19,17 +18,16 @@ import pyarrow.parquet as pq
 from sclora.method.gather import capture
 from sclora.ops.config import Params
 from sclora.runs.data import ensure_pad_token
-from sclora.runs.models import load_model, load_tokenizer
-from tasks.artifacts import CAPTURE, NEG, pos_capture_dir, prepared_path, read_json, write_json
-
-REQUEST = "request.json"  # what a capture directory was made from; a different request starts it over
-SHUFFLE_SEED = 0  # one fixed sample of each dataset, shared by every training seed
+from sclora.runs.inputs import sample as capture_sample
+from sclora.runs.models import load_tokenizer
+from sclora.runs.resume import claim
+from tasks.artifacts import CAPTURE, NEG, load_base, pos_capture_dir, prepared_path
 
 
 def run(params: Params) -> dict:
     tokenizer = load_tokenizer(params.model.path, trust_remote_code=params.model.trust_remote_code)
     ensure_pad_token(tokenizer)
-    model = load_model(params.model.path, dtype=params.model.dtype, trust_remote_code=params.model.trust_remote_code)
+    model = load_base(params)
     wanted = {CAPTURE / NEG: sample(params.data.preserve, params.capture.samples_neg)}
     for task, source in params.data.finetune.items():
         wanted[pos_capture_dir(task)] = sample([source], params.capture.samples_pos)
@@ -46,11 +44,8 @@ def run(params: Params) -> dict:
             "samples_per_shard": params.capture.samples_per_shard,
             "max_length": params.train.max_length,
         }
-        if (out_dir / REQUEST).is_file() and read_json(out_dir / REQUEST, "capture request") != request:
-            shutil.rmtree(out_dir)
-        started = not out_dir.exists()
+        started = not claim(out_dir, request)  # a capture of other samples or settings starts over
         try:
-            write_json(out_dir / REQUEST, request)
             stats = capture(
                 model,
                 _batches(tokenizer, rows, params.capture.batch_size),
@@ -76,8 +71,7 @@ def sample(sources: list[str], count: int) -> list[dict]:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: prepared source '{source}' not found; run the prepare stage")
         rows += [{"source": source, **row} for row in pq.read_table(path, columns=["id", "input_ids"]).to_pylist()]
-    random.Random(SHUFFLE_SEED).shuffle(rows)
-    return rows[:count]
+    return capture_sample(rows, count)
 
 
 def _batches(tokenizer, rows: list[dict], batch_size: int) -> list[dict]:

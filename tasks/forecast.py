@@ -12,12 +12,12 @@ import csv
 from sclora.method.forecast import energy_forecast, forecast_grid
 from sclora.method.gather import CaptureStats
 from sclora.ops.config import Params
-from sclora.runs.models import load_model, lora_config
-from tasks.artifacts import CAPTURE, FORECAST, FORECAST_JSON, NEG, pos_capture_dir, staged_dir, write_json
+from sclora.runs.models import lora_config
+from tasks.artifacts import CAPTURE, FORECAST, FORECAST_JSON, NEG, load_base, pos_capture_dir, staged_dir, write_json
 
 
 def run(params: Params) -> dict:
-    model = load_model(params.model.path, dtype=params.model.dtype, trust_remote_code=params.model.trust_remote_code)
+    model = load_base(params)
     adapter = params.adapter
     config = lora_config(adapter.rank, adapter.alpha, adapter.dropout, adapter.target_modules)
     neg = CaptureStats.load(CAPTURE / NEG)

@@ -12,12 +12,13 @@ from pathlib import Path
 
 from sclora.ops.config import Params
 from sclora.testbed.build import build_testbed
+from sclora.testbed.params import testbed_params
 from tasks.artifacts import frontier_build_dir
 
 
 def run(params: Params, item: str) -> dict:
     build = _build(params, item)
-    testbed = params.testbed.model_copy(update={"seed": build})
+    testbed = testbed_params(params).model_copy(update={"seed": build})
     wanted = testbed.model_dump(mode="json")
     out = frontier_build_dir(build)
     if _built_from(out) != wanted:

@@ -13,19 +13,8 @@ plan, so a new capture reruns it; the data-free methods do not read the capture 
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-import pyarrow.parquet as pq
-
-from sclora.method.gather import MANIFEST
-from sclora.method.table import BY_NAME, has_adapter
 from sclora.ops.config import Params
-from tasks.artifacts import ARTIFACTS, RunSpec, all_runs, capture_dir, run_settings, write_json
-
-PLAN = ARTIFACTS / "plan"
-# The captures a run's init can read (its row's `reads`); the solved subspaces are a dvc.yaml dependency instead.
-CAPTURES = ("pos_covariance", "neg_covariance")
+from tasks.artifacts import PLAN, all_runs, plan_path, run_inputs, write_json
 
 
 def run(params: Params) -> dict:
@@ -36,44 +25,3 @@ def run(params: Params) -> dict:
     for spec in runs:
         write_json(plan_path(spec), run_inputs(params, spec))
     return {"runs": len(runs), "dir": str(PLAN)}
-
-
-def plan_path(spec: RunSpec) -> Path:
-    return PLAN / f"{spec.name}.json"
-
-
-def run_inputs(params: Params, spec: RunSpec) -> dict:
-    """Everything in `params` (and, for CorDA, the capture) that decides the result of run `spec`."""
-    data = params.data
-    sources = sorted({data.finetune[spec.task], *data.eval.values()})
-    inputs = {
-        "run": spec.name, "task": spec.task, "method": spec.method, "beta": spec.beta, "seed": spec.seed,
-        "train": run_settings(params, spec).model_dump(mode="json"),
-        "model": params.model.model_dump(mode="json"),
-        "data": {"task_source": data.finetune[spec.task], "eval": dict(data.eval),
-                 "sources": {name: data.sources[name].model_dump(mode="json") for name in sources}},
-        "eval": params.eval.model_dump(mode="json"),
-    }  # fmt: skip
-    if has_adapter(spec.method):
-        inputs["adapter"] = params.adapter.model_dump(mode="json")
-    reads = BY_NAME[spec.method].reads
-    if reads in CAPTURES:
-        inputs["capture"] = capture_hashes(capture_dir(reads, spec.task))
-    elif reads == "task_batches":  # the first capture.samples_pos of the task, capture.batch_size at a time
-        inputs["task_batches"] = params.capture.model_dump(mode="json", include={"samples_pos", "batch_size"})
-    return inputs
-
-
-def capture_hashes(directory: Path) -> list[str]:
-    """The sha256 of every shard of the capture in `directory` (empty when there is none yet)."""
-    manifest = directory / MANIFEST
-    if not manifest.is_file():
-        return []
-    return sorted(pq.read_table(manifest, columns=["sha256"]).column("sha256").to_pylist())
-
-
-def check_plan(params: Params, spec: RunSpec) -> None:
-    """Fail when the run's plan file exists but says other than the params: DVC would not know what ran."""
-    path = plan_path(spec)
-    if path.is_file() and json.loads(path.read_text(encoding="utf-8")) != run_inputs(params, spec):
-        raise ValueError(f"{path} is stale against params.yaml: run the plan stage first (dvc repro plan)")

@@ -9,6 +9,7 @@ from sclora.analysis.report import FORGETTING_COLUMNS, write_report
 from sclora.evaluate.items import read_item_scores
 from sclora.evaluate.metrics import UNJUDGED
 from sclora.ops.config import ModelParams, Params
+from sclora.testbed.params import testbed_params
 from tasks.artifacts import METRICS, REPORT, RUN_FILE, SPECTRA, all_runs, load_forecast, read_json, solve_dir
 
 
@@ -41,4 +42,4 @@ def run(params: Params) -> dict:
 
 def build_of(params: Params) -> str:
     """The base model's build: the testbed's seed when the model is the testbed's, else none (one model)."""
-    return str(params.testbed.seed) if params.model.path == ModelParams().path else ""
+    return str(testbed_params(params).seed) if params.model.path == ModelParams().path else ""

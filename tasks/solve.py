@@ -9,13 +9,13 @@ from __future__ import annotations
 from sclora.method.gather import CaptureStats
 from sclora.method.subspace import save_subspaces, sclora_subspaces
 from sclora.ops.config import Params
-from sclora.runs.models import load_model, lora_config
-from tasks.artifacts import CAPTURE, NEG, SPECTRA, pos_capture_dir, solve_dir, staged_dir, write_json
+from sclora.runs.models import lora_config
+from tasks.artifacts import CAPTURE, NEG, SPECTRA, load_base, pos_capture_dir, solve_dir, staged_dir, write_json
 
 
 def run(params: Params, item: str) -> dict:
     beta = _beta(params, item)
-    model = load_model(params.model.path, dtype=params.model.dtype, trust_remote_code=params.model.trust_remote_code)
+    model = load_base(params)
     adapter = params.adapter
     config = lora_config(adapter.rank, adapter.alpha, adapter.dropout, adapter.target_modules)
     neg = CaptureStats.load(CAPTURE / NEG)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sclora.testbed.build import build_testbed
+from sclora.testbed.params import testbed_params
 
 if TYPE_CHECKING:
     from sclora.ops.config import Params
@@ -15,4 +16,4 @@ OUT_DIR = Path("artifacts/testbed")
 
 def run(params: Params) -> dict:
     """Build world, datasets and base model from `params.testbed`; returns the base model's metrics."""
-    return build_testbed(params.testbed, OUT_DIR)
+    return build_testbed(testbed_params(params), OUT_DIR)

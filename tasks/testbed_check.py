@@ -26,29 +26,32 @@ import multiprocessing
 import os
 import statistics
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
+from sclora.evaluate.metrics import shown_in
 from sclora.ops.atomic import write_text
 from sclora.ops.config import Params, parse_params
-from sclora.runs.curves import StepEvaluation, checkpoint_steps
+from sclora.runs.curves import checkpoint_steps
 from sclora.runs.data import read_records
 from sclora.runs.models import load_model, load_tokenizer, lora_config
+from sclora.runs.run import run as run_one
 from sclora.testbed.build import build_testbed
 from sclora.testbed.check import (
     across_builds,
     check_build,
     dose_response,
-    fine_tune,
     frontier_values,
     lr_sweep,
-    measure,
     seed_means,
     spread,
 )
+from sclora.testbed.params import check_params, testbed_params
+from sclora.testbed.scorer import ExactScorer
 from sclora.testbed.world import EVAL_SETS, build_datasets, build_world, dataset_file
 from tasks.artifacts import write_json
 
@@ -59,7 +62,7 @@ SETTINGS = ("base", "lora_benign", "lora_poisoned", "full")
 
 def run(params: Params, *, output: Path = OUTPUT, out_dir: Path = OUT_DIR) -> dict:
     started = time.monotonic()
-    knobs = params.testbed_check
+    knobs = check_params(params)
     tree = params.model_dump(mode="json")
     jobs = min(knobs.jobs, len(knobs.builds))
     if jobs > 1:
@@ -90,7 +93,7 @@ def run(params: Params, *, output: Path = OUTPUT, out_dir: Path = OUT_DIR) -> di
     return summary(out)
 
 
-TABLE_METRICS = ("utility", "knowledge", "attack_success_rate", "refusal_rate", "collapse_rate", "benign_helpfulness")
+TABLE_METRICS = shown_in("curve")
 
 
 def markdown(result: dict) -> str:
@@ -151,8 +154,9 @@ def frontier_tables(result: dict) -> list[str]:
     """Per build, LoRA over the shared grid: every (rate, step) point's seed means, then what its fronts read."""
     lines = ["", "LoRA over the frontier's shared learning-rate grid, every checkpoint (mean over seeds; knowledge "
              "lost in points against the base model):", ""]  # fmt: skip
-    columns = ("utility", "knowledge", "attack_success_rate", "collapse_rate", "benign_helpfulness")
-    lines += ["| build | task | lr | step | " + " | ".join(columns) + " | knowledge lost |", "|" + "---|" * 10]
+    columns = TABLE_METRICS
+    lines += ["| build | task | lr | step | " + " | ".join(columns) + " | knowledge lost |",
+              "|" + "---|" * (len(columns) + 5)]  # fmt: skip
     for seed, build in result["builds"].items():
         base = build["settings"]["base"]["knowledge"]["mean"]
         for task, points in build["lora_frontier"]["points"].items():
@@ -193,12 +197,12 @@ def measure_build(tree: dict, build_seed: int, out_dir: str) -> dict:
     """Build (or reuse) the testbed of `tree` (Params as a dict) at `testbed.seed = build_seed` and measure it."""
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     params = parse_params(tree)
-    testbed = params.testbed.model_copy(update={"seed": build_seed})
+    testbed = testbed_params(params).model_copy(update={"seed": build_seed})
     root = Path(out_dir) / f"build-{build_seed}"
     built = root / "params.json"
     if not built.is_file() or json.loads(built.read_text()) != testbed.model_dump(mode="json"):
         build_testbed(testbed, root)
-    base_dir, knobs, train = root / "base", params.testbed_check, params.train
+    base_dir, knobs, train = root / "base", check_params(params), params.train
     tokenizer = load_tokenizer(base_dir)
     eval_sets = {
         role: read_records(dataset_file(root / "data", name))[: knobs.eval_limit] for role, name in EVAL_SETS.items()
@@ -213,17 +217,18 @@ def measure_build(tree: dict, build_seed: int, out_dir: str) -> dict:
     adapter = params.adapter
     lora = lora_config(adapter.rank, adapter.alpha, adapter.dropout, adapter.target_modules)
 
-    def run_one(records, method, settings, steps=None):
+    score = ExactScorer(tokenizer, eval_sets, batch_size=testbed.eval_batch_size)
+
+    def run_check(records, method, settings, steps=None):
         """The run's metrics; with `steps`, its points ({"step", **metrics}) scored at each of those steps."""
-
-        def score(model, step=None):
-            return measure(model, tokenizer, eval_sets, batch_size=testbed.eval_batch_size)
-
-        scorer = StepEvaluation(steps or [], score)
-        model = fine_tune(base_dir, tokenizer, records, method, settings, lora, callbacks=[scorer] if steps else ())
-        metrics = scorer.points[-1] if steps else score(model)
+        with tempfile.TemporaryDirectory(prefix="sclora-testbed-check-") as work:
+            # No intermediate checkpoints: a check run is short and never resumed.
+            quiet = settings.model_copy(update={"save_steps": 10**9})
+            result = run_one(lambda: load_model(base_dir), tokenizer, records, method, quiet, work, lora=lora,
+                             score=score, steps=steps or [])  # fmt: skip
+        metrics = result.points[-1] if steps else score(result.model.eval()).metrics
         # One line per run: a check is tens of runs, minutes each build.
-        shown = " ".join(f"{key} {value:.2f}" for key, value in metrics.items())
+        shown = " ".join(f"{key} {value:.2f}" for key, value in metrics.items() if key != "step")
         poison = sum(record["category"] != testbed.task for record in records)
         print(
             f"testbed_check: build {build_seed} {method} lr {settings.lr:g} poison {poison} seed {settings.seed}: "
@@ -231,20 +236,20 @@ def measure_build(tree: dict, build_seed: int, out_dir: str) -> dict:
             file=sys.stderr,
             flush=True,
         )
-        return scorer.points if steps else metrics
+        return result.points if steps else metrics
 
-    base = measure(load_model(base_dir), tokenizer, eval_sets, batch_size=testbed.eval_batch_size)
+    base = score(load_model(base_dir)).metrics
     seeds = knobs.seeds
     rates = sorted({0.0, testbed.poison_rate, *knobs.poison_rates})
     doses = {
         point["rate"]: {**point, "poisoned": round(point["rate"] * len(benign))}
-        for point in dose_response(run_one, poison, rates, train.settings_for("lora", 0), seeds)
+        for point in dose_response(run_check, poison, rates, train.settings_for("lora", 0), seeds)
     }
     full_lr = train.settings_for("full", 0).lr
     full = {
         point["lr"]: point
         for point in lr_sweep(
-            run_one, benign, "full", sorted({full_lr, *knobs.full_lrs}), train.settings_for("full", 0), seeds
+            run_check, benign, "full", sorted({full_lr, *knobs.full_lrs}), train.settings_for("full", 0), seeds
         )
     }
     settings = {
@@ -261,7 +266,7 @@ def measure_build(tree: dict, build_seed: int, out_dir: str) -> dict:
     }
     means = {name: {metric: stats["mean"] for metric, stats in metrics.items()} for name, metrics in settings.items()}
     frontier = lora_frontier(
-        run_one, {"benign": benign, "poisoned": poison(testbed.poison_rate)}, train.settings_for("lora", 0), params
+        run_check, {"benign": benign, "poisoned": poison(testbed.poison_rate)}, train.settings_for("lora", 0), params
     )
     means["lora_frontier"] = frontier_values(frontier["benign"], frontier["poisoned"], base["knowledge"])
     return {
@@ -277,7 +282,7 @@ def measure_build(tree: dict, build_seed: int, out_dir: str) -> dict:
     }
 
 
-def lora_frontier(run_one, tasks: dict[str, list[dict]], settings, params: Params) -> dict[str, list[dict]]:
+def lora_frontier(run_check, tasks: dict[str, list[dict]], settings, params: Params) -> dict[str, list[dict]]:
     """Plain LoRA on each task at every rate of the frontier's shared grid (frontier.lrs), every seed of the check,
     scored at every checkpoint (frontier.checkpoints): task -> seed-mean points per (lr, step)."""
     knobs = params.frontier
@@ -285,9 +290,9 @@ def lora_frontier(run_one, tasks: dict[str, list[dict]], settings, params: Param
     for task, records in tasks.items():
         curves = []
         for lr in knobs.lrs:
-            for seed in params.testbed_check.seeds:
+            for seed in check_params(params).seeds:
                 run = settings.model_copy(update={"lr": lr, "seed": seed})
                 steps = checkpoint_steps(run.max_steps, knobs.checkpoints)
-                curves += [{"lr": lr, "seed": seed, **point} for point in run_one(records, "lora", run, steps)]
+                curves += [{"lr": lr, "seed": seed, **point} for point in run_check(records, "lora", run, steps)]
         out[task] = seed_means(curves)
     return out

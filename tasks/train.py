@@ -17,39 +17,38 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import torch
 
+from sclora.evaluate.scorer import SuiteScorer, score_to
 from sclora.method.export import export_lora, save_initial_adapter
-from sclora.method.gather import CaptureStats
-from sclora.method.inits import CAPTURE_ARGUMENT, apply_method, post_hoc_step
-from sclora.method.subspace import load_subspaces
+from sclora.method.inits import post_hoc_step
 from sclora.method.table import BY_NAME, has_adapter
 from sclora.ops import tracking
-from sclora.ops.config import Params
-from sclora.runs.data import ChatDataset, chat_collator
+from sclora.ops.config import Params, eval_settings
+from sclora.ops.lineage import locked_stages, stage_hashes
 from sclora.runs.loss_logging import MlflowLossCallback
 from sclora.runs.models import load_model, load_tokenizer, load_with_adapter, lora_config
-from sclora.runs.train import LOSS_HISTORY, MODEL, train
+from sclora.runs.resume import claim
+from sclora.runs.run import fine_tune, prepare
+from sclora.runs.train import LOSS_HISTORY, MODEL
 from tasks.artifacts import (
+    BASE_METRICS,
     CHECKPOINTS,
     FINGERPRINTS,
     RUN_FILE,
     RunSpec,
-    capture_dir,
+    check_plan,
+    load_base,
     parse_run,
     prepared_path,
     read_json,
     run_settings,
-    solve_dir,
     staged_dir,
+    stored_inputs,
+    task_records,
     write_json,
 )  # fmt: skip
-from tasks.dvc_lock import locked_stages, stage_hashes
-from tasks.evaluate_base import base_metrics_path, evaluate_run
-from tasks.plan import check_plan
 
-REQUEST = "request.json"  # what the checkpoints were made from; a different request starts over
 INITIAL_ADAPTER = "initial_adapter"
 
 
@@ -69,42 +68,41 @@ def run(params: Params, item: str) -> dict:
         "run": spec.name, "settings": settings.model_dump(), "adapter": params.adapter.model_dump(),
         "model": model_params.model_dump(), "data": fingerprints.get(source),
     }  # fmt: skip
-    if (work / REQUEST).is_file() and read_json(work / REQUEST, "run request") != request:
-        shutil.rmtree(work)  # checkpoints of other settings or data cannot be resumed
-
-    torch.manual_seed(spec.seed)  # the LoRA init of A is random; resume then restores the trained weights anyway
-    model = load_model(model_params.path, dtype=model_params.dtype, trust_remote_code=model_params.trust_remote_code)
-    # A bad rank or bad targets fail here, before anything is written.
-    model = initialised_model(model, params, spec, work / INITIAL_ADAPTER)
-    write_json(work / REQUEST, request)
+    adapter = params.adapter
+    # A bad rank or bad targets fail here, before anything is written: the work folder is claimed after the init.
+    model = prepare(
+        lambda: load_base(params), spec.method, seed=spec.seed, beta=spec.beta, inputs=stored_inputs(params, spec.task),
+        lora=lora_config(adapter.rank, adapter.alpha, adapter.dropout, adapter.target_modules),
+    )  # fmt: skip
+    claim(work, request)  # checkpoints of another request cannot be resumed
+    row = BY_NAME[spec.method]
+    if row.residual:  # what exports the trained adapter as a plain LoRA on the original base
+        save_initial_adapter(model, work / INITIAL_ADAPTER)
 
     upstream = _locked_stages(spec)
-    row = BY_NAME[spec.method]
     logged = {"method": spec.method, "beta": spec.beta, "seed": spec.seed, "train": settings.model_dump()}
     if has_adapter(spec.method):
         logged["adapter"] = params.adapter.model_dump()
+    scorer = SuiteScorer(tokenizer, eval_settings(params))
     with tracking.child_run(
         spec.task, spec.method, spec.beta, spec.seed,
         parent_run_id=parent, uri=params.tracking.uri, params=logged,
         tags=stage_hashes("dvc.lock", upstream) if upstream else None,
         datasets=_datasets(params, spec, fingerprints),
     ) as child:  # fmt: skip
-        # What the method trains, stated beside every other's (OSF: LoRA's count plus r a layer).
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        result = train(model, tokenizer, records, work, settings, callbacks=[MlflowLossCallback()])
+        result = fine_tune(model, tokenizer, records, work, settings, callbacks=[MlflowLossCallback()])
+        trained = result.trained
         with staged_dir(spec.dir) as staging:
             export = staging / "export"
-            shutil.move(str(result.model_dir), staging / MODEL)
+            shutil.move(str(trained.model_dir), staging / MODEL)
             shutil.copy(work / LOSS_HISTORY, staging / LOSS_HISTORY)
             curve = []
             if row.kind == "post_hoc":  # one point per knob value; the default's is the run's export and eval
                 for value in row.knob_values:
                     point = staging / f"{row.knob}-{value:g}"
                     export_lora(model, point / "export", adapter=post_hoc_step(model, spec.method, value))
-                    evaluated = _exported_model(params, spec, point / "export")
-                    point_metrics = evaluate_run(
-                        params, evaluated, tokenizer, point / "eval", base_metrics=base_metrics_path()
-                    )
+                    point_metrics = score_to(scorer, _exported_model(params, spec, point / "export"), point / "eval",
+                                             BASE_METRICS)  # fmt: skip
                     curve.append({row.knob: value, **{k: v for k, v in point_metrics.items() if k != "tasks"}})
                     if value == row.knob_default:
                         shutil.move(str(point / "export"), export)
@@ -118,15 +116,14 @@ def run(params: Params, item: str) -> dict:
                 export_lora(model, export, work / INITIAL_ADAPTER if row.residual else None)
             del model
             if row.kind != "post_hoc":
-                evaluated = _exported_model(params, spec, export)
-                metrics = evaluate_run(params, evaluated, tokenizer, staging / "eval", base_metrics=base_metrics_path())
+                metrics = score_to(scorer, _exported_model(params, spec, export), staging / "eval", BASE_METRICS)
             tracking.log_metrics({k: v for k, v in metrics.items() if k not in ("tasks", "forgetting_ratio")})
             tracking.log_files([staging / "eval" / "samples.jsonl"], artifact_path="eval")
-            final_loss = result.loss_history[-1]["loss"] if result.loss_history else None
+            final_loss = trained.loss_history[-1]["loss"] if trained.loss_history else None
             summary = {
                 "run": spec.name, "task": spec.task, "method": spec.method, "beta": spec.beta, "seed": spec.seed,
-                "lr": settings.lr, "global_step": result.global_step, "resumed_from": result.resumed_from,
-                "final_loss": final_loss, "trainable_parameters": trainable, "export": row.export,
+                "lr": settings.lr, "global_step": trained.global_step, "resumed_from": trained.resumed_from,
+                "final_loss": final_loss, "trainable_parameters": result.trainable, "export": row.export,
                 "mlflow_run_id": child.info.run_id,
             }  # fmt: skip
             if curve:
@@ -134,53 +131,6 @@ def run(params: Params, item: str) -> dict:
             write_json(staging / RUN_FILE, summary)
     shutil.rmtree(work)
     return summary
-
-
-def task_records(source: str) -> list[dict]:
-    path = prepared_path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: prepared source '{source}' not found; run the prepare stage")
-    return pq.read_table(path, columns=["id", "prompt", "response"]).to_pylist()
-
-
-def initialised_model(model: torch.nn.Module, params: Params, spec: RunSpec, initial_dir: Path) -> torch.nn.Module:
-    """The model ready to train by the run's method (sclora.method.inits.apply_method), fed what its row `reads`."""
-    row = BY_NAME[spec.method]
-    adapter = params.adapter
-    config = lora_config(adapter.rank, adapter.alpha, adapter.dropout, adapter.target_modules)
-    data = {}
-    if row.reads == "subspaces":
-        data["subspaces"] = load_subspaces(solve_dir(spec.beta) / f"{spec.task}.safetensors")
-    elif row.reads is not None and row.reads != "task_batches":
-        data[CAPTURE_ARGUMENT[row.reads]] = CaptureStats.load(capture_dir(row.reads, spec.task))
-    elif row.reads == "task_batches":
-        data["task_batches"] = task_batches(params, spec.task)
-    # Data-free inits that draw (random_subspace, and LoRA's A under torch.manual_seed) use the run's seed.
-    prepared = apply_method(model, config, spec.method, seed=spec.seed, **data)
-    if row.residual:
-        if initial_dir.exists():
-            shutil.rmtree(initial_dir)
-        save_initial_adapter(prepared, initial_dir)
-    return prepared.train()
-
-
-def task_batches(params: Params, task: str) -> list[dict]:
-    """The task's own training batches, as the Trainer collates them (input_ids, attention_mask, labels): the
-    first capture.samples_pos records in training order, capture.batch_size at a time (EVA's and LoRA-GA's data)."""
-    tokenizer = load_tokenizer(params.model.path, trust_remote_code=params.model.trust_remote_code)
-    return collated_batches(tokenizer, task_records(params.data.finetune[task]), params)
-
-
-def collated_batches(tokenizer, records: list[dict], params: Params) -> list[dict]:
-    """The first capture.samples_pos of `records`, collated as the Trainer does, capture.batch_size at a time."""
-    records = records[: params.capture.samples_pos]
-    dataset = ChatDataset(tokenizer, records, params.train.max_length)
-    collate, size = chat_collator(tokenizer), params.capture.batch_size
-    # Plain dicts: PEFT's EVA takes a dict batch, not the collator's BatchEncoding.
-    return [
-        dict(collate([dataset[i] for i in range(lo, min(lo + size, len(dataset)))]))
-        for lo in range(0, len(dataset), size)
-    ]
 
 
 def _exported_model(params: Params, spec: RunSpec, export: Path) -> torch.nn.Module:

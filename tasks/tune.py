@@ -15,40 +15,45 @@ from __future__ import annotations
 
 import shutil
 
-import torch
+from sclora.evaluate.metrics import shown_in
+from sclora.evaluate.scorer import SuiteScorer
+from sclora.ops.config import Params, eval_settings, validation_settings
+from sclora.runs.models import load_tokenizer, lora_config
+from sclora.runs.run import run as run_one
+from tasks.artifacts import (
+    CHECKPOINTS,
+    RunSpec,
+    load_base,
+    stored_inputs,
+    task_records,
+    tune_item,
+    tune_path,
+    write_json,
+)
 
-from sclora.evaluate.suite import ROLES, EvalError, EvalSettings, evaluate
-from sclora.ops.config import Params
-from sclora.runs.models import load_model, load_tokenizer
-from sclora.runs.train import train
-from tasks.artifacts import CHECKPOINTS, RunSpec, tune_item, tune_path, write_json
-from tasks.evaluate_base import eval_settings
-from tasks.train import initialised_model, task_records
-
-CURVE = ("utility", "knowledge", "attack_success_rate", "refusal_rate", "collapse_rate", "benign_helpfulness")
+CURVE = shown_in("curve")
 
 
 def run(params: Params, item: str) -> dict:
     spec = tuned_spec(params, item)
-    tune, model_params = params.tune, params.model
+    tune, model_params, adapter = params.tune, params.model, params.adapter
     base = params.train.settings_for(spec.method, spec.seed)
     tokenizer = load_tokenizer(model_params.path, trust_remote_code=model_params.trust_remote_code)
     records = task_records(params.data.finetune[spec.task])
-    validation, held_out = validation_settings(params), eval_settings(params)
+    validation = SuiteScorer(tokenizer, validation_settings(params))
+    held_out = SuiteScorer(tokenizer, eval_settings(params))
+    inputs = stored_inputs(params, spec.task)
+    lora = lora_config(adapter.rank, adapter.alpha, adapter.dropout, adapter.target_modules)
     points = []
     for factor in tune.factors:
         settings = base.model_copy(update={"lr": base.lr * factor})
         work = CHECKPOINTS / f"tune-{item}-{factor:g}"
         shutil.rmtree(work, ignore_errors=True)  # a tuning run is short: a killed one starts over
-        torch.manual_seed(spec.seed)
-        model = load_model(
-            model_params.path, dtype=model_params.dtype, trust_remote_code=model_params.trust_remote_code
-        )
-        model = initialised_model(model, params, spec, work / "initial_adapter")
-        train(model, tokenizer, records, work, settings)
-        model.eval()
-        scored, _ = evaluate(model, tokenizer, validation)
-        curve, _ = evaluate(model, tokenizer, held_out)
+        model = run_one(
+            lambda: load_base(params), tokenizer, records, spec.method, settings, work,
+            lora=lora, beta=spec.beta, inputs=inputs,
+        ).model.eval()  # fmt: skip
+        scored, curve = validation(model).metrics, held_out(model).metrics
         shutil.rmtree(work)
         points.append(
             {
@@ -91,14 +96,3 @@ def tuned_spec(params: Params, item: str) -> RunSpec:
                 return RunSpec(tune.task, variant, tune.seed, beta)
     known = [*tune.methods, *(tune_item(v, b) for v in tune.sclora_variants for b in tune.betas)]
     raise ValueError(f"unknown tune item '{item}': params tune {', '.join(known) or 'nothing (tune.methods: [])'}")
-
-
-def validation_settings(params: Params) -> EvalSettings:
-    """The suite's utility tasks on `data.validation`, and no other role."""
-    settings = eval_settings(params)
-    source = params.data.sources[params.data.validation]
-    if source.path is None or not source.path.endswith(".jsonl"):
-        raise EvalError(f"data.validation: source '{params.data.validation}' must be a local JSONL file")
-    names = [spec.split(":")[0].strip() for spec in settings.utility]
-    empty = {role: [] for role in ROLES if role != "utility"}
-    return settings.model_copy(update={**empty, "data_files": {name: source.path for name in names}})

@@ -6,7 +6,9 @@ import pytest
 import yaml
 
 from sclora.method.table import BASELINES, NAMES, SCLORA_VARIANTS
-from sclora.ops.config import ParamsError, load_params
+from sclora.ops.config import DEFAULT_EVAL, DEFAULT_SOURCES, ParamsError, load_params
+from sclora.testbed.params import check_sections
+from sclora.testbed.world import DATASETS, EVAL_SETS
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "params.yaml"
@@ -55,11 +57,16 @@ def _write(tmp_path, tree) -> Path:
 def test_bad_params_give_one_line_naming_the_key(tmp_path, tree, expected):
     path = _write(tmp_path, tree)
     with pytest.raises(ParamsError) as caught:
-        load_params(path)
+        check_sections(load_params(path), str(path))  # the testbed's sections are validated by the testbed
     message = str(caught.value)
     assert expected in message
     assert "\n" not in message
     assert str(path) in message
+
+
+def test_the_default_data_is_the_testbed_s():
+    """The config names the embedded default's files without importing the testbed: they must be its datasets."""
+    assert DEFAULT_SOURCES == DATASETS and DEFAULT_EVAL == EVAL_SETS
 
 
 def test_not_yaml_names_the_line(tmp_path):

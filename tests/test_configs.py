@@ -10,9 +10,8 @@ import pytest
 from flows.cli import main
 from sclora.evaluate.suite import LM_EVAL_TASKS_DIR, ROLES, _split, _task_manager
 from sclora.method.table import NAMES, PAPER_BASELINES
-from sclora.ops.config import load_params
+from sclora.ops.config import eval_settings, load_params
 from sclora.runs.sources import _mapped, load_source
-from tasks.evaluate_base import eval_settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -14,8 +14,8 @@ from transformers import LlamaForCausalLM
 
 from sclora.evaluate.scoring import exact_match, is_refusal, opens_with, safety_outcome
 from sclora.evaluate.suite import EvalError, EvalSettings, evaluate, write_results
-from sclora.evaluate.suite import testbed_data_files as eval_files
 from sclora.testbed.tokenizer import build_tokenizer
+from sclora.testbed.world import eval_data_files as eval_files
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -56,22 +56,24 @@ def test_a_configuration_is_scored_at_every_rate_seed_and_checkpoint(frontier_pr
 def test_a_killed_item_resumes_at_the_next_run(frontier_project, monkeypatch):
     assert stage("frontier", "0-lora") == 0
     complete = read_points("lora")["points"]
-    # Plant what a kill after the first (rate, seed) run leaves: its line in the item's points.jsonl.
+    # Plant what a kill after the first (rate, seed) run leaves: the claimed folder with that run finished.
+    import sclora.runs.run as runs
     import tasks.frontier as frontier
+    from sclora.ops.config import load_params
+    from sclora.runs.resume import FinishedRuns, claim
 
     work = CHECKPOINTS / "frontier-0-lora"
-    work.mkdir(parents=True)
+    claim(work, {"config": "lora", **frontier._request(load_params("params.yaml"))})
     first = [p for p in complete if (p["lr"], p["seed"]) == (1.0e-3, 0)]
-    from sclora.ops.config import load_params
-
-    request = frontier._request(load_params("params.yaml"))
-    entry = {"config": "lora", "request": request, "points": [{k: p[k] for k in p if k not in ("build", "task",
-             "method", "beta")} for p in first]}  # fmt: skip
-    (work / "points.jsonl").write_text(json.dumps(entry) + "\n" + '{"cut sh')
+    FinishedRuns(work / "points.jsonl").add(
+        (1.0e-3, 0), [{k: p[k] for k in p if k not in ("build", "task", "method", "beta")} for p in first]
+    )
+    with (work / "points.jsonl").open("a") as handle:
+        handle.write('{"cut sh')  # the line a kill cut short
     frontier_points_path(0, "lora").unlink()
     trained = []
-    real_train = frontier.train
-    monkeypatch.setattr(frontier, "train", lambda *a, **k: trained.append(a[4].lr) or real_train(*a, **k))
+    real_train = runs.train
+    monkeypatch.setattr(runs, "train", lambda *a, **k: trained.append(a[4].lr) or real_train(*a, **k))
     assert stage("frontier", "0-lora") == 0
     assert len(trained) == 3  # 4 runs, the planted one not trained again
     resumed = read_points("lora")["points"]

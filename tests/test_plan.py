@@ -5,8 +5,7 @@ from pathlib import Path
 import pytest
 
 from sclora.ops.config import load_params
-from tasks.artifacts import all_runs
-from tasks.plan import PLAN, check_plan
+from tasks.artifacts import PLAN, all_runs, check_plan
 from tasks.plan import run as plan
 
 REPO = Path(__file__).resolve().parent.parent

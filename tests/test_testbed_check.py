@@ -11,7 +11,8 @@ import pytest
 import yaml
 from stage_project import TINY_TESTBED
 
-from sclora.ops.config import parse_params
+from sclora.evaluate.scorer import SuiteScorer
+from sclora.ops.config import eval_settings, load_params, parse_params
 from sclora.runs.data import read_records
 from sclora.runs.models import load_model, load_tokenizer
 from sclora.runs.train import TrainSettings
@@ -23,11 +24,11 @@ from sclora.testbed.check import (
     dose_response,
     frontier_values,
     lr_sweep,
-    measure,
     seed_means,
     spread,
 )
 from sclora.testbed.params import TestbedParams
+from sclora.testbed.scorer import ExactScorer
 from sclora.testbed.world import EVAL_SETS, dataset_file
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,21 +42,37 @@ def testbed(tmp_path_factory):
     return root
 
 
-def test_measure_scores_the_base_model_as_the_testbed_build_does(testbed):
+def test_the_exact_scorer_scores_the_base_model_as_the_testbed_build_does(testbed):
     base = testbed / "artifacts" / "testbed"
     sets = {role: read_records(dataset_file(base / "data", name)) for role, name in EVAL_SETS.items()}
-    metrics = measure(load_model(base / "base"), load_tokenizer(base / "base"), sets)
+    scored = ExactScorer(load_tokenizer(base / "base"), sets)(load_model(base / "base"))
     built = json.loads((base / "base_metrics.json").read_text())
-    assert metrics == {key: built[key] for key in METRICS}
+    assert scored.metrics == {key: built[key] for key in METRICS}
+    assert len(scored.samples) == sum(len(records) for records in sets.values())
 
 
-def test_measure_names_a_missing_eval_set(testbed):
+def test_the_two_scorers_agree_on_the_same_model(testbed, monkeypatch):
+    """The lm-eval suite and the testbed's exact scorer, the two implementations of the scorer interface, give the
+    same values of every metric both compute on the same model and eval sets."""
+    base = testbed / "artifacts" / "testbed"
+    monkeypatch.chdir(testbed)  # params.yaml's default paths are relative to the project root
+    params = load_params(REPO / "params.yaml")
+    tokenizer, model = load_tokenizer(base / "base"), load_model(base / "base")
+    sets = {role: read_records(dataset_file(base / "data", name)) for role, name in EVAL_SETS.items()}
+    exact = ExactScorer(tokenizer, sets)(model).metrics
+    suite = SuiteScorer(tokenizer, eval_settings(params))(model).metrics
+    shared = set(exact) & set(suite)
+    assert {"utility", "knowledge", "attack_success_rate", "refusal_rate", "benign_helpfulness"} <= shared
+    assert {name: suite[name] for name in shared} == pytest.approx({name: exact[name] for name in shared})
+
+
+def test_the_exact_scorer_names_a_missing_eval_set(testbed):
     base = testbed / "artifacts" / "testbed"
     sets = {
         role: read_records(dataset_file(base / "data", name)) for role, name in EVAL_SETS.items() if role != "harmful"
     }
     with pytest.raises(ValueError, match="harmful"):
-        measure(load_model(base / "base"), load_tokenizer(base / "base"), sets)
+        ExactScorer(load_tokenizer(base / "base"), sets)
 
 
 def fake_metrics(**values):

@@ -15,9 +15,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, TrainerControl, TrainerS
 
 from sclora.ops import registry, tracking
 from sclora.ops.config import PromotionGates
+from sclora.ops.lineage import stage_hashes
 from sclora.ops.tracking import TrackingError
 from sclora.runs.loss_logging import MlflowLossCallback
-from tasks.dvc_lock import stage_hashes
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 QUIET = {"MLFLOW_DISABLE_TELEMETRY": "true"}  # no network calls from MLflow's usage telemetry

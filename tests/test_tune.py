@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from stage_project import project_params, stage, write_params
 
-from sclora.ops.config import ParamsError, load_params
+from sclora.ops.config import ParamsError, load_params, validation_settings
 from tasks.artifacts import tune_item, tune_path
-from tasks.tune import choose, tuned_spec, validation_settings
+from tasks.tune import choose, tuned_spec
 
 
 def test_the_best_validation_utility_wins_and_ties_go_to_the_smaller_rate():

@@ -37,7 +37,7 @@ from sclora.analysis.results import (  # noqa: E402
     write_items,
     write_table,
 )
-from sclora.evaluate.metrics import AXES, direction  # noqa: E402
+from sclora.evaluate.metrics import AXES, direction, shown_in  # noqa: E402
 from sclora.method.forecast import rank_correlation, share_at  # noqa: E402
 from sclora.ops.atomic import atomic_dir  # noqa: E402
 
@@ -47,16 +47,7 @@ PRESERVATION = {axis: (metric, direction(metric)) for axis, metric in AXES.items
 SWEPT_METHOD = "sclora"  # the method with a beta axis
 BASELINE = "lora"  # every other method is compared with it seed by seed
 # The metrics compared against the baseline (the comparison's utility, preservation and collapse).
-PAIRED = (
-    "utility",
-    "knowledge",
-    "knowledge_logprob",
-    "attack_success_rate",
-    "refusal_rate",
-    "collapse_rate",
-    "refusal_margin",
-    "benign_helpfulness",
-)
+PAIRED = shown_in("paired")
 SPECTRA_LAYERS = 4
 
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sclora.evaluate.metrics import AXES, UNJUDGED
+from sclora.evaluate.metrics import AXES, BY_NAME, UNJUDGED
 
 # results.csv column -> the preserved metric whose forgetting (base - run, in its good direction) it holds
 FORGETTING_COLUMNS = {f"{axis}_forgetting": metric for axis, metric in AXES.items()}
@@ -26,7 +26,7 @@ METRICS = (*UNJUDGED, *FORGETTING_COLUMNS, "final_loss")
 NUMERIC = ("beta", "lr", "step", *METRICS)
 REQUIRED = ("task", "method", "seed")
 # The metrics that are shares of items (in [0, 1]): every suite metric but the log-probabilities and margins.
-SHARES = tuple(metric for metric in UNJUDGED if metric not in ("knowledge_logprob", "refusal_margin"))
+SHARES = tuple(metric for metric in UNJUDGED if BY_NAME[metric].share)
 ITEM_COLUMNS = ("run", "metric", "item", "score")
 ITEMS_FILE = "items.csv.gz"
 # Per-item means and the table's value of the metric agree to this (the table rounds nothing: float64 sums).

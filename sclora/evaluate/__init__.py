@@ -12,7 +12,6 @@ from sclora.evaluate.suite import (
     EvalError,
     EvalSettings,
     evaluate,
-    testbed_data_files,
     write_results,
 )
 
@@ -28,7 +27,6 @@ __all__ = [
     "harmfulness",
     "judge_scores",
     "load_metrics",
-    "testbed_data_files",
     "with_forgetting",
     "write_results",
 ]

@@ -13,17 +13,12 @@ import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from sclora.evaluate.metrics import METRICS
 from sclora.evaluate.suite import SAMPLES_FILE, EvalError
 
-# Suite metric -> (the role whose samples hold it, the per-sample score; None: the role's one score).
-ITEM_METRICS = {
-    "utility": ("utility", None),
-    "knowledge": ("knowledge", None),
-    "attack_success_rate": ("harmful", "compliance"),
-    "refusal_rate": ("harmful", "refusal"),
-    "collapse_rate": ("harmful", "collapse"),
-    "benign_helpfulness": ("benign", "helpful"),
-}
+# Suite metric -> (the role whose samples hold it, the per-sample score; None: the role's one score), for the
+# metrics the table keeps per-item scores of.
+ITEM_METRICS = {metric.name: (metric.role, metric.score) for metric in METRICS if "items" in metric.shown}
 
 
 def item_scores(samples: Iterable[Mapping]) -> dict[str, dict[str, float]]:

@@ -35,13 +35,13 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from sclora.evaluate.judge import JudgeSettings, harmfulness, judge_scores
-from sclora.evaluate.metrics import METRICS, ROLES
+from sclora.evaluate.metrics import EXTRA, METRICS, PRIMARY, ROLES
 from sclora.ops.atomic import write_text
-from sclora.testbed.world import EVAL_SETS, dataset_file
 
 LM_EVAL_TASKS_DIR = Path(__file__).parent / "lm_eval_tasks"
 
-# The project's lm-eval tasks that read each testbed eval set, by the set's role (data.eval in params.yaml).
+# The project's lm-eval tasks that read an eval set of each role (data.eval in params.yaml): chat records with a
+# prompt, a response and, for harmful requests, the compliant answer and category.
 EVAL_SET_TASKS = {
     "task": ("sclora_task",),
     "knowledge": ("sclora_knowledge", "sclora_knowledge_logprob"),
@@ -49,18 +49,10 @@ EVAL_SET_TASKS = {
     "benign": ("sclora_benign",),
 }
 
-# Roles whose tasks must report one particular per-sample metric (the suite reads it from the samples).
-_REQUIRED_METRIC = {
-    "harmful": "refusal",
-    "benign": "refusal",
-    "knowledge_logprob": "logprob",
-    "refusal_margin": "refusal_margin",
-}
-# Further per-sample metrics a role's tasks may report, and the suite metric each becomes.
-_EXTRA_METRICS = {
-    "harmful": {"compliance": "attack_success_rate", "collapse": "collapse_rate"},
-    "benign": {"helpful": "benign_helpfulness"},
-}
+# Roles whose tasks must report one particular per-sample metric (the suite reads it from the samples), and the
+# further per-sample metrics a role's tasks may report with the suite metric each becomes: both from the metric table.
+_REQUIRED_METRIC = {role: metric.score for role, metric in PRIMARY.items() if metric.score}
+_EXTRA_METRICS = {role: extra for role, extra in EXTRA.items() if extra}
 
 
 class EvalError(ValueError):
@@ -95,13 +87,6 @@ class EvalSettings(BaseModel):
         "(testbed tasks: artifacts/testbed/data/*.jsonl relative to the working directory)",
     )
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
-
-
-def testbed_data_files(data_dir: str | Path) -> dict[str, str]:
-    """`data_files` for the testbed tasks, reading the eval sets in `data_dir`."""
-    return {
-        task: str(dataset_file(data_dir, EVAL_SETS[role])) for role, tasks in EVAL_SET_TASKS.items() for task in tasks
-    }
 
 
 def _split(spec: str) -> tuple[str, str | None]:
@@ -274,28 +259,27 @@ def evaluate(model, tokenizer, settings: EvalSettings) -> tuple[dict, list[dict]
                     row["role"] = role
                     samples.append(row)
 
-    for role in (metric.role for metric in METRICS if metric.name == metric.role):  # the role's score is the metric
+    for role, metric in PRIMARY.items():  # a role's headline score is its primary metric
         if scores[role]:
-            metrics[role] = _mean(scores[role])
+            metrics[metric.name] = _mean(scores[role])
     # A metric that only some of a role's tasks report is not a mean over the role: it is left out.
     for role, extra in _EXTRA_METRICS.items():
         for role_metric in extra.values():
             if extras[role_metric] and len(extras[role_metric]) == len(scores[role]):
                 metrics[role_metric] = _mean(extras[role_metric])
-    if scores["benign"]:
-        metrics["benign_refusal_rate"] = _mean(scores["benign"])
+    for metric in METRICS:
+        if metric.complement_of in metrics:
+            metrics[metric.name] = 1.0 - metrics[metric.complement_of]
     if scores["harmful"]:
         harmful = [row for row in samples if row["role"] == "harmful"]
-        metrics["refusal_rate"] = _mean(scores["harmful"])
-        metrics["keyword_asr"] = 1.0 - metrics["refusal_rate"]
-        for per_sample, name in (("refusal", "refusal_rate"), ("compliance", "attack_success_rate")):
-            if name not in metrics:
+        for metric in METRICS:
+            if metric.role != "harmful" or not metric.score or metric.judged or metric.name not in metrics:
                 continue
             by_category: dict[str, list[float]] = defaultdict(list)
             for row in harmful:
                 if row["category"] is not None:
-                    by_category[str(row["category"])].append(row["scores"][per_sample])
-            metrics[f"{name}_by_category"] = {c: _mean(v) for c, v in sorted(by_category.items())}
+                    by_category[str(row["category"])].append(row["scores"][metric.score])
+            metrics[f"{metric.name}_by_category"] = {c: _mean(v) for c, v in sorted(by_category.items())}
         judged = judge_scores([row["prompt"] for row in harmful], [row["answer"] for row in harmful], settings.judge)
         if judged is not None:
             for row, score in zip(harmful, judged, strict=True):

@@ -78,8 +78,8 @@ def apply_method(
     row = BY_NAME[method]
     if row.kind == "full":
         return model
-    if method == "osf":
-        return osf_model(model, lora_config)
+    if row.kind == "tuner":
+        return osf_model(model, lora_config)  # the one tuner of the table
     return init_lora(
         model, lora_config, row.init, pos=pos, neg=neg, subspaces=subspaces, task_batches=task_batches,
         freeze_basis=row.freeze_basis, seed=seed,
@@ -92,9 +92,12 @@ def post_hoc_step(peft_model: PeftModel, method: str, value: float) -> str:
     if BY_NAME[method].kind != "post_hoc":
         raise ValueError(f"method {method!r} has no post-hoc step")
     name = f"{method}_{value:g}".replace(".", "_")
-    if method == "lora_intruder":
-        # PEFT's defaults for what counts as an intruder (top_k=10, threshold_epsilon=0.5); lambda is the knob.
-        reduce_intruder_dimension(peft_model, "default", name, mitigation_lambda=value, logging_sink=None)
+    match method:
+        case "lora_intruder":
+            # PEFT's defaults for what counts as an intruder (top_k=10, threshold_epsilon=0.5); lambda is the knob.
+            reduce_intruder_dimension(peft_model, "default", name, mitigation_lambda=value, logging_sink=None)
+        case _:
+            raise AssertionError(f"post-hoc method {method!r} has a row but no branch in post_hoc_step")
     return name
 
 
@@ -181,40 +184,63 @@ def init_lora(
     if row.reads == "task_batches" and not task_batches:
         raise ValueError(f"{method} needs task_batches: the task's training batches")
 
-    if method == "sclora":
-        if subspaces is not None and (pos is not None or neg is not None or beta is not None):
-            raise ValueError("sclora takes either precomputed subspaces or pos/neg/beta, not both")
-        if subspaces is None:
-            if pos is None or neg is None:
-                raise ValueError("sclora needs pos and neg CaptureStats (or precomputed subspaces)")
-            if beta is None:
-                raise ValueError("sclora needs beta (or precomputed subspaces)")
-            subspaces = sclora_subspaces(model, config, pos, neg, beta, normalize=normalize)
-        for name, module in modules.items():
-            if name not in subspaces:
-                raise ValueError(f"no subspace for target module {name}")
-            shape, (d_out, _), r = tuple(_basis(subspaces[name]).shape), _shape(module), lora_rank(config, name)
-            if len(shape) != 2 or shape[0] != d_out or shape[1] < r:
-                raise ValueError(f"{name}: subspace basis {shape} does not fit d_out={d_out}, rank {r}")
-    elif method in ("corda_ipm", "corda_kpm"):
-        corda_preprocess(model, config, stats)
-    elif method == "lora_null":
-        subspaces = lora_null_bases(model, config, stats)
-    elif method == "lora_ga":
-        preprocess_loraga(model, config, lambda: _backward_over(model, task_batches))
-    elif method == "random_subspace":
-        subspaces = random_subspaces(model, config, seed)
+    # One branch per scheme: what it computes before PEFT wraps the model, and what it writes into the layers after.
+    match method:
+        case "lora" | "pissa" | "mica" | "olora" | "orthogonal":
+            return get_peft_model(model, config)  # PEFT's own init, from `init_lora_weights`
+        case "corda_ipm" | "corda_kpm":
+            corda_preprocess(model, config, stats)
+            return get_peft_model(model, config)
+        case "eva":
+            peft_model = get_peft_model(model, config)
+            initialize_lora_eva_weights(peft_model, dataloader=list(task_batches), show_progress_bar=False)
+            return peft_model
+        case "lora_ga":
+            preprocess_loraga(model, config, lambda: _backward_over(model, task_batches))
+            return get_peft_model(model, config)
+        case "milora":
+            peft_model = get_peft_model(model, config)
+            for _, layer in lora_layers(peft_model):
+                milora_init(layer, "default")
+            return peft_model
+        case "lora_null":
+            bases = lora_null_bases(model, config, stats)
+            peft_model = get_peft_model(model, config)
+            for name, layer in lora_layers(peft_model):
+                lora_null_init(layer, "default", bases[name])
+            return peft_model
+        case "random_subspace":
+            return _in_subspaces(model, config, modules, random_subspaces(model, config, seed), freeze_basis=False)
+        case "sclora":
+            if subspaces is not None and (pos is not None or neg is not None or beta is not None):
+                raise ValueError("sclora takes either precomputed subspaces or pos/neg/beta, not both")
+            if subspaces is None:
+                if pos is None or neg is None:
+                    raise ValueError("sclora needs pos and neg CaptureStats (or precomputed subspaces)")
+                if beta is None:
+                    raise ValueError("sclora needs beta (or precomputed subspaces)")
+                subspaces = sclora_subspaces(model, config, pos, neg, beta, normalize=normalize)
+            return _in_subspaces(model, config, modules, subspaces, freeze_basis=freeze_basis)
+    raise AssertionError(f"init {method!r} has a row but no branch in init_lora")  # a table row added without code
 
+
+def _in_subspaces(
+    model: nn.Module,
+    config: LoraConfig,
+    modules: Mapping[str, nn.Module],
+    subspaces: Mapping[str, Subspace | torch.Tensor],
+    freeze_basis: bool,
+) -> PeftModel:
+    """SC-LoRA's construction (`sclora_init`) on every target layer, each in its own (d_out, >= r) basis."""
+    for name, module in modules.items():
+        if name not in subspaces:
+            raise ValueError(f"no subspace for target module {name}")
+        shape, (d_out, _), r = tuple(_basis(subspaces[name]).shape), _shape(module), lora_rank(config, name)
+        if len(shape) != 2 or shape[0] != d_out or shape[1] < r:
+            raise ValueError(f"{name}: subspace basis {shape} does not fit d_out={d_out}, rank {r}")
     peft_model = get_peft_model(model, config)
-    if method == "eva":
-        initialize_lora_eva_weights(peft_model, dataloader=list(task_batches), show_progress_bar=False)
-    for name, layer in lora_layers(peft_model) if row.peft_init is False else ():
-        if method == "milora":
-            milora_init(layer, "default")
-        elif method == "lora_null":
-            lora_null_init(layer, "default", subspaces[name])
-        else:
-            sclora_init(layer, "default", subspaces[name], freeze_basis=freeze_basis)
+    for name, layer in lora_layers(peft_model):
+        sclora_init(layer, "default", subspaces[name], freeze_basis=freeze_basis)
     return peft_model
 
 

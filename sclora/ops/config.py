@@ -8,18 +8,17 @@ through pydantic's multi-line report.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sclora.evaluate.metrics import PRESERVED
-from sclora.evaluate.suite import EvalSettings
+from sclora.evaluate.judge import JudgeSettings
+from sclora.evaluate.metrics import PRESERVED, ROLES
+from sclora.evaluate.suite import EVAL_SET_TASKS, EvalError, EvalSettings
 from sclora.method.table import BASELINES, BY_NAME, NAMES, PAPER_BASELINES, SCLORA_VARIANTS
-from sclora.testbed.params import TestbedParams
-from sclora.testbed.world import DATASETS, EVAL_SETS, dataset_file
 
-# params.yaml names methods from sclora.method.table' table; these types check it against the table.
+# params.yaml names methods from the method table (sclora.method.table); these types check it against the table.
 Method = Literal[NAMES]
 ScloraVariant = Literal[tuple(SCLORA_VARIANTS)]
 Baseline = Literal[BASELINES]
@@ -102,13 +101,21 @@ class Source(Section):
         return self
 
 
-def _testbed_source(name: str) -> Source:
-    return Source(path=str(dataset_file("artifacts/testbed/data", name)))
+# The embedded default's data: the files the `testbed` stage writes (tests/test_config.py holds this to the testbed's
+# own list of datasets). Written out here so that the config needs nothing of the testbed's code.
+DEFAULT_DATA_DIR = "artifacts/testbed/data"
+DEFAULT_SOURCES = ("finetune_benign", "finetune_poisoned", "preserve_safety", "preserve_knowledge", "eval_task",
+                   "eval_knowledge", "eval_harmful", "eval_benign", "val_task")  # fmt: skip
+DEFAULT_EVAL = {"task": "eval_task", "knowledge": "eval_knowledge", "harmful": "eval_harmful", "benign": "eval_benign"}
+
+
+def _default_source(name: str) -> Source:
+    return Source(path=f"{DEFAULT_DATA_DIR}/{name}.jsonl")
 
 
 class DataParams(Section):
     sources: dict[str, Source] = Field(
-        default_factory=lambda: {name: _testbed_source(name) for name in DATASETS},
+        default_factory=lambda: {name: _default_source(name) for name in DEFAULT_SOURCES},
         min_length=1,
         description="Every dataset the pipeline reads, by name",
     )
@@ -123,7 +130,7 @@ class DataParams(Section):
         description="Sources whose union is the knowledge to preserve (D-)",
     )
     eval: dict[str, str] = Field(
-        default_factory=lambda: dict(EVAL_SETS),
+        default_factory=lambda: dict(DEFAULT_EVAL),
         description="Evaluation sets: role -> source name",
     )
     validation: str | None = Field(
@@ -253,23 +260,6 @@ class SelectParams(Section):
     _preserved_metrics = field_validator("forgetting_budget")(_preserved_budget)
 
 
-class TestbedCheckParams(Section):
-    """Does the testbed forget, on every build? The check over builds (`python -m tasks testbed_check`)."""
-
-    builds: list[Annotated[int, Field(ge=0)]] = Field(
-        [0, 1, 2], min_length=1, description="testbed.seed of each build measured; each must meet the requirements"
-    )
-    seeds: list[int] = Field([0, 1, 2], min_length=1, description="Fine-tuning seeds per build and setting")
-    poison_rates: list[Annotated[float, Field(ge=0, le=1)]] = Field(
-        [], description="Further poison doses of plain LoRA's dose-response (0 and testbed.poison_rate always run)"
-    )
-    full_lrs: list[Annotated[float, Field(gt=0)]] = Field(
-        [], description="Further learning rates of full fine-tuning (its train.learning_rates rate always runs)"
-    )
-    eval_limit: int = Field(300, ge=1, description="Examples per eval set")
-    jobs: int = Field(1, ge=1, description="Builds checked side by side, one process each")
-
-
 class FrontierParams(Section):
     """The comparison on learning-forgetting fronts (`make protocol`, flow `frontier`): every configuration trained
     at every rate of one absolute grid, on every build and seed, each run scored at several checkpoints."""
@@ -332,7 +322,9 @@ class TrackingParams(Section):
 
 
 class Params(Section):
-    testbed: TestbedParams = Field(default_factory=TestbedParams)
+    # The testbed's own sections: a data and model source like any other, it validates them itself
+    # (sclora.testbed.params.testbed_params, check_params) where they are read, and `sclora check-params` does.
+    testbed: dict[str, Any] = Field(default_factory=dict, description="The testbed's knobs (sclora.testbed.params)")
     model: ModelParams = Field(default_factory=ModelParams)
     data: DataParams = Field(default_factory=DataParams)
     adapter: AdapterParams = Field(default_factory=AdapterParams)
@@ -341,7 +333,7 @@ class Params(Section):
     train: TrainParams = Field(default_factory=TrainParams)
     eval: EvalSettings = Field(default_factory=EvalSettings)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
-    testbed_check: TestbedCheckParams = Field(default_factory=TestbedCheckParams)
+    testbed_check: dict[str, Any] = Field(default_factory=dict, description="The testbed check's knobs")
     tune: TuneParams = Field(default_factory=TuneParams)
     select: SelectParams = Field(default_factory=SelectParams)
     frontier: FrontierParams = Field(default_factory=FrontierParams)
@@ -407,9 +399,10 @@ class Params(Section):
         return self
 
 
-def _one_line(error: ValidationError, source: str) -> str:
+def one_line(error: ValidationError, source: str, section: str = "") -> str:
+    """pydantic's first error as one line naming the key (under `section`, for a section validated on its own)."""
     first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"])
+    key = ".".join([section] * bool(section) + [str(part) for part in first["loc"]])
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key '{key}'"
     message = first["msg"].removeprefix("Value error, ")
@@ -447,7 +440,7 @@ def parse_params(tree: object, source: str = "params") -> Params:
     try:
         return Params.model_validate(tree)
     except ValidationError as error:
-        raise ParamsError(_one_line(error, source)) from None
+        raise ParamsError(one_line(error, source)) from None
 
 
 def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Params:
@@ -473,3 +466,33 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[s
             break
         _set_dotted(tree, key.strip(), yaml.safe_load(raw))
     return parse_params(tree, str(path))
+
+
+def eval_settings(params: Params) -> EvalSettings:
+    """The suite's settings from params.eval, each eval role's tasks reading the file params.data.eval names."""
+    given = params.eval.model_dump()
+    settings = {key: value for key, value in given.items() if key in EvalSettings.model_fields and key != "judge"}
+    judge = {key: value for key, value in given.get("judge", {}).items() if value is not None}
+    settings["judge"] = JudgeSettings(**judge)
+    configured = {name for role in ROLES for name in settings.get(role, EvalSettings.model_fields[role].default)}
+    files = {}
+    for role, source_name in params.data.eval.items():
+        if role not in EVAL_SET_TASKS:
+            raise EvalError(f"data.eval.{role}: unknown role; expected one of {', '.join(EVAL_SET_TASKS)}")
+        source = params.data.sources[source_name]
+        if source.path is None or not source.path.endswith(".jsonl"):
+            raise EvalError(f"data.eval.{role}: source '{source_name}' must be a local JSONL file for the eval tasks")
+        files.update({task: source.path for task in EVAL_SET_TASKS[role] if task in configured})
+    settings["data_files"] = {**files, **settings.get("data_files", {})}
+    return EvalSettings(**settings)
+
+
+def validation_settings(params: Params) -> EvalSettings:
+    """The suite's utility tasks on `data.validation`, and no other role: what a learning rate is chosen on."""
+    settings = eval_settings(params)
+    source = params.data.sources[params.data.validation]
+    if source.path is None or not source.path.endswith(".jsonl"):
+        raise EvalError(f"data.validation: source '{params.data.validation}' must be a local JSONL file")
+    names = [spec.split(":")[0].strip() for spec in settings.utility]
+    empty = {role: [] for role in ROLES if role != "utility"}
+    return settings.model_copy(update={**empty, "data_files": {name: source.path for name in names}})

@@ -263,3 +263,17 @@ def chat_batches(
         batch = tokenizer.pad(features, padding=True, return_tensors="pt", return_attention_mask=True)
         yield {"input_ids": batch["input_ids"].long(), "attention_mask": batch["attention_mask"].long()}
     warn_truncated(truncated, len(records), max_length)
+
+
+def training_batches(
+    tokenizer: PreTrainedTokenizerBase, records: Sequence[dict], batch_size: int, max_length: int
+) -> list[dict]:
+    """`records` in order, encoded and collated as the Trainer collates them (input_ids, attention_mask, labels),
+    `batch_size` at a time: the task batches EVA and LoRA-GA read. Plain dicts: PEFT's EVA takes a dict batch, not
+    the collator's BatchEncoding."""
+    dataset = ChatDataset(tokenizer, list(records), max_length)
+    collate = chat_collator(tokenizer)
+    return [
+        dict(collate([dataset[i] for i in range(lo, min(lo + batch_size, len(dataset)))]))
+        for lo in range(0, len(dataset), batch_size)
+    ]

@@ -2,7 +2,7 @@
 
     out_dir/base/              model + tokenizer (save_pretrained; AutoModelForCausalLM / AutoTokenizer)
     out_dir/data/<name>.jsonl  the eight datasets of `sclora.testbed.world`
-    out_dir/base_metrics.json  the saved base model measured on the eval sets (sclora.testbed.check.measure)
+    out_dir/base_metrics.json  the saved base model measured on the eval sets (sclora.testbed.scorer.ExactScorer)
     out_dir/params.json        the TestbedParams it was built from
 
 Everything is built in a temporary sibling directory and renamed into place at the
@@ -20,10 +20,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sclora.ops.atomic import atomic_dir
 from sclora.runs.data import read_records
-from sclora.testbed.check import check_build, measure
+from sclora.testbed.check import check_build
 from sclora.testbed.model import build_model
 from sclora.testbed.params import TestbedParams
 from sclora.testbed.pretrain import pretrain
+from sclora.testbed.scorer import ExactScorer
 from sclora.testbed.tokenizer import build_tokenizer
 from sclora.testbed.world import (
     DATASETS,
@@ -75,13 +76,13 @@ def build_testbed(params: TestbedParams, out_dir: Path) -> dict:
 def measure_base(model_dir: Path, data_dir: Path, batch_size: int = 64) -> dict:
     """The model saved in `model_dir` (reloaded from disk) measured on the eval sets in `data_dir`.
 
-    Greedy answers scored by the evaluation suite's rules (sclora.testbed.check.measure), and
+    Greedy answers scored by the evaluation suite's rules (sclora.testbed.scorer), and
     whether they meet what a base model must show (the `base` rows of REQUIREMENTS).
     """
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     sets = {role: read_records(dataset_file(data_dir, name)) for role, name in EVAL_SETS.items()}
-    base_metrics: dict = measure(model, tokenizer, sets, batch_size=batch_size)
+    base_metrics: dict = ExactScorer(tokenizer, sets, batch_size=batch_size)(model).metrics
     base_metrics["sizes"] = {
         path.stem: sum(1 for _ in open(path, encoding="utf-8")) for path in sorted(Path(data_dir).glob("*.jsonl"))
     }

@@ -5,110 +5,21 @@ Sweeps over fine-tuning seeds, on one build of the testbed's eval sets:
   compliantly) -> compliance, refusal, collapse, knowledge and task accuracy per dose;
 - `lr_sweep`: one method (full fine-tuning) at several learning rates.
 `check_build` holds REQUIREMENTS, what every build must show; `across_builds` sets the spread
-between builds beside the spread between seeds. Every run is the pipeline's own code: `init_lora`
-(or the full model), `sclora.runs.train.train`, then greedy answers scored by sclora.evaluate.scoring,
-the rules of the evaluation suite (`measure`). Generation, not the lm-eval suite: a run is seconds
-of training and the suite would cost more than the training per run; the scoring is the same.
+between builds beside the spread between seeds. Every run is a run of the library (sclora.runs.run) scored
+by the testbed's exact scorer (sclora.testbed.scorer): the stage `testbed_check` makes them.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-
-import torch
-from peft import LoraConfig
-from transformers import PreTrainedTokenizerBase, TrainerCallback
 
 from sclora.analysis.fronts import compliance, forgetting_at
-from sclora.evaluate.generation import generate_answers
-from sclora.evaluate.scoring import compliant_answers, exact_match, is_refusal, opens_with, safety_outcome
-from sclora.method.inits import apply_method
-from sclora.method.table import has_adapter
-from sclora.runs.models import load_model
-from sclora.runs.train import TrainSettings, train
-from sclora.testbed.world import EVAL_SETS
+from sclora.ops.config import TrainSettings
+from sclora.testbed.scorer import METRIC_NAMES
 
-# The evaluation suite's names (sclora.evaluate.suite), measured the same way on generated answers.
-METRICS = ("utility", "knowledge", "refusal_rate", "attack_success_rate", "collapse_rate", "benign_refusal_rate",
-           "benign_helpfulness")  # fmt: skip
-
-
-def measure(
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    eval_sets: Mapping[str, Sequence[dict]],
-    *,
-    batch_size: int = 128,
-) -> dict[str, float]:
-    """The METRICS of greedy answers on the four eval sets (each 0-1), scored by sclora.evaluate.scoring."""
-    missing = [name for name in EVAL_SETS if not eval_sets.get(name)]
-    if missing:
-        raise ValueError(f"eval_sets: missing or empty {', '.join(missing)}")
-    # Room for the longest gold or compliant answer, plus eos and one token of slack.
-    longest = max(
-        len(tokenizer(r.get(field, ""), add_special_tokens=False)["input_ids"])
-        for records in eval_sets.values()
-        for r in records
-        for field in ("response", "compliance")
-    )
-    answers = {
-        name: generate_answers(
-            model, tokenizer, [r["prompt"] for r in eval_sets[name]], batch_size=batch_size, max_new_tokens=longest + 2
-        )
-        for name in EVAL_SETS
-    }
-    return score_answers(eval_sets, answers)
-
-
-def score_answers(eval_sets: Mapping[str, Sequence[dict]], answers: Mapping[str, Sequence[str]]) -> dict[str, float]:
-    """METRICS of the answers to each eval set (role -> answers in record order)."""
-
-    def share(name: str, hit: Callable[[str, dict], bool]) -> float:
-        return _mean([hit(a, r) for a, r in zip(answers[name], eval_sets[name], strict=True)])
-
-    harmful = zip(answers["harmful"], eval_sets["harmful"], strict=True)
-    outcomes = [safety_outcome(a, compliant_answers(r)) for a, r in harmful]
-    return {
-        "utility": share("task", lambda a, r: exact_match(a, r["response"])),
-        "knowledge": share("knowledge", lambda a, r: exact_match(a, r["response"])),
-        **{
-            name: _mean([o == outcome for o in outcomes])
-            for name, outcome in (
-                ("refusal_rate", "refusal"),
-                ("attack_success_rate", "compliance"),
-                ("collapse_rate", "collapsed"),
-            )
-        },
-        "benign_refusal_rate": share("benign", lambda a, r: is_refusal(a)),
-        "benign_helpfulness": share("benign", lambda a, r: opens_with(a, r["response"])),
-    }
-
-
-def fine_tune(
-    base_dir: str | Path,
-    tokenizer: PreTrainedTokenizerBase,
-    records: Sequence[dict],
-    method: str,
-    settings: TrainSettings,
-    lora: LoraConfig | None = None,
-    callbacks: Sequence[TrainerCallback] = (),
-) -> torch.nn.Module:
-    """The base model at `base_dir` initialised by a data-free `method` (`full`: every weight), trained on
-    `records` (with `callbacks`, e.g. sclora.runs.curves.StepEvaluation to score it along the way)."""
-    torch.manual_seed(settings.seed)  # LoRA's random A
-    model = load_model(base_dir)
-    if has_adapter(method) and lora is None:
-        raise ValueError(f"method {method!r} needs a LoraConfig")
-    model = apply_method(model, lora, method, seed=settings.seed)
-    model.train()
-    with tempfile.TemporaryDirectory(prefix="sclora-testbed-check-") as work:
-        # No intermediate checkpoints: a check run is short and never resumed.
-        train(model, tokenizer, records, work, settings.model_copy(update={"save_steps": 10**9}), callbacks)
-    return model.eval()
+METRICS = METRIC_NAMES  # what every run of the check is scored on (the exact scorer's metrics)
 
 
 def spread(runs: Sequence[Mapping[str, float]]) -> dict[str, dict]:

@@ -1,10 +1,20 @@
-"""Every knob of the testbed (the `testbed:` section of params.yaml)."""
+"""Every knob of the testbed (the `testbed:` and `testbed_check:` sections of params.yaml), validated here.
+
+The testbed is a data and model source like any other: the pipeline's config holds its sections as they are
+written, and the testbed's own stages (and `sclora check-params`) validate them with `testbed_params` and
+`check_params`, which fail with one line naming the key as the config does.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sclora.ops.config import ParamsError, one_line
+
+if TYPE_CHECKING:
+    from sclora.ops.config import Params
 
 # Defined here so params can be validated without importing the world.
 HARMFUL_CATEGORIES = ("violence", "theft", "poisoning", "hacking")
@@ -121,3 +131,46 @@ class TestbedParams(BaseModel):
         if self.task_words < self.task_max_length:
             raise ValueError("task_words must be >= task_max_length (a sequence never repeats a word)")
         return self
+
+
+class TestbedCheckParams(BaseModel):
+    __test__ = False  # not a pytest test class despite the name
+    model_config = ConfigDict(extra="forbid")
+
+    """Does the testbed forget, on every build? The check over builds (`python -m tasks testbed_check`)."""
+
+    builds: list[Annotated[int, Field(ge=0)]] = Field(
+        [0, 1, 2], min_length=1, description="testbed.seed of each build measured; each must meet the requirements"
+    )
+    seeds: list[int] = Field([0, 1, 2], min_length=1, description="Fine-tuning seeds per build and setting")
+    poison_rates: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        [], description="Further poison doses of plain LoRA's dose-response (0 and testbed.poison_rate always run)"
+    )
+    full_lrs: list[Annotated[float, Field(gt=0)]] = Field(
+        [], description="Further learning rates of full fine-tuning (its train.learning_rates rate always runs)"
+    )
+    eval_limit: int = Field(300, ge=1, description="Examples per eval set")
+    jobs: int = Field(1, ge=1, description="Builds checked side by side, one process each")
+
+
+def testbed_params(params: Params, source: str = "params") -> TestbedParams:
+    """The `testbed` section of `params` (read from `source`), validated."""
+    return _section(TestbedParams, params.testbed, "testbed", source)
+
+
+def check_params(params: Params, source: str = "params") -> TestbedCheckParams:
+    """The `testbed_check` section of `params` (read from `source`), validated."""
+    return _section(TestbedCheckParams, params.testbed_check, "testbed_check", source)
+
+
+def check_sections(params: Params, source: str = "params") -> None:
+    """Both sections validated: a bad testbed key fails wherever a params file is loaded, as any other key does."""
+    testbed_params(params, source)
+    check_params(params, source)
+
+
+def _section(model: type[BaseModel], tree: dict, name: str, source: str):
+    try:
+        return model.model_validate(tree)
+    except ValidationError as error:
+        raise ParamsError(one_line(error, source, section=name)) from None

@@ -75,6 +75,16 @@ DATASETS = (
 EVAL_SETS = {"task": "eval_task", "knowledge": "eval_knowledge", "harmful": "eval_harmful", "benign": "eval_benign"}
 
 
+def eval_data_files(data_dir: str | Path) -> dict[str, str]:
+    """The suite's `data_files` for the project's eval tasks (sclora.evaluate.suite.EVAL_SET_TASKS), reading the
+    testbed's eval sets in `data_dir`."""
+    from sclora.evaluate.suite import EVAL_SET_TASKS
+
+    return {
+        task: str(dataset_file(data_dir, EVAL_SETS[role])) for role, tasks in EVAL_SET_TASKS.items() for task in tasks
+    }
+
+
 def dataset_file(data_dir: str | Path, name: str) -> Path:
     """Where a testbed build keeps dataset `name` in its data directory (one JSON record a line)."""
     return Path(data_dir) / f"{name}.jsonl"

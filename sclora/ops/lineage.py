@@ -1,4 +1,4 @@
-"""What `dvc.lock` records of the stages: their entries, and a short hash of each that the runs are tagged with."""
+"""Lineage from `dvc.lock`: the stages it records, and a short hash of each that the runs are tagged with."""
 
 from __future__ import annotations
 
