@@ -10,26 +10,18 @@ import argparse
 import importlib
 import json
 import sys
+from pathlib import Path
 
 from sclora.ops.config import load_params
 from sclora.testbed.params import check_sections
 
-STAGES = (
-    "testbed",
-    "prepare",
-    "capture",
-    "solve",
-    "forecast",
-    "tune",
-    "plan",
-    "train",
-    "evaluate_base",
-    "register",
-    "report",
-    "testbed_check",
-    "frontier_build",
-    "frontier",
-    "frontier_report",
+# Every module of this package is a stage (or a command beside the stages), but these.
+STAGES = tuple(
+    sorted(
+        path.stem
+        for path in Path(__file__).parent.glob("*.py")
+        if path.stem not in ("__init__", "__main__", "artifacts")
+    )
 )
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from sclora.evaluate.metrics import shown_in
+from sclora.evaluate.metrics import METRICS, shown_in
 from sclora.ops.atomic import write_text
 from sclora.ops.config import Params, parse_params
 from sclora.runs.curves import checkpoint_steps
@@ -94,6 +94,8 @@ def run(params: Params, *, output: Path = OUTPUT, out_dir: Path = OUT_DIR) -> di
 
 
 TABLE_METRICS = shown_in("curve")
+# The dose-response table: what the answers to harmful requests were (compliance, refusal, collapse).
+HARMFUL = tuple(metric.name for metric in METRICS if metric.role == "harmful" and "curve" in metric.shown)
 
 
 def markdown(result: dict) -> str:
@@ -117,19 +119,13 @@ def markdown(result: dict) -> str:
         "",
         "LoRA's dose-response (harmful compliance per seed):",
         "",
-        "| build | poison rate | poisoned records | attack_success_rate | refusal_rate | collapse_rate |",
-        "|---|---|---|---|---|---|",
+        "| build | poison rate | poisoned records | " + " | ".join(HARMFUL) + " |",
+        "|" + "---|" * (3 + len(HARMFUL)),
     ]
     for seed, build in result["builds"].items():
         for point in build["dose_response"]:
-            values = {
-                m: " / ".join(f"{v:.2f}" for v in point[m]["values"])
-                for m in ("attack_success_rate", "refusal_rate", "collapse_rate")
-            }
-            lines.append(
-                f"| {seed} | {point['rate']:g} | {point['poisoned']} | {values['attack_success_rate']} | "
-                f"{values['refusal_rate']} | {values['collapse_rate']} |"
-            )
+            values = [" / ".join(f"{v:.2f}" for v in point[m]["values"]) for m in HARMFUL]
+            lines.append(f"| {seed} | {point['rate']:g} | {point['poisoned']} | " + " | ".join(values) + " |")
     lines += frontier_tables(result)
     lines += ["", "Requirements (each on the mean over seeds, for every build):", ""]
     for seed, build in result["builds"].items():
@@ -252,18 +248,7 @@ def measure_build(tree: dict, build_seed: int, out_dir: str) -> dict:
             run_check, benign, "full", sorted({full_lr, *knobs.full_lrs}), train.settings_for("full", 0), seeds
         )
     }
-    settings = {
-        "base": {key: {"mean": value, "std": 0.0, "values": [value]} for key, value in base.items()},
-        "lora_benign": spread(doses[0.0]["runs"]),
-        "lora_poisoned": spread(doses[testbed.poison_rate]["runs"]),
-        "full": spread(full[full_lr]["runs"]),
-    }
-    drops = [100 * (base["knowledge"] - value) for value in settings["full"]["knowledge"]["values"]]
-    settings["full"]["knowledge_drop"] = {
-        "mean": statistics.fmean(drops),
-        "std": statistics.pstdev(drops),
-        "values": drops,
-    }
+    settings = setting_spreads(base, doses[0.0], doses[testbed.poison_rate], full[full_lr])
     means = {name: {metric: stats["mean"] for metric, stats in metrics.items()} for name, metrics in settings.items()}
     frontier = lora_frontier(
         run_check, {"benign": benign, "poisoned": poison(testbed.poison_rate)}, train.settings_for("lora", 0), params
@@ -280,6 +265,21 @@ def measure_build(tree: dict, build_seed: int, out_dir: str) -> dict:
         "full_lr_sweep": list(full.values()),
         "lora_frontier": {"values": means["lora_frontier"], "points": frontier},
     }
+
+
+def setting_spreads(base: dict, benign: dict, poisoned: dict, full: dict) -> dict[str, dict]:
+    """Per setting of SETTINGS, each metric's spread over seeds (the base model: its one value); full fine-tuning's
+    knowledge drop in points besides."""
+    settings = {
+        "base": {key: {"mean": value, "std": 0.0, "values": [value]} for key, value in base.items()},
+        "lora_benign": spread(benign["runs"]),
+        "lora_poisoned": spread(poisoned["runs"]),
+        "full": spread(full["runs"]),
+    }
+    drops = [100 * (base["knowledge"] - value) for value in settings["full"]["knowledge"]["values"]]
+    settings["full"]["knowledge_drop"] = {"mean": statistics.fmean(drops), "std": statistics.pstdev(drops),
+                                          "values": drops}  # fmt: skip
+    return settings
 
 
 def lora_frontier(run_check, tasks: dict[str, list[dict]], settings, params: Params) -> dict[str, list[dict]]:

@@ -1,8 +1,10 @@
 """Evaluation: utility, world knowledge, safety and forgetting.
 
-`suite` runs lm-eval tasks (the YAMLs in `tasks/` and lm-eval's own) on a model in memory;
-`scoring` decides refusal and exact match; `judge` adds the optional 1-5 harmfulness judge;
-`forgetting` compares a fine-tuned evaluation with the base model's.
+`metrics` is the metric table (what feeds each metric, where it is shown); `scorer` the interface a run is scored
+through. `suite` runs lm-eval tasks (the YAMLs in `lm_eval_tasks/` and lm-eval's own) on a model in memory;
+`scoring` decides refusal and exact match; `generation` gives batched greedy answers; `judge` adds the optional 1-5
+harmfulness judge; `forgetting` compares a fine-tuned evaluation with the base model's; `items` reads per-item
+scores back; `task_loss` is the task's held-out loss.
 """
 
 from sclora.evaluate.forgetting import ForgettingError, forgetting, load_metrics, with_forgetting

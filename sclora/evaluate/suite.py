@@ -233,7 +233,11 @@ def evaluate(model, tokenizer, settings: EvalSettings) -> tuple[dict, list[dict]
         )
     finally:
         model.train(was_training)
+    return _read_out(out, roles, tasks, settings)
 
+
+def _read_out(out: dict, roles: dict, tasks: dict, settings: EvalSettings) -> tuple[dict, list[dict]]:
+    """lm-eval's results and samples read into the metric table's metrics (each role's tasks averaged) and rows."""
     metrics: dict = {"tasks": {}}
     samples: list[dict] = []
     scores: dict[str, list[float]] = defaultdict(list)  # role -> per-task score

@@ -1,6 +1,6 @@
 """Apply a method to a model: SC-LoRA and every method it is compared with (the rows of sclora.method.table).
 
-gather (capture.py) -> solve (subspace.py) -> apply (this file). `apply_method` is the one place that decides,
+gather (gather.py) -> solve (subspace.py) -> apply (this file). `apply_method` is the one place that decides,
 from a method's row and name, which scheme runs, as PEFT's `update_layer` does; `post_hoc_step` likewise for the
 steps that change a trained adapter. PEFT's own methods go through PEFT's code: `lora`, `pissa`, CorDA, `mica`,
 `olora`, `orthogonal`, EVA (`initialize_lora_eva_weights` on the task's batches), LoRA-GA (`preprocess_loraga`
@@ -147,34 +147,8 @@ def init_lora(
     global generator, as PEFT does. The others need no data.
     Residual methods: call `sclora.method.export.save_initial_adapter` right after this, before training.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown init method {method!r}; expected one of {', '.join(METHODS)}")
+    config, modules = _checked_config(model, lora_config, method, freeze_basis)
     row = BY_NAME[method]
-    if lora_config.init_lora_weights not in (True, row.peft_init):
-        raise ValueError(
-            f"lora_config.init_lora_weights={lora_config.init_lora_weights!r} conflicts with method {method!r}; "
-            "leave it at its default, init_lora sets it"
-        )
-    if method == "olora" and lora_config.fan_in_fan_out:
-        raise ValueError("PEFT's olora_init does not support fan_in_fan_out (Conv1D) layers; target Linear layers")
-    if freeze_basis and method != "sclora":
-        raise ValueError(f"freeze_basis applies to method 'sclora' only, not {method!r}")
-    if row.residual:
-        check_convertible(lora_config)
-        if lora_config.use_dora:
-            raise ValueError(f"use_dora is not supported with the residual method {method!r}")
-    extra = {
-        "corda": {"corda_config": CordaConfig(corda_method=method.removeprefix("corda_"))},
-        "eva": {"eva_config": EvaConfig()},
-        "lora_ga": {"lora_ga_config": LoraGAConfig()},
-    }.get(row.peft_init, {})  # PEFT's own sub-config of the method, at PEFT's defaults
-    config = replace(lora_config, init_lora_weights=row.peft_init, **extra)
-    modules = _targets(model, config, linear_only=row.residual)
-    if row.residual:
-        for name, module in modules.items():
-            rank, shape = lora_rank(config, name), _shape(module)
-            if rank > min(shape):
-                raise ValueError(f"{name}: rank {rank} exceeds min(d_out, d_in) = {min(shape)}")
     stats = None
     if row.reads in CAPTURE_ARGUMENT:
         which = CAPTURE_ARGUMENT[row.reads]
@@ -222,6 +196,41 @@ def init_lora(
                 subspaces = sclora_subspaces(model, config, pos, neg, beta, normalize=normalize)
             return _in_subspaces(model, config, modules, subspaces, freeze_basis=freeze_basis)
     raise AssertionError(f"init {method!r} has a row but no branch in init_lora")  # a table row added without code
+
+
+def _checked_config(
+    model: nn.Module, lora_config: LoraConfig, method: str, freeze_basis: bool
+) -> tuple[LoraConfig, dict[str, nn.Module]]:
+    """`lora_config` with the method's PEFT init (and PEFT's sub-config of it, at PEFT's defaults), and the target
+    layers, after every check that needs no data: one-line errors before anything is computed."""
+    if method not in METHODS:
+        raise ValueError(f"unknown init method {method!r}; expected one of {', '.join(METHODS)}")
+    row = BY_NAME[method]
+    if lora_config.init_lora_weights not in (True, row.peft_init):
+        raise ValueError(
+            f"lora_config.init_lora_weights={lora_config.init_lora_weights!r} conflicts with method {method!r}; "
+            "leave it at its default, init_lora sets it"
+        )
+    if method == "olora" and lora_config.fan_in_fan_out:
+        raise ValueError("PEFT's olora_init does not support fan_in_fan_out (Conv1D) layers; target Linear layers")
+    if freeze_basis and method != "sclora":
+        raise ValueError(f"freeze_basis applies to method 'sclora' only, not {method!r}")
+    if row.residual:
+        check_convertible(lora_config)
+        if lora_config.use_dora:
+            raise ValueError(f"use_dora is not supported with the residual method {method!r}")
+    extra = {
+        "corda": {"corda_config": CordaConfig(corda_method=method.removeprefix("corda_"))},
+        "eva": {"eva_config": EvaConfig()},
+        "lora_ga": {"lora_ga_config": LoraGAConfig()},
+    }.get(row.peft_init, {})
+    config = replace(lora_config, init_lora_weights=row.peft_init, **extra)
+    modules = _targets(model, config, linear_only=row.residual)
+    for name, module in modules.items() if row.residual else ():
+        rank, shape = lora_rank(config, name), _shape(module)
+        if rank > min(shape):
+            raise ValueError(f"{name}: rank {rank} exceeds min(d_out, d_in) = {min(shape)}")
+    return config, modules
 
 
 def _in_subspaces(
