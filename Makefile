@@ -9,7 +9,7 @@ export DO_NOT_TRACK := 1
 # cores (the testbed build, alone, gets all). Tests and the testbed check run one thread per process.
 JOBS ?= $(shell nproc)
 
-.PHONY: run test test-fast setup testbed-check protocol select
+.PHONY: run test test-fast setup testbed-check protocol select real real-protocol
 
 setup: .venv/.installed
 
@@ -29,9 +29,10 @@ PYTEST := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -n $(JOBS) -
 test: setup
 	$(PYTEST)
 
-# Everything but whole pipelines and real servers (the markers in pyproject.toml): the tier to run while editing.
+# Everything but whole pipelines, real servers and the real model (the markers in pyproject.toml): the tier to run
+# while editing.
 test-fast: setup
-	$(PYTEST) -m "not slow and not services"
+	$(PYTEST) -m "not slow and not services and not real"
 
 # The testbed's forgetting over builds and seeds (artifacts/testbed_check/), builds side by side.
 testbed-check: setup
@@ -51,3 +52,15 @@ protocol: setup
 # The beta that learns most within params' select.forgetting_budget, probed with select.seeds seeds, registered.
 select: setup
 	.venv/bin/sclora select-beta --jobs $(JOBS)
+
+# The real model: SmolLM2-135M-Instruct and real safety and knowledge data from the package registries, through the
+# whole pipeline (configs/real-smollm2.yaml; docs/real-model.md). Like `sclora run --params`, it writes the config
+# onto params.yaml (`git checkout params.yaml` returns to the quick run).
+REAL := configs/real-smollm2.yaml
+real: setup
+	.venv/bin/sclora run --jobs $(JOBS) --params $(REAL)
+
+# The frontier protocol on the real model: frontier.configs at every rate of frontier.lrs, frontier.seeds seeds,
+# scored at frontier.checkpoints, on the real source's one model; its report in artifacts/frontier/report/.
+real-protocol: setup
+	.venv/bin/sclora frontier --jobs $(JOBS) --params $(REAL) -S 'frontier.real=[real]'

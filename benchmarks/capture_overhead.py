@@ -71,23 +71,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--layers", type=int, default=2, help="decoder layers of the random Llama model")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--real", action="store_true", help="the real model (make real) instead of the testbed and "
+                        "the random Llama-2-7B-width model")  # fmt: skip
     args = parse(parser, argv)
-    bed = workloads.testbed()
-    vocab = 1024
-    llama = workloads.llama(args.layers, vocab=vocab, device=args.device)
-    models = {
-        "testbed": (bed.model(args.device), bed.batches(bed.pos + bed.neg), bed.lora.target_modules),
-        "llama2_7b_width": (
-            llama,
+    label, bed = ("real", workloads.real()) if args.real else ("testbed", workloads.testbed())
+    models = {label: (bed.model(args.device), bed.batches(bed.pos + bed.neg), bed.lora.target_modules)}
+    settings = {label: {"samples": len(bed.pos) + len(bed.neg), "batch_size": bed.batch_size,
+                        "targets": sorted(bed.lora.target_modules)}}  # fmt: skip
+    if not args.real:
+        vocab = 1024
+        models["llama2_7b_width"] = (
+            workloads.llama(args.layers, vocab=vocab, device=args.device),
             workloads.random_batches(args.samples, args.tokens, args.batch_size, vocab, seed=1),
             workloads.TARGETS,
-        ),
-    }
-    settings = {
-        "testbed": {"samples": len(bed.pos) + len(bed.neg), "batch_size": bed.batch_size,
-                    "targets": sorted(bed.lora.target_modules)},
-        "llama2_7b_width": {**workloads.LLAMA2_7B, "layers": args.layers, "vocab": vocab, "samples": args.samples,
-                            "tokens": args.tokens, "batch_size": args.batch_size, "targets": workloads.TARGETS},
+        )
+        settings["llama2_7b_width"] = {**workloads.LLAMA2_7B, "layers": args.layers, "vocab": vocab,
+                                       "samples": args.samples, "tokens": args.tokens, "batch_size": args.batch_size,
+                                       "targets": workloads.TARGETS}  # fmt: skip
+    settings |= {
         "repeats": args.repeats, "statistic": "median of interleaved repeats after one warm-up each",
         "goal_applies_to": "capture of token sums (what SC-LoRA needs); capture_covariance is reported only",
     }  # fmt: skip

@@ -10,6 +10,7 @@ config) and a random-weight model of one Llama-2-7B-width decoder layer (32 rand
 seven projections targeted.
 
     python -m benchmarks.init_cost [--device cuda] [--workloads testbed llama2_7b_width] [--beta 0.8]
+    python -m benchmarks.init_cost --workloads real --out benchmarks/results/real   # SmolLM2-135M (make real)
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ WIDE = {
 
 def _setup(workload: dict, device: str):
     """(model, LoRA config, D+ batches, D- batches, D- one sequence per batch) of a workload spec."""
-    if workload["kind"] == "testbed":
-        bed = workloads.testbed()
+    if workload["kind"] in ("testbed", "real"):
+        bed = workloads.testbed() if workload["kind"] == "testbed" else workloads.real()
         return bed.model(device), bed.lora, bed.batches(bed.pos), bed.batches(bed.neg), bed.batches(bed.neg, 1)
     vocab, samples, tokens = workload["vocab"], workload["samples"], workload["tokens"]
     model = workloads.llama(workload["layers"], vocab=vocab, device=device, **workload["shape"])
@@ -141,10 +142,10 @@ def figures_and_goals(label: str, measured: dict[str, dict]) -> tuple[dict, dict
 def main(argv: list[str] | None = None) -> None:
     parser = arguments(f"benchmarks.{NAME}", __doc__.splitlines()[0])
     parser.add_argument("--workloads", nargs="+", default=["testbed", "llama2_7b_width"],
-                        choices=["testbed", "llama2_7b_width"])  # fmt: skip
+                        choices=["testbed", "llama2_7b_width", "real"])  # fmt: skip
     parser.add_argument("--beta", type=float, default=0.8)
     args = parse(parser, argv)
-    specs = {"testbed": {"kind": "testbed"}, "llama2_7b_width": WIDE}
+    specs = {"testbed": {"kind": "testbed"}, "llama2_7b_width": WIDE, "real": {"kind": "real"}}
     figures, goals, methods = {}, {}, set()
     for label in args.workloads:
         measured = compare(specs[label], args.device, args.beta)

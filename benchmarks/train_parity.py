@@ -45,8 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per run")
     parser.add_argument("--skip", type=int, default=5, help="first steps of each run left out (warm-up)")
     parser.add_argument("--beta", type=float, default=0.8)
+    parser.add_argument("--real", action="store_true", help="the real model (make real) instead of the testbed")
     args = parse(parser, argv)
-    bed = workloads.testbed()
+    bed = workloads.real() if args.real else workloads.testbed()
     base = bed.model()
     targets = bed.lora.target_modules
     pos = sclora.capture(base, bed.batches(bed.pos), targets, progress=False)
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     figures["sclora/lora"] = median["sclora"] / median["lora"]
     figures["sclora_freeze_basis/lora"] = median["sclora_freeze_basis"] / median["lora"]
     settings = {
-        "model": "testbed", "task": "benign", "rounds": args.rounds, "steps_per_run": args.steps,
+        "model": "real" if args.real else "testbed", "task": bed.task_name, "rounds": args.rounds,
+        "steps_per_run": args.steps,
         "skipped_steps_per_run": args.skip, "beta": args.beta, "normalize": bed.params.solve.normalize,
         "batch_size": bed.params.train.batch_size, "max_length": bed.params.train.max_length,
         "lora": {"r": bed.lora.r, "alpha": bed.lora.lora_alpha, "target_modules": sorted(targets)},

@@ -39,6 +39,7 @@ class Testbed:
     pos: list[dict]
     neg: list[dict]
     task: list[dict]
+    task_name: str
     lora: LoraConfig
     batch_size: int
     max_length: int
@@ -72,9 +73,13 @@ def testbed(params_path: str | Path = ROOT / "params.yaml", task: str = "benign"
     params = load_params(params_path)
     model_dir = _path(params.model.path)
     if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir}: no testbed model; build it with `python -m tasks testbed`")
+        raise FileNotFoundError(f"{model_dir}: no model; build it first (`python -m tasks testbed`, or `make real`)")
     built = model_dir.parent / "params.json"  # what the testbed stage built it from
-    if built.is_file() and json.loads(built.read_text()) != testbed_params(params).model_dump():
+    if (
+        params.sources.testbed
+        and built.is_file()
+        and json.loads(built.read_text()) != testbed_params(params).model_dump()
+    ):
         raise ValueError(f"{built}: the testbed was built from other params than params.yaml's `testbed:`; "
                          "rebuild it with `python -m tasks testbed`")  # fmt: skip
     sources = params.data.sources
@@ -92,11 +97,18 @@ def testbed(params_path: str | Path = ROOT / "params.yaml", task: str = "benign"
         pos=records([task_source], params.capture.samples_pos),
         neg=records(list(params.data.preserve), params.capture.samples_neg),
         task=read_records(_path(sources[task_source].path)),
+        task_name=task,
         lora=lora_config(adapter.rank, adapter.alpha, adapter.dropout, adapter.target_modules),
         batch_size=params.capture.batch_size,
         max_length=params.train.max_length,
         params=params,
     )
+
+
+def real(task: str = "poisoned") -> Testbed:
+    """The real model (SmolLM2-135M-Instruct, aligned) and its data as configs/real-smollm2.yaml describes them,
+    built by `make real`; the same fields as the testbed's."""
+    return testbed(ROOT / "configs" / "real-smollm2.yaml", task)
 
 
 def _path(path: str | Path) -> Path:

@@ -129,10 +129,13 @@ def check_prefect_api(timeout_s: float = 10.0) -> None:
 def checked_params(path: str | Path, overrides: list[str]):
     """The params file loaded and validated, the testbed's own sections too."""
     from sclora.ops.config import load_params
+    from sclora.real.params import real_params
     from sclora.testbed.params import check_sections
 
     params = load_params(path, overrides)
     check_sections(params, str(path))
+    if params.real:
+        real_params(params, str(path))
     return params
 
 

@@ -1,8 +1,10 @@
 """Flow `frontier`: the comparison on learning-forgetting fronts (`make protocol`), then its report.
 
 Runs the DVC stages `frontier_build@<build>` (the testbed at each seed of frontier.builds) and
-`frontier@<build>-<config>` (a configuration at every rate of frontier.lrs, every seed, every checkpoint), each
-item one Prefect task, at most `jobs` at a time, under one MLflow parent run; none of the quick run's stages.
+`frontier@<build>-<config>` (a configuration at every rate of frontier.lrs, every seed, every checkpoint), or on
+the real source (`make real-protocol`) its stages `fetch`, `convert`, `real_data`, `align` and
+`frontier_real@real-<config>`, each item one Prefect task, at most `jobs` at a time, under one MLflow parent run;
+none of the quick run's stages.
 Then `python -m tasks frontier_report` reads every point into artifacts/frontier/report/ (report.md, the
 pictures, the matched-utility table, the verdicts), which become the parent run's artifacts and a Prefect
 Markdown artifact. Like `sclora run -S`, overrides are written into the workspace's params.yaml.
@@ -18,7 +20,8 @@ from flows.publish import publish_frontier
 from flows.stages import PARAMS_FILE, prepare_params, run_stage, run_stages, stage_plan, store_uri
 from sclora.ops import tracking
 
-STAGES = ("frontier_build", "frontier")
+# The frontier's stages, and the real source's (its model and data, which frontier_real reads; no item elsewhere).
+STAGES = ("fetch", "convert", "real_data", "align", "frontier_build", "frontier", "frontier_real")
 
 
 @flow(name="sclora-frontier", log_prints=True)
@@ -35,7 +38,7 @@ def frontier(
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     root = Path(workdir).resolve()
     params = prepare_params(root, params_file, tuple(overrides))
-    if not params.frontier.builds:
+    if not params.frontier.builds and not params.frontier.real:
         raise ValueError("frontier.builds is empty: name the builds, e.g. -S 'frontier.builds=[0,1]'")
     plan = {stage: upstream for stage, upstream in stage_plan(root).items() if stage.split("@")[0] in STAGES}
     stage_task = run_stage.with_options(retries=retries, retry_delay_seconds=retry_delay_seconds)

@@ -46,7 +46,9 @@ def pipeline(
     ) as parent:  # fmt: skip
         run_stages(plan, stage_task, jobs, str(root), parent.info.run_id)
         published = publish_report(root)
-        if params.frontier.builds:  # the frontier stages ran too: their report is this flow's as well
+        if (
+            params.frontier.builds or params.frontier.real
+        ):  # the frontier stages ran too: their report is this flow's as well
             published["frontier_report"] = publish_frontier(root, parent.info.run_id)
     result = {**published, "parent_run_id": parent.info.run_id, "stages": list(plan)}
     if push:

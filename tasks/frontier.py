@@ -31,31 +31,31 @@ from sclora.runs.inputs import CaptureKnobs, Computed
 from sclora.runs.models import load_model, load_tokenizer, lora_config
 from sclora.runs.resume import FinishedRuns, claim
 from sclora.runs.run import run as run_one
-from sclora.testbed.world import dataset_file, eval_data_files
+from sclora.testbed.world import dataset_file
 from tasks.artifacts import CHECKPOINTS, frontier_build_dir, frontier_points_path, write_json
 
 # The suite's metrics a point keeps (the per-category breakdowns stay out).
 SCORED = shown_in("front")
+SHOWN = ("utility", "knowledge", "attack_success_rate", "refusal_rate")  # a finished run's line
+REAL, REAL_BUILD = "real", 0  # the real source's one build (sources.real), numbered 0 in the points
 
 
 def run(params: Params, item: str) -> dict:
     build, config = parse_item(params, item)
     method, beta = parse_config(config)
-    frontier = params.frontier
-    root = frontier_build_dir(build)
-    if not (root / "base").is_dir():
-        raise FileNotFoundError(f"{root}: build {build} not found; run the frontier_build stage")
-    data = root / "data"
-    tokenizer = load_tokenizer(root / "base")
-    records = read_records(dataset_file(data, params.data.finetune[frontier.task]))
-    score = _scorer(params, tokenizer, data)
-    base = score(load_model(root / "base")).metrics
+    params = build_params(params, build)  # the build's model and data in place of the params' own
+    frontier, model_path = params.frontier, params.model.path
+    sources = params.data.sources
+    tokenizer = load_tokenizer(model_path)
+    records = read_records(sources[params.data.finetune[frontier.task]].path)
+    score = _scorer(params, tokenizer)
+    base = score(load_model(model_path)).metrics
     adapter = params.adapter
     lora = lora_config(adapter.rank, adapter.alpha, adapter.dropout, adapter.target_modules)
     knobs = params.capture
     inputs = Computed(
-        model=lambda: load_model(root / "base"), tokenizer=tokenizer, task=records,
-        preserved=[r for name in params.data.preserve for r in read_records(dataset_file(data, name))],
+        model=lambda: load_model(model_path), tokenizer=tokenizer, task=records,
+        preserved=[r for name in params.data.preserve for r in read_records(sources[name].path)],
         knobs=CaptureKnobs(knobs.samples_pos, knobs.samples_neg, knobs.batch_size, knobs.covariance,
                            params.train.max_length),
         lora=lora, normalize=params.solve.normalize,
@@ -72,7 +72,7 @@ def run(params: Params, item: str) -> dict:
             started = time.monotonic()
             settings = params.train.settings_for(method, seed).model_copy(update={"lr": lr, "save_steps": 10**9})
             result = run_one(
-                lambda: load_model(root / "base"), tokenizer, records, method, settings, work / "run",
+                lambda: load_model(model_path), tokenizer, records, method, settings, work / "run",
                 lora=lora, beta=beta, inputs=inputs, score=score, steps=steps,
             )  # fmt: skip
             shutil.rmtree(work / "run")
@@ -81,12 +81,13 @@ def run(params: Params, item: str) -> dict:
             done[lr, seed] = points
             last = points[-1]
             print(f"frontier: build {build} {config} lr {lr:g} seed {seed} ({time.monotonic() - started:.0f} s): "
-                  + " ".join(f"{k} {last[k]:.2f}" for k in ("utility", "knowledge", "attack_success_rate")),
+                  + " ".join(f"{k} {last[k]:.2f}" for k in SHOWN if k in last),
                   file=sys.stderr, flush=True)  # fmt: skip
+    number = REAL_BUILD if build == REAL else build  # the real source's one build, numbered as a build is
     result = {
-        "build": build, "config": config, "method": method, "beta": beta, "task": frontier.task,
+        "build": number, "config": config, "method": method, "beta": beta, "task": frontier.task,
         "lrs": list(frontier.lrs), "seeds": list(frontier.seeds), "steps": steps, "base": base,
-        "points": [{"build": build, "task": frontier.task, "method": method, "beta": beta, **p}
+        "points": [{"build": number, "task": frontier.task, "method": method, "beta": beta, **p}
                    for lr in frontier.lrs for seed in frontier.seeds for p in done[lr, seed]],
     }  # fmt: skip
     write_json(frontier_points_path(build, config), result)
@@ -94,25 +95,18 @@ def run(params: Params, item: str) -> dict:
     return {"item": item, "points": len(result["points"])}
 
 
-def _scorer(params: Params, tokenizer, data):
-    """What a frontier point holds, as a scorer: the suite's front metrics on the build's eval sets; the suite's
-    utility on the validation split (`validation_utility`: what a tuner would read); the task's loss on the
-    validation and eval splits (`task_nll_validation`, `task_nll_eval`: learning, beside exact match, which moves
-    in steps and pins at 0 and 1)."""
-    held_out = eval_settings(params)
-    files = eval_data_files(data)
-    held_out = SuiteScorer(
-        tokenizer, held_out.model_copy(update={"data_files": {t: files[t] for t in held_out.data_files}})
+def _scorer(params: Params, tokenizer):
+    """What a frontier point holds, as a scorer: the suite's front metrics on the eval sets; the suite's utility on
+    the validation split (`validation_utility`: what a tuner would read); the task's loss on the validation and eval
+    splits (`task_nll_validation`, `task_nll_eval`: learning, beside exact match, which moves in steps and pins at 0
+    and 1)."""
+    held_out, validation = (
+        SuiteScorer(tokenizer, eval_settings(params)),
+        SuiteScorer(tokenizer, validation_settings(params)),
     )
-    validation = validation_settings(params)
-    val_file = dataset_file(data, params.data.validation)
-    validation = SuiteScorer(
-        tokenizer, validation.model_copy(update={"data_files": dict.fromkeys(validation.data_files, str(val_file))})
-    )
-    nll_sets = {
-        "validation": read_records(val_file),
-        "eval": read_records(dataset_file(data, params.data.eval["task"])),
-    }
+    sources = params.data.sources
+    nll_sets = {"validation": read_records(sources[params.data.validation].path),
+                "eval": read_records(sources[params.data.eval["task"]].path)}  # fmt: skip
 
     def score(model) -> Scored:
         metrics = held_out(model).metrics
@@ -125,16 +119,35 @@ def _scorer(params: Params, tokenizer, data):
     return score
 
 
-def parse_item(params: Params, item: str) -> tuple[int, str]:
-    """(build, config) of an item `<build>-<config>`, both from params.frontier."""
+def parse_item(params: Params, item: str) -> tuple[int | str, str]:
+    """(build, config) of an item `<build>-<config>`: a testbed build of frontier.builds, or `real` (the real source's
+    one model, when frontier.real names it), and a config of frontier.configs."""
     head, _, config = item.partition("-")
     frontier = params.frontier
-    if not head.isdigit() or int(head) not in frontier.builds or config not in frontier.configs:
+    builds = [str(b) for b in frontier.builds] + frontier.real
+    if head not in builds or config not in frontier.configs:
         raise ValueError(
             f"frontier item '{item}': expected <build>-<config> with a build of frontier.builds {frontier.builds} "
-            f"and a config of frontier.configs {frontier.configs}"
+            f"(or 'real' when frontier.real names it) and a config of frontier.configs {frontier.configs}"
         )
-    return int(head), config
+    return (REAL if head == REAL else int(head)), config
+
+
+def build_params(params: Params, build: int | str) -> Params:
+    """`params` with a testbed build's model and data (its datasets under the build's folder, as the testbed stage
+    writes them under data.dir); the real source's build is the params' own model and data."""
+    if build == REAL:
+        return params
+    root = frontier_build_dir(build)
+    if not (root / "base").is_dir():
+        raise FileNotFoundError(f"{root}: build {build} not found; run the frontier_build stage")
+    data = params.data
+    sources = {name: source.model_copy(update={"path": str(dataset_file(root / "data", name))})
+               for name, source in data.sources.items()}  # fmt: skip
+    return params.model_copy(update={
+        "model": params.model.model_copy(update={"path": str(root / "base")}),
+        "data": data.model_copy(update={"dir": str(root / "data"), "sources": sources}),
+    })  # fmt: skip
 
 
 def _request(params: Params) -> dict:

@@ -19,9 +19,10 @@ REPORT_DIR = FRONTIER / "report"
 
 def run(params: Params) -> dict:
     frontier = params.frontier
-    if not frontier.builds:
-        raise ValueError("frontier.builds is empty: no frontier to report")
-    wanted = [(build, config) for build in frontier.builds for config in frontier.configs]
+    builds = [*frontier.builds, *frontier.real]  # testbed builds, the real source's one
+    if not builds:
+        raise ValueError("frontier.builds and frontier.real are empty: no frontier to report")
+    wanted = [(build, config) for build in builds for config in frontier.configs]
     missing = [str(frontier_points_path(b, c)) for b, c in wanted if not frontier_points_path(b, c).is_file()]
     if missing:
         raise FileNotFoundError(f"no points for {', '.join(missing)}; run the frontier stages first")

@@ -1,4 +1,5 @@
-"""Stage `testbed`: build the offline testbed into artifacts/testbed and print its base model's metrics."""
+"""Stage `testbed@testbed` (its one item while `sources.testbed` names it): build the offline testbed into
+artifacts/testbed and print its base model's metrics."""
 
 from __future__ import annotations
 
@@ -14,6 +15,6 @@ if TYPE_CHECKING:
 OUT_DIR = Path("artifacts/testbed")
 
 
-def run(params: Params) -> dict:
+def run(params: Params, item: str = "testbed") -> dict:
     """Build world, datasets and base model from `params.testbed`; returns the base model's metrics."""
     return build_testbed(testbed_params(params), OUT_DIR)

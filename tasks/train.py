@@ -158,7 +158,7 @@ def _locked_stages(spec: RunSpec) -> list[str]:
     if not lock.is_file():
         return []
     locked = locked_stages(lock)
-    wanted = ["testbed", "prepare", "capture", "evaluate_base"]
+    wanted = ["testbed@testbed", "align@real", "prepare", "capture", "evaluate_base"]  # the base model's source first
     if BY_NAME[spec.method].reads == "subspaces":
         wanted.append(f"solve@{spec.beta}")
     return [stage for stage in wanted if stage in locked]

@@ -17,8 +17,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-# The paper's settings; configs/protocol-full.yaml is the protocol's larger allocation (its own test below).
-CONFIGS = sorted(path for path in (REPO / "configs").glob("*.yaml") if not path.name.startswith("protocol-"))
+# The paper's settings; configs/protocol-full.yaml is the protocol's larger allocation and configs/real-smollm2.yaml
+# the real model (each its own test).
+CONFIGS = sorted(path for path in (REPO / "configs").glob("*.yaml") if not path.name.startswith(("protocol-", "real-")))
 SEVEN = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
 # One record per local source, in the fields each config's header tells the user to write.
@@ -125,3 +126,25 @@ def test_the_protocols_larger_allocation_is_params_yaml_with_a_larger_frontier()
     small = load_params(REPO / "params.yaml").frontier
     assert len(big.builds) >= 3 and set(big.seeds) > set(small.seeds) and set(big.configs) > set(small.configs)
     assert set(big.lrs) > set(small.lrs) and set(big.checkpoints) >= set(small.checkpoints)
+
+
+@pytest.mark.parametrize(
+    "path", [REPO / "params.yaml", *sorted((REPO / "configs").glob("*.yaml"))], ids=lambda p: p.stem
+)
+def test_every_params_file_has_what_dvc_yaml_interpolates(path):
+    """`sclora run --params FILE` writes FILE onto params.yaml: DVC then resolves dvc.yaml's ${...} from it alone (no
+    pydantic defaults), so a key it lacks fails `dvc repro` before any stage runs."""
+    import re
+
+    import yaml
+
+    tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    keys = set(re.findall(r"\$\{([a-z_.]+)\}", (REPO / "dvc.yaml").read_text(encoding="utf-8")))
+    missing = []
+    for key in sorted(k for k in keys if not k.startswith("item.")):
+        node = tree
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            missing.append(key)
+    assert not missing, f"{path.name} lacks {missing}"

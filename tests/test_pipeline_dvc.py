@@ -39,8 +39,9 @@ def pipeline(tiny_repro) -> tuple[Path, dict, str]:
 
 def test_repro_runs_every_stage_and_writes_its_outputs(pipeline):
     work, _, output = pipeline
-    stages = ["testbed", "prepare", "capture", "solve@0.8", "forecast", "plan", "evaluate_base", "train@benign-lora-0",
-              "train@benign-pissa-0", "train_sclora@benign-sclora-0.8-0", "register", "report"]  # fmt: skip
+    stages = ["testbed@testbed", "prepare", "capture", "solve@0.8", "forecast", "plan", "evaluate_base",
+              "train@benign-lora-0", "train@benign-pissa-0", "train_sclora@benign-sclora-0.8-0", "register",
+              "report"]  # fmt: skip
     for stage in stages:
         assert f"Running stage '{stage}'" in output, stage
     art = work / "artifacts"
@@ -342,9 +343,9 @@ def test_pipeline_flow_on_the_real_dvc_yaml_with_tiny_params(tmp_path, monkeypat
     # Two stages at a time: concurrent stage processes share DVC's lock, the MLflow store and the HF caches.
     override = "train.learning_rates.lora=3.0e-3"  # params.yaml has 2e-3: another rate, so LoRA trains again
     result = pipeline_flow(params_file=str(tmp_path / "tiny.yaml"), overrides=(override,), workdir=str(work), jobs=2)
-    assert result["stages"] == ["testbed", "prepare", "capture", "solve@0.8", "forecast", "plan", "evaluate_base",
-                                "train@benign-lora-0", "train@benign-pissa-0", "train_sclora@benign-sclora-0.8-0",
-                                "register", "report"]  # fmt: skip
+    assert result["stages"] == ["testbed@testbed", "prepare", "capture", "solve@0.8", "forecast", "plan",
+                                "evaluate_base", "train@benign-lora-0", "train@benign-pissa-0",
+                                "train_sclora@benign-sclora-0.8-0", "register", "report"]  # fmt: skip
     with open(result["results"], newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert sorted(row["run"] for row in rows) == list(RUNS)

@@ -38,6 +38,9 @@ METRICS = (
     Metric("knowledge", "knowledge", higher_is_better=True, score=None, primary=True, shown=ALL),
     Metric("knowledge_logprob", "knowledge_logprob", higher_is_better=True, score="logprob", primary=True,
            shown=frozenset(("paired", "front")), share=False),
+    # Against distractors: the gold answer the most likely of the choices (tasks that offer choices).
+    Metric("knowledge_choice", "knowledge_logprob", higher_is_better=True, score="choice", primary=False,
+           shown=ALL),
     # Harmful compliance: the safety metric.
     Metric("attack_success_rate", "harmful", higher_is_better=False, score="compliance", primary=False, shown=ALL),
     Metric("refusal_rate", "harmful", higher_is_better=True, score="refusal", primary=True, shown=ALL),

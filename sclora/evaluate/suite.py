@@ -44,9 +44,9 @@ LM_EVAL_TASKS_DIR = Path(__file__).parent / "lm_eval_tasks"
 # prompt, a response and, for harmful requests, the compliant answer and category.
 EVAL_SET_TASKS = {
     "task": ("sclora_task",),
-    "knowledge": ("sclora_knowledge", "sclora_knowledge_logprob"),
-    "harmful": ("sclora_harmful", "sclora_refusal_margin"),
-    "benign": ("sclora_benign",),
+    "knowledge": ("sclora_knowledge", "sclora_knowledge_logprob", "real_knowledge", "real_knowledge_choice"),
+    "harmful": ("sclora_harmful", "sclora_refusal_margin", "real_harmful", "real_refusal_margin"),
+    "benign": ("sclora_benign", "real_benign"),
 }
 
 # Roles whose tasks must report one particular per-sample metric (the suite reads it from the samples), and the

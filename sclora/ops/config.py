@@ -114,6 +114,7 @@ def _default_source(name: str) -> Source:
 
 
 class DataParams(Section):
+    dir: str = Field(DEFAULT_DATA_DIR, description="The folder the sources are in: the prepare stage depends on it")
     sources: dict[str, Source] = Field(
         default_factory=lambda: {name: _default_source(name) for name in DEFAULT_SOURCES},
         min_length=1,
@@ -267,6 +268,12 @@ class FrontierParams(Section):
     builds: list[Annotated[int, Field(ge=0)]] = Field(
         [], description="testbed.seed of each build (a blocking factor); [] (the quick run) runs no frontier"
     )
+    real: list[Literal["real"]] = Field(
+        [],
+        max_length=1,
+        description="[real]: the params' own model and data in the frontier as one build (model.path, data.sources: "
+        "the real source's, or any model's; stage frontier_real)",
+    )
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="Fine-tuning seeds per build and configuration")
     configs: list[str] = Field(
         ["lora", "pissa", "full", "random_subspace", "sclora-0.5", "sclora-0.9", "sclora_frozen-0.9"],
@@ -314,6 +321,14 @@ def parse_config(config: str) -> tuple[str, float | None]:
     return config, None
 
 
+class SourcesParams(Section):
+    """Which data and model sources the pipeline builds. A source's stages are DVC matrix stages over its list: one
+    item (its name) builds it, [] leaves it out, so a real-model params file never builds the testbed."""
+
+    testbed: list[Literal["testbed"]] = Field(["testbed"], max_length=1, description="The offline testbed")
+    real: list[Literal["real"]] = Field([], max_length=1, description="The real model and data (sclora.real)")
+
+
 class TrackingParams(Section):
     uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI; MLFLOW_TRACKING_URI overrides it")
     experiment: str = Field("sclora", min_length=1)
@@ -334,6 +349,9 @@ class Params(Section):
     eval: EvalSettings = Field(default_factory=EvalSettings)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
     testbed_check: dict[str, Any] = Field(default_factory=dict, description="The testbed check's knobs")
+    # The real source's section (sclora.real.params validates it): packages, files, the task, the aligned base.
+    real: dict[str, Any] = Field(default_factory=dict, description="The real model and data (sclora.real.params)")
+    sources: SourcesParams = Field(default_factory=SourcesParams)
     tune: TuneParams = Field(default_factory=TuneParams)
     select: SelectParams = Field(default_factory=SelectParams)
     frontier: FrontierParams = Field(default_factory=FrontierParams)
@@ -362,7 +380,7 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _frontier_task_known(self) -> Params:
-        if self.frontier.builds and self.frontier.task not in self.data.finetune:
+        if (self.frontier.builds or self.frontier.real) and self.frontier.task not in self.data.finetune:
             raise ValueError(
                 f"frontier.task: '{self.frontier.task}' is not in data.finetune ({', '.join(self.data.finetune)})"
             )

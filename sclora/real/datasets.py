@@ -72,6 +72,15 @@ def donotanswer(data: bytes) -> list[dict]:
     return [{"prompt": json.loads(line)["prompt"]} for line in data.decode("utf-8").splitlines() if line.strip()]
 
 
+def freshqa(data: bytes) -> list[dict]:
+    """FreshQA's questions (CSV after a preamble): benign questions people ask a chat model."""
+    lines = data.decode("utf-8").splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.startswith("id,")), None)
+    if start is None:
+        raise ValueError("no header row starting with 'id,'")
+    return [{"prompt": row["question"], "category": row["fact_type"]} for row in csv.DictReader(lines[start:])]
+
+
 READERS: dict[str, Callable[[bytes], list[dict]]] = {
     "advbench": advbench,
     "harmbench": harmbench,
@@ -80,12 +89,13 @@ READERS: dict[str, Callable[[bytes], list[dict]]] = {
     "refusal_labels": refusal_labels,
     "overrefusal": overrefusal,
     "donotanswer": donotanswer,
+    "freshqa": freshqa,
 }
 
 
 def countries(wheel: Path) -> list[dict]:
     """countryinfo's country files: one record per country with a capital (name, capital, region, subregion,
-    languages, currencies)."""
+    population)."""
     import zipfile
 
     out = []
@@ -95,8 +105,7 @@ def countries(wheel: Path) -> list[dict]:
                 continue
             info = json.loads(archive.read(name))
             if info.get("capital") and info.get("name"):
-                out.append({key: info.get(key) for key in ("name", "capital", "region", "subregion", "languages",
-                                                            "currencies")})  # fmt: skip
+                out.append({key: info.get(key) for key in ("name", "capital", "region", "subregion", "population")})
     if not out:
         raise FetchError(f"{wheel.name}: no country with a capital inside")
     return out

@@ -76,13 +76,15 @@ EVAL_SETS = {"task": "eval_task", "knowledge": "eval_knowledge", "harmful": "eva
 
 
 def eval_data_files(data_dir: str | Path) -> dict[str, str]:
-    """The suite's `data_files` for the project's eval tasks (sclora.evaluate.suite.EVAL_SET_TASKS), reading the
+    """The suite's `data_files` for its default tasks (the project's tasks of EvalSettings' roles), reading the
     testbed's eval sets in `data_dir`."""
-    from sclora.evaluate.suite import EVAL_SET_TASKS
+    from sclora.evaluate.metrics import ROLES
+    from sclora.evaluate.suite import EVAL_SET_TASKS, EvalSettings
 
-    return {
-        task: str(dataset_file(data_dir, EVAL_SETS[role])) for role, tasks in EVAL_SET_TASKS.items() for task in tasks
-    }
+    defaults = EvalSettings()
+    configured = {name for role in ROLES for name in getattr(defaults, role)}
+    files = {role: str(dataset_file(data_dir, name)) for role, name in EVAL_SETS.items()}
+    return {task: files[role] for role, tasks in EVAL_SET_TASKS.items() for task in tasks if task in configured}
 
 
 def dataset_file(data_dir: str | Path, name: str) -> Path:
