@@ -148,3 +148,28 @@ def test_every_params_file_has_what_dvc_yaml_interpolates(path):
         if node is None:
             missing.append(key)
     assert not missing, f"{path.name} lacks {missing}"
+
+
+@pytest.mark.parametrize(
+    "path", [REPO / "params.yaml", *sorted((REPO / "configs").glob("*.yaml"))], ids=lambda p: p.stem
+)
+def test_every_param_a_running_stage_declares_is_in_the_file(path):
+    """DVC refuses a stage whose `params:` names a key the params file lacks (it reads the file, not the defaults):
+    every stage that has items under this file (its matrix lists all non-empty) finds each of its params."""
+    import yaml
+
+    tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+
+    def found(key: str):
+        node = tree
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+
+    missing = []
+    for name, stage in yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"].items():
+        lists = [value[2:-1] for value in (stage.get("matrix") or {}).values()]
+        if any(not found(key) for key in lists):
+            continue  # no item under this file
+        missing += [f"{name}: {key}" for key in stage.get("params", []) if isinstance(key, str) and found(key) is None]
+    assert not missing, f"{path.name} lacks {missing}"
