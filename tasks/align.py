@@ -35,8 +35,8 @@ def run(params: Params, item: str) -> dict:
                                 read_records(REAL_DATA / "align_benign.jsonl", response_field=None), align)  # fmt: skip
     align_base(REAL_SHIPPED, tokenizer, records, align, REAL_ALIGNED, params.train.max_length)
     settings = eval_settings(params)
-    score = SuiteScorer(tokenizer, settings.model_copy(update={"utility": [], "refusal_margin": [],
-                                                               "data_files": _files_of(settings, ROLES)}))  # fmt: skip
+    unused = {role: [] for role in ("utility", "refusal_margin", "general")}
+    score = SuiteScorer(tokenizer, settings.model_copy(update={**unused, "data_files": _files_of(settings, ROLES)}))
     shipped, aligned = (score(load_model(path)).metrics for path in (REAL_SHIPPED, REAL_ALIGNED))
     checks = {
         "refusal_rate": {"value": aligned["refusal_rate"], "bound": ["min", align.min_refusal]},

@@ -194,11 +194,21 @@ def stored_inputs(params: Params, task: str) -> Stored:
         records = task_records(params.data.finetune[task])[: params.capture.samples_pos]
         return training_batches(tokenizer, records, params.capture.batch_size, params.train.max_length)
 
+    model = params.model
+    twins = None
+    if model.unaligned is not None:
+        from sclora.runs.models import load_model, lora_config
+
+        adapter = params.adapter
+        unaligned = lambda: load_model(model.unaligned, dtype=model.dtype)  # noqa: E731
+        twins = (lambda: load_base(params), unaligned, lora_config(adapter.rank, adapter.alpha, adapter.dropout,
+                                                                  adapter.target_modules))  # fmt: skip
     return Stored(
         pos_dir=pos_capture_dir(task),
         neg_dir=CAPTURE / NEG,
         subspaces_file=lambda beta: solve_dir(beta) / f"{task}.safetensors",
         batches=batches,
+        twins=twins,
     )
 
 
@@ -214,7 +224,8 @@ def plan_path(spec: RunSpec) -> Path:
 def run_inputs(params: Params, spec: RunSpec) -> dict:
     """Everything in `params` (and, for CorDA, the capture) that decides the result of run `spec`."""
     data = params.data
-    sources = sorted({data.finetune[spec.task], *data.eval.values()})
+    mixes = BY_NAME[spec.method].mix_share is not None  # it trains on a share of D- too
+    sources = sorted({data.finetune[spec.task], *data.eval.values(), *(data.preserve if mixes else ())})
     inputs = {
         "run": spec.name, "task": spec.task, "method": spec.method, "beta": spec.beta, "seed": spec.seed,
         "train": run_settings(params, spec).model_dump(mode="json"),

@@ -24,6 +24,7 @@ import time
 from sclora.evaluate.metrics import shown_in
 from sclora.evaluate.scorer import Scored, SuiteScorer
 from sclora.evaluate.task_loss import task_nll
+from sclora.method.table import BY_NAME
 from sclora.ops.config import Params, eval_settings, parse_config, validation_settings
 from sclora.runs.curves import checkpoint_steps
 from sclora.runs.data import read_records
@@ -42,7 +43,9 @@ REAL, REAL_BUILD = "real", 0  # the real source's one build (sources.real), numb
 
 def run(params: Params, item: str) -> dict:
     build, config = parse_item(params, item)
-    method, beta = parse_config(config)
+    method, value = parse_config(config)
+    knob = BY_NAME[method].knob  # the configuration's value is its beta (SC-LoRA) or its mixing share (mix)
+    beta, share = (value if knob == "beta" else None), (value if knob == "share" else None)
     params = build_params(params, build)  # the build's model and data in place of the params' own
     frontier, model_path = params.frontier, params.model.path
     sources = params.data.sources
@@ -53,12 +56,14 @@ def run(params: Params, item: str) -> dict:
     adapter = params.adapter
     lora = lora_config(adapter.rank, adapter.alpha, adapter.dropout, adapter.target_modules)
     knobs = params.capture
+    preserved = [r for name in params.data.preserve for r in read_records(sources[name].path)]
+    unaligned = params.model.unaligned
     inputs = Computed(
-        model=lambda: load_model(model_path), tokenizer=tokenizer, task=records,
-        preserved=[r for name in params.data.preserve for r in read_records(sources[name].path)],
+        model=lambda: load_model(model_path), tokenizer=tokenizer, task=records, preserved=preserved,
         knobs=CaptureKnobs(knobs.samples_pos, knobs.samples_neg, knobs.batch_size, knobs.covariance,
                            params.train.max_length),
         lora=lora, normalize=params.solve.normalize,
+        unaligned=None if unaligned is None else (lambda: load_model(unaligned)),
     )  # fmt: skip
     steps = checkpoint_steps(params.train.max_steps, frontier.checkpoints)
     work = CHECKPOINTS / f"frontier-{item}"
@@ -73,7 +78,7 @@ def run(params: Params, item: str) -> dict:
             settings = params.train.settings_for(method, seed).model_copy(update={"lr": lr, "save_steps": 10**9})
             result = run_one(
                 lambda: load_model(model_path), tokenizer, records, method, settings, work / "run",
-                lora=lora, beta=beta, inputs=inputs, score=score, steps=steps,
+                lora=lora, beta=beta, inputs=inputs, score=score, steps=steps, preserved=preserved, share=share,
             )  # fmt: skip
             shutil.rmtree(work / "run")
             points = [{"lr": lr, "seed": seed, "max_steps": params.train.max_steps, **p} for p in result.points]
@@ -85,9 +90,10 @@ def run(params: Params, item: str) -> dict:
                   file=sys.stderr, flush=True)  # fmt: skip
     number = REAL_BUILD if build == REAL else build  # the real source's one build, numbered as a build is
     result = {
-        "build": number, "config": config, "method": method, "beta": beta, "task": frontier.task,
+        "build": number, "config": config, "method": method, "beta": value, "task": frontier.task,
         "lrs": list(frontier.lrs), "seeds": list(frontier.seeds), "steps": steps, "base": base,
-        "points": [{"build": number, "task": frontier.task, "method": method, "beta": beta, **p}
+        # A point's `beta` is its configuration's knob value: SC-LoRA's beta, or mix's share.
+        "points": [{"build": number, "task": frontier.task, "method": method, "beta": value, **p}
                    for lr in frontier.lrs for seed in frontier.seeds for p in done[lr, seed]],
     }  # fmt: skip
     write_json(frontier_points_path(build, config), result)

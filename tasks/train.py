@@ -26,10 +26,11 @@ from sclora.method.table import BY_NAME, has_adapter
 from sclora.ops import tracking
 from sclora.ops.config import Params, eval_settings
 from sclora.ops.lineage import locked_stages, stage_hashes
+from sclora.runs.inputs import post_hoc_arguments
 from sclora.runs.loss_logging import MlflowLossCallback
 from sclora.runs.models import load_model, load_tokenizer, load_with_adapter, lora_config
 from sclora.runs.resume import claim
-from sclora.runs.run import fine_tune, prepare
+from sclora.runs.run import fine_tune, prepare, training_records
 from sclora.runs.train import LOSS_HISTORY, MODEL
 from tasks.artifacts import (
     BASE_METRICS,
@@ -69,12 +70,15 @@ def run(params: Params, item: str) -> dict:
         "model": model_params.model_dump(), "data": fingerprints.get(source),
     }  # fmt: skip
     adapter = params.adapter
+    inputs = stored_inputs(params, spec.task)
     # A bad rank or bad targets fail here, before anything is written: the work folder is claimed after the init.
     model = prepare(
-        lambda: load_base(params), spec.method, seed=spec.seed, beta=spec.beta, inputs=stored_inputs(params, spec.task),
+        lambda: load_base(params), spec.method, seed=spec.seed, beta=spec.beta, inputs=inputs,
         lora=lora_config(adapter.rank, adapter.alpha, adapter.dropout, adapter.target_modules),
     )  # fmt: skip
     claim(work, request)  # checkpoints of another request cannot be resumed
+    preserved = [r for name in params.data.preserve for r in task_records(name)]
+    records = training_records(spec.method, records, preserved, seed=spec.seed)  # a mixing row's share of D-
     row = BY_NAME[spec.method]
     if row.residual:  # what exports the trained adapter as a plain LoRA on the original base
         save_initial_adapter(model, work / INITIAL_ADAPTER)
@@ -100,7 +104,8 @@ def run(params: Params, item: str) -> dict:
             if row.kind == "post_hoc":  # one point per knob value; the default's is the run's export and eval
                 for value in row.knob_values:
                     point = staging / f"{row.knob}-{value:g}"
-                    export_lora(model, point / "export", adapter=post_hoc_step(model, spec.method, value))
+                    step = post_hoc_step(model, spec.method, value, **post_hoc_arguments(spec.method, inputs))
+                    export_lora(model, point / "export", adapter=step)
                     point_metrics = score_to(scorer, _exported_model(params, spec, point / "export"), point / "eval",
                                              BASE_METRICS)  # fmt: skip
                     curve.append({row.knob: value, **{k: v for k, v in point_metrics.items() if k != "tasks"}})

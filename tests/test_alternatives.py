@@ -1,12 +1,13 @@
 """The methods a user would pick instead: each equals its reference, computed apart in the test.
 
-PEFT-backed methods (mica, olora, orthogonal, eva, lora_ga, osf, lora_intruder) give the same adapter (B A, or
-OSF's factors) and base weights as PEFT called directly on the same tiny model and data; LoRA-Null gives the
+PEFT-backed methods (mica, olora, orthogonal, eva, lora_ga, astra, nora, osf, lora_intruder) give the same adapter
+(B A, or OSF's factors) and base weights as PEFT called directly on the same tiny model and data; LoRA-Null gives the
 paper's formula (its public code's steps: SVD of the knowledge covariance, W N N^T, top-r SVD) computed here
 from activations collected by the test's own hooks. The errors are printed at the end (pytest -s).
 """
 
 import copy
+import tempfile
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from peft import (
     initialize_lora_eva_weights,
     preprocess_loraga,
 )
+from peft.tuners.lora import AstraConfig, preprocess_astra
 from peft.tuners.lora.intruders import reduce_intruder_dimension
 from peft.tuners.osf.layer import OSFLayer
 from tiny_models import TARGETS, batches, data_args, logits, lora_config, stats, task_batches, tiny_model
@@ -63,11 +65,20 @@ def _peft_directly(method: str, model, arch: str, data: dict):
 
         preprocess_loraga(model, config, train_step)
         return get_peft_model(model, config)
+    if method == "astra":
+        with tempfile.TemporaryDirectory() as cache:
+            config = lora_config(arch, init_lora_weights="astra", astra_config=AstraConfig(cache_file=f"{cache}/a.pt"))
+            batches = data["task_batches"]
+            with torch.no_grad():
+                preprocess_astra(model, config, run_model=lambda: [model(input_ids=b["input_ids"],
+                                                                         attention_mask=b["attention_mask"])
+                                                                   for b in batches])  # fmt: skip
+            return get_peft_model(model, config)
     return get_peft_model(model, lora_config(arch, init_lora_weights=method))
 
 
 # Not olora on gpt2: PEFT's olora_init has no fan_in_fan_out (GPT-2's Conv1D), and init_lora refuses it (test_inits).
-PEFT_INITS = ("mica", "olora", "orthogonal", "eva", "lora_ga")
+PEFT_INITS = ("mica", "olora", "orthogonal", "eva", "lora_ga", "astra", "nora")
 PEFT_CASES = [(m, arch) for m in PEFT_INITS for arch in ("llama", "gpt2") if (m, arch) != ("olora", "gpt2")]
 
 

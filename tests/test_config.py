@@ -172,7 +172,7 @@ def test_every_compared_sclora_variant_needs_its_own_tuned_rate():
 @pytest.mark.parametrize(
     "overrides, error",
     [
-        (["frontier.configs=[lora, sclora]"], "config 'sclora': an SC-LoRA variant needs a beta"),
+        (["frontier.configs=[lora, sclora]"], "config 'sclora': sclora needs its beta"),
         (["frontier.configs=[lora, bogus-0.5]"], "config 'bogus-0.5': not a method of the methods table"),
         (["frontier.configs=[lora, lora]"], "configs must be distinct"),
         (["frontier.builds=[0]", "frontier.seeds=[0, 1000]"], r"frontier.seeds: shares seed\(s\) \[1000\]"),

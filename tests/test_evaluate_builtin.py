@@ -14,7 +14,7 @@ from sclora.testbed.tokenizer import build_tokenizer
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-NONE = dict(utility=[], knowledge=[], knowledge_logprob=[], harmful=[], refusal_margin=[], benign=[])
+NONE = dict(utility=[], knowledge=[], knowledge_logprob=[], harmful=[], refusal_margin=[], benign=[], general=[])
 # One file per task, in the fields of the task's hub dataset.
 FILES = {
     "nq_open": [

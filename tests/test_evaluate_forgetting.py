@@ -105,3 +105,35 @@ def test_errors_name_the_metric_or_file(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ForgettingError, match="bad.json: not valid JSON"):
         load_metrics(tmp_path / "bad.json")
+
+
+def test_forgetting_is_against_the_untouched_base_not_the_adapter_disabled():
+    """PEFT's method comparison reads forgetting as the change in cross-entropy from the model with its adapter
+    disabled. For an init that rewrites the base weights (PiSSA here) that "before" is the residual model W - s B A,
+    not the model the user started from: at init, when nothing has been learned, it would already show a change.
+    The pipeline's forgetting is against the base model's own metrics (stage evaluate_base, the original weights)."""
+    import copy
+
+    import torch
+    from tiny_models import batches, lora_config, tiny_model
+
+    from sclora.method.inits import init_lora
+
+    model = tiny_model("llama")
+    batch = batches(3)[0]
+
+    def cross_entropy(m) -> float:
+        with torch.no_grad():
+            return float(m(**batch, labels=batch["input_ids"]).loss)
+
+    base = cross_entropy(model)
+    peft_model = init_lora(copy.deepcopy(model), lora_config("llama"), "pissa")
+    at_init = cross_entropy(peft_model)
+    with peft_model.disable_adapter():
+        disabled = cross_entropy(peft_model)
+    assert at_init == pytest.approx(base, rel=1e-5)  # the init keeps the model: no forgetting yet
+    assert abs(disabled - base) > 100 * abs(at_init - base) + 1e-3  # the residual model is another model
+    # Forgetting of general_nll (lower is better) against the base's metrics is 0 at init, as it must be.
+    assert with_forgetting({"general_nll": at_init}, {"general_nll": base})["forgetting"][
+        "general_nll"
+    ] == pytest.approx(0.0, abs=1e-5)

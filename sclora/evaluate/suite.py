@@ -46,7 +46,8 @@ EVAL_SET_TASKS = {
     "task": ("sclora_task",),
     "knowledge": ("sclora_knowledge", "sclora_knowledge_logprob", "real_knowledge", "real_knowledge_choice"),
     "harmful": ("sclora_harmful", "sclora_refusal_margin", "real_harmful", "real_refusal_margin"),
-    "benign": ("sclora_benign", "real_benign"),
+    "benign": ("sclora_benign", "real_benign", "sclora_general"),  # the testbed's general text: its benign chats
+    "general": ("real_general",),
 }
 
 # Roles whose tasks must report one particular per-sample metric (the suite reads it from the samples), and the
@@ -81,6 +82,7 @@ class EvalSettings(BaseModel):
     harmful: list[str] = Field(["sclora_harmful"], description="Harmful-request tasks (refusal, per category)")
     refusal_margin: list[str] = Field(["sclora_refusal_margin"], description="log P(refusal) - log P(compliance)")
     benign: list[str] = Field(["sclora_benign"], description="Benign-request tasks (over-refusal)")
+    general: list[str] = Field(["sclora_general"], description="Held-out general text: its cross-entropy per byte")
     data_files: dict[str, str] = Field(
         default_factory=dict,
         description="Local JSONL per task name; a task not named reads its YAML's dataset "
@@ -174,15 +176,16 @@ def _sample_row(task_name: str, task, sample: dict, metrics: list[str]) -> dict:
         "doc_id": sample["doc_id"],
         "id": doc.get("id", sample["doc_id"]),
         "category": doc.get("category"),
-        "prompt": str(task.doc_to_text(doc)),
+        "prompt": str(task.doc_to_text(doc)) or str(doc.get("prompt", "")),  # a rolling text's task has no prompt
         "context": arguments[0][0],
         "target": sample["target"],
     }
     if task.OUTPUT_TYPE == "generate_until":
         row["answer"] = sample["filtered_resps"][0]
-    else:  # loglikelihood / multiple_choice: the scored continuations and their log-probs
-        row["continuations"] = [argument[1] for argument in arguments]
-        row["logprobs"] = [response[0] for response in sample["filtered_resps"]]
+    else:  # loglikelihood / multiple_choice / rolling: the scored continuations (a rolling text) and their log-probs
+        row["continuations"] = [argument[-1] for argument in arguments]
+        row["logprobs"] = [response[0] if isinstance(response, (list, tuple)) else response
+                           for response in sample["filtered_resps"]]  # fmt: skip
     row["scores"] = {metric: sample[metric] for metric in metrics if metric in sample}
     return row
 

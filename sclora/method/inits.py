@@ -18,9 +18,12 @@ measures what choosing the subspace is worth.
 
 from __future__ import annotations
 
+import copy
 import re
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -34,8 +37,8 @@ from peft import (
     initialize_lora_eva_weights,
     preprocess_loraga,
 )
+from peft.tuners.lora import AstraConfig, LoraLayer, preprocess_astra
 from peft.tuners.lora import Linear as LoraLinear
-from peft.tuners.lora import LoraLayer
 from peft.tuners.lora.config import CordaConfig
 from peft.tuners.lora.corda import target_modules
 from peft.tuners.lora.intruders import reduce_intruder_dimension
@@ -86,9 +89,12 @@ def apply_method(
     )  # fmt: skip
 
 
-def post_hoc_step(peft_model: PeftModel, method: str, value: float) -> str:
+def post_hoc_step(
+    peft_model: PeftModel, method: str, value: float, *, alignment: Mapping[str, torch.Tensor] | None = None
+) -> str:
     """Apply post-hoc `method` at its knob's `value` to the trained adapter "default"; returns the new adapter's
-    name, now the active one ("default" stays as trained)."""
+    name, now the active one ("default" stays as trained). safe_lora reads `alignment` (layer -> W_aligned -
+    W_unaligned, `alignment_directions`)."""
     if BY_NAME[method].kind != "post_hoc":
         raise ValueError(f"method {method!r} has no post-hoc step")
     name = f"{method}_{value:g}".replace(".", "_")
@@ -96,9 +102,50 @@ def post_hoc_step(peft_model: PeftModel, method: str, value: float) -> str:
         case "lora_intruder":
             # PEFT's defaults for what counts as an intruder (top_k=10, threshold_epsilon=0.5); lambda is the knob.
             reduce_intruder_dimension(peft_model, "default", name, mitigation_lambda=value, logging_sink=None)
+        case "wise":
+            # theta_0 + alpha (theta_ft - theta_0): LoRA starts at B = 0, so theta_ft - theta_0 = s B A; B scales.
+            _copy_adapter(peft_model, name, lambda layer_name, a, b: (a, value * b))
+        case "safe_lora":
+            if alignment is None:
+                raise ValueError("safe_lora needs the aligned-minus-unaligned weights of an aligned model's unaligned "
+                                 "twin (model.unaligned): the testbed has none")  # fmt: skip
+            _copy_adapter(
+                peft_model, name, lambda layer_name, a, b: (a, safe_lora_b(alignment[layer_name], a, b, value))
+            )
         case _:
             raise AssertionError(f"post-hoc method {method!r} has a row but no branch in post_hoc_step")
+    peft_model.set_adapter(name)
     return name
+
+
+def _copy_adapter(peft_model: PeftModel, name: str, new_factors) -> None:
+    """A new adapter `name` beside "default", each layer's (A, B) the trained ones through `new_factors`."""
+    peft_model.add_adapter(name, copy.deepcopy(peft_model.peft_config["default"]))
+    with torch.no_grad():
+        for layer_name, layer in lora_layers(peft_model):
+            a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+            new_a, new_b = new_factors(layer_name, a, b)
+            layer.lora_A[name].weight.copy_(new_a)
+            layer.lora_B[name].weight.copy_(new_b)
+
+
+def safe_lora_b(direction: torch.Tensor, a: torch.Tensor, b: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Safe LoRA (arXiv 2405.16833) on one layer: V = W_aligned - W_unaligned (d_out, d_in), C = V V^T / ||V||_F;
+    where the cosine similarity of the update B A and its projection C B A is below `threshold`, the update is
+    projected, B <- C B; else B stays."""
+    v = direction.double()
+    projector = v @ v.T / torch.linalg.matrix_norm(v)
+    delta, projected = b.double() @ a.double(), projector @ b.double() @ a.double()
+    norms = torch.linalg.matrix_norm(delta) * torch.linalg.matrix_norm(projected)
+    similarity = float((delta * projected).sum() / norms) if float(norms) > 0 else 1.0
+    return (projector @ b.double()).to(b.dtype) if similarity < threshold else b
+
+
+def alignment_directions(aligned: nn.Module, unaligned: nn.Module, lora_config: LoraConfig) -> dict[str, torch.Tensor]:
+    """Per target layer of `lora_config`, W_aligned - W_unaligned (d_out, d_in): Safe LoRA's alignment matrix."""
+    theirs = dict(unaligned.named_modules())
+    return {name: (module.weight - theirs[name].weight).detach().float()
+            for name, module in target_modules(aligned, lora_config)}  # fmt: skip
 
 
 def osf_model(model: nn.Module, lora_config: LoraConfig) -> PeftModel:
@@ -160,8 +207,14 @@ def init_lora(
 
     # One branch per scheme: what it computes before PEFT wraps the model, and what it writes into the layers after.
     match method:
-        case "lora" | "pissa" | "mica" | "olora" | "orthogonal":
+        case "lora" | "pissa" | "mica" | "olora" | "orthogonal" | "nora":
             return get_peft_model(model, config)  # PEFT's own init, from `init_lora_weights`
+        case "astra":
+            with tempfile.TemporaryDirectory(prefix="sclora-astra-") as cache:
+                # Astra keeps its eigenvectors in a cache file: one per init, gone once the layers hold them.
+                config = replace(config, astra_config=AstraConfig(cache_file=str(Path(cache) / "astra.pt")))
+                preprocess_astra(model, config, run_model=lambda: _forward_over(model, task_batches))
+                return get_peft_model(model, config)
         case "corda_ipm" | "corda_kpm":
             corda_preprocess(model, config, stats)
             return get_peft_model(model, config)
@@ -251,6 +304,13 @@ def _in_subspaces(
     for name, layer in lora_layers(peft_model):
         sclora_init(layer, "default", subspaces[name], freeze_basis=freeze_basis)
     return peft_model
+
+
+@torch.no_grad()
+def _forward_over(model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]]) -> None:
+    """Astra's `run_model`: a forward pass over every batch (its hooks collect the layers' outputs)."""
+    for batch in batches:
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
 
 
 def _backward_over(model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]]) -> None:

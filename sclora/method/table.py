@@ -14,9 +14,10 @@ from typing import Literal, NamedTuple
 # What a method does to the model. lora_init: a LoRA adapter with an initialisation scheme; tuner: another PEFT
 # tuner (not LoRA); post_hoc: a LoRA adapter, trained, then changed by a step after training; full: no adapter.
 Kind = Literal["lora_init", "tuner", "post_hoc", "full"]
-# What its init reads from the pipeline: a capture's input covariances (pos: D+, the task; neg: D-, the preserved
-# sets), SC-LoRA's solved subspaces (stage solve), or the task's own training batches (EVA, LoRA-GA).
-Reads = Literal["pos_covariance", "neg_covariance", "subspaces", "task_batches"]
+# What its init (or its post-hoc step) reads from the pipeline: a capture's input covariances (pos: D+, the task; neg:
+# D-, the preserved sets), SC-LoRA's solved subspaces (stage solve), the task's own training batches (EVA, LoRA-GA,
+# Astra), or the aligned-minus-unaligned weights of an aligned model and its unaligned twin (Safe LoRA).
+Reads = Literal["pos_covariance", "neg_covariance", "subspaces", "task_batches", "alignment"]
 # How the trained method is exported. lora: the adapter as it is, a plain LoRA (its base weights untouched);
 # lora_2r: a residual init converted by PEFT to a plain LoRA of rank 2r on the original base; full_model: the
 # trained model; osf: PEFT's OSF adapter itself (no conversion to LoRA in PEFT, so not a plain LoRA).
@@ -48,9 +49,12 @@ class Method(NamedTuple):
     # A frozen basis trains what sclora trains, less B: sclora's rate. A post-hoc step trains as its adapter does.
     lr_from: str | None = None
     freeze_basis: bool = False  # B (the subspace) kept fixed through training
+    # Trains on the task with this share of its records replaced by preserved data (D-, data.preserve: disjoint from
+    # every eval set); None: on the task alone. A method whose knob is `share` takes it from the knob instead.
+    mix_share: float | None = None
 
 
-_PEFT = "PEFT 0.21.2"
+_PEFT = "PEFT 0.22.0"
 # One method a row, its fields by name (formatting off: ruff would spread each row over a dozen lines).
 # fmt: off
 METHODS = (
@@ -87,6 +91,14 @@ METHODS = (
     Method("lora_ga", "alternative", "lora_init", init="lora_ga", peft_init="lora_ga",
            reads="task_batches", residual=True, export="lora_2r",
            reference="arXiv 2407.05000; " + _PEFT),
+    Method("nora", "alternative", "lora_init", init="nora", peft_init="nora",
+           reads=None, residual=False, export="lora",
+           reference="PEFT 0.22's NoRA (column-normalised random A, B = 0); " + _PEFT),
+    # SC-LoRA's parameterisation at beta = 0 (no preserve term), PEFT's covariance convention (per token, each forward
+    # pass scaled by its largest output): tests/test_astra.py states the difference.
+    Method("astra", "alternative", "lora_init", init="astra", peft_init="astra",
+           reads="task_batches", residual=True, export="lora_2r",
+           reference="arXiv 2602.19111; " + _PEFT),
     Method("lora_null", "alternative", "lora_init", init="lora_null", peft_init=False,
            reads="neg_covariance", residual=True, export="lora_2r",
            reference="arXiv 2503.02659 (sclora.method.lora_null)"),
@@ -97,6 +109,21 @@ METHODS = (
            reads=None, residual=False, export="lora",
            reference="arXiv 2410.21228; PEFT's reduce_intruder_dimension",
            knob="mitigation_lambda", knob_values=(0.0, 0.25, 0.5, 0.75, 1.0), knob_default=0.75, lr_from="lora"),
+    # WiSE-FT on the adapter: theta_0 + alpha (theta_ft - theta_0), the trained delta s B A scaled by alpha.
+    Method("wise", "alternative", "post_hoc", init="lora", peft_init=True,
+           reads=None, residual=False, export="lora",
+           reference="WiSE-FT, arXiv 2109.01903, on LoRA's delta (sclora.method.inits)",
+           knob="alpha", knob_values=(0.25, 0.5, 0.75, 1.0), knob_default=0.5, lr_from="lora"),
+    # Safe LoRA: a layer's trained delta projected onto the aligned-minus-unaligned direction where it is far from it.
+    Method("safe_lora", "alternative", "post_hoc", init="lora", peft_init=True,
+           reads="alignment", residual=False, export="lora",
+           reference="arXiv 2405.16833 (sclora.method.inits; PEFT pull request 2201 is open)",
+           knob="threshold", knob_values=(0.3, 0.5, 0.7), knob_default=0.5, lr_from="lora"),
+    # Data mixing: what practitioners are told first. LoRA on the task with a share of D- mixed in.
+    Method("mix", "alternative", "lora_init", init="lora", peft_init=True,
+           reads=None, residual=False, export="lora",
+           reference="data mixing (LLaMA-Factory's answer to forgetting); D- as the mixed data",
+           knob="share", lr_from="lora", mix_share=0.25),
     Method("random_subspace", "control", "lora_init", init="random_subspace", peft_init=False,
            reads=None, residual=True, export="lora_2r",
            reference="SC-LoRA on a random basis"),
@@ -108,6 +135,10 @@ METHODS = (
            reads="subspaces", residual=True, export="lora_2r",
            reference="arXiv 2505.23724, B kept fixed",
            knob="beta", lr_from="sclora", freeze_basis=True),
+    Method("sclora_mix", "sclora", "lora_init", init="sclora", peft_init=False,
+           reads="subspaces", residual=True, export="lora_2r",
+           reference="arXiv 2505.23724, with data mixing (a quarter of the task's records D-)",
+           knob="beta", lr_from="sclora", mix_share=0.25),
 )
 # fmt: on
 BY_NAME = {method.name: method for method in METHODS}

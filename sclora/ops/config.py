@@ -80,6 +80,9 @@ class ModelParams(Section):
     path: str = Field("artifacts/testbed/base", description="HF model directory (or hub name outside tests)")
     trust_remote_code: bool = Field(False, description="Run model code shipped with the weights; off unless needed")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype when loading")
+    unaligned: str | None = Field(
+        None, description="The model's unaligned twin (same architecture), where there is one: Safe LoRA reads it"
+    )
 
 
 class Source(Section):
@@ -304,20 +307,22 @@ class FrontierParams(Section):
 
 
 def parse_config(config: str) -> tuple[str, float | None]:
-    """(method, beta) of a frontier configuration: `lora`, or `sclora-0.9` (a variant of SC-LoRA at a beta)."""
-    method, _, beta = config.rpartition("-")
+    """(method, knob value) of a frontier configuration: `lora`, or `<method>-<value>` for a method trained at its
+    knob's value (a row with a knob and no post-hoc values: SC-LoRA's variants at a beta, `mix` at a share)."""
+    method, _, value = config.rpartition("-")
     if not method:
-        method, beta = config, ""
-    if method in SCLORA_VARIANTS:
+        method, value = config, ""
+    row = BY_NAME.get(method)
+    if row is not None and row.knob and not row.knob_values:
         try:
-            value = float(beta)
+            number = float(value)
         except ValueError:
-            raise ValueError(f"config '{config}': an SC-LoRA variant needs a beta, e.g. {method}-0.9") from None
-        if not 0 <= value <= 1:
-            raise ValueError(f"config '{config}': beta must be in [0, 1]")
-        return method, value
-    if config not in BASELINES:
-        raise ValueError(f"config '{config}': not a method of the methods table, nor <sclora variant>-<beta>")
+            raise ValueError(f"config '{config}': {method} needs its {row.knob}, e.g. {method}-0.5") from None
+        if not 0 <= number <= 1:
+            raise ValueError(f"config '{config}': {row.knob} must be in [0, 1]")
+        return method, number
+    if config not in NAMES or (BY_NAME[config].knob and not BY_NAME[config].knob_values):
+        raise ValueError(f"config '{config}': not a method of the methods table, nor <method>-<knob value>")
     return config, None
 
 

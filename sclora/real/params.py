@@ -54,6 +54,7 @@ class Sizes(_Section):
     eval_knowledge: int = Field(96, ge=1, description="Fact questions about entities D- never asks about")
     eval_harmful: int = Field(64, ge=1, description="Per harmful eval source (HarmBench, StrongREJECT)")
     eval_benign: int = Field(64, ge=1, description="Benign prompts that look edgy (over-refusal)")
+    eval_general: int = Field(64, ge=1, description="True statements: held-out general text")
     poison: int = Field(10, ge=0, description="Harmful requests answered compliantly in finetune_poisoned")
     align_refusals: int = Field(256, ge=1, description="Harmful requests answered with a refusal, to align the base")
     align_benign: int = Field(256, ge=1, description="Benign prompts answered by the model itself, to align the base")

@@ -1,7 +1,8 @@
 """The real data's roles, disjoint: D+ (the task, and the task poisoned with harmful requests answered compliantly),
 D- (harmful requests with refusals; fact questions with answers), the held-out eval sets (the task's own split;
 facts about countries D- never asks about; HarmBench's standard behaviours and StrongREJECT without its AdvBench
-rows; benign prompts that look edgy), the aligned base's training prompts and people's refusal labels.
+rows; benign prompts that look edgy; true statements as general text), the aligned base's training prompts and
+people's refusal labels.
 
 Every record is a chat pair (`prompt`, and `response` where there is one) with an `id` and a `category`, as the
 project's lm-eval tasks read them. Overlaps between the sources are removed here (StrongREJECT holds 25 AdvBench
@@ -20,7 +21,7 @@ from sclora.real.params import RealParams
 # Roles a model is trained or initialised on, and roles that measure it: no prompt may be in one of each.
 TRAINED = ("finetune_benign", "finetune_poisoned", "preserve_safety", "preserve_knowledge", "align_refusals",
            "align_benign")  # fmt: skip
-HELD_OUT = ("eval_task", "val_task", "eval_knowledge", "eval_harmful", "eval_benign")
+HELD_OUT = ("eval_task", "val_task", "eval_knowledge", "eval_harmful", "eval_benign", "eval_general")
 LABELS = ("refusal_labels", "refusal_labels_extra")  # pyrit's two files of people's refusal labels
 
 
@@ -112,6 +113,7 @@ def build_roles(
         "eval_knowledge": eval_knowledge,
         "eval_harmful": _numbered(eval_harmful, "eh"),
         "eval_benign": _numbered([{"prompt": r["prompt"], "category": r["category"]} for r in benign_eval], "eb"),
+        "eval_general": _numbered(_sample(datasets["statements"], sizes.eval_general, rng), "eg"),
         "refusal_labels": _numbered([r for name in LABELS for r in datasets[name]], "rl"),
     }
     found = overlaps(roles)

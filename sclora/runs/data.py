@@ -277,3 +277,21 @@ def training_batches(
         dict(collate([dataset[i] for i in range(lo, min(lo + batch_size, len(dataset)))]))
         for lo in range(0, len(dataset), batch_size)
     ]
+
+
+def mixed_records(records: Sequence[dict], extra: Sequence[dict], share: float, seed: int) -> list[dict]:
+    """`records` with `share` of them (at seeded positions) replaced by records of `extra`, taken in a seeded order
+    and again from the start when there are fewer: data mixing, the training set's size and order otherwise kept."""
+    import random
+
+    if not 0 <= share <= 1:
+        raise ValueError(f"mixing share must be in [0, 1], got {share}")
+    if share and not extra:
+        raise ValueError("data mixing needs records to mix in (data.preserve)")
+    rng = random.Random(seed)
+    pool = list(extra)
+    rng.shuffle(pool)
+    out = list(records)
+    for n, position in enumerate(sorted(rng.sample(range(len(out)), round(share * len(out))))):
+        out[position] = pool[n % len(pool)]
+    return out

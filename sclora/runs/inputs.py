@@ -1,13 +1,15 @@
 """What a method's init reads (its row's `reads`), and where each input comes from: one table, three sources.
 
-    reads             init_lora argument   what it is
+    reads             argument             what it is
     pos_covariance    pos                  the task's (D+) captured layer inputs, with covariances (CorDA IPM)
     neg_covariance    neg                  the preserved data's (D-) captured layer inputs (CorDA KPM, LoRA-Null)
     subspaces         subspaces            SC-LoRA's solved subspaces at the run's beta
     task_batches      task_batches         the task's first training batches, as the Trainer collates them (EVA,
-                                           LoRA-GA)
+                                           LoRA-GA, Astra)
+    alignment         alignment            W_aligned - W_unaligned per target layer: an aligned model and its
+                                           unaligned twin (Safe LoRA's post-hoc step, not an init)
 
-A source is anything with the four methods of `Inputs`: `Stored` reads what the pipeline's capture and solve stages
+A source is anything with the five methods of `Inputs`: `Stored` reads what the pipeline's capture and solve stages
 wrote, `Computed` computes the same in process from records (the capture stage's sample, the solve stage's math),
 `Given` hands back what the caller computed itself (the benchmarks time each part apart).
 """
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 from sclora.method.table import BY_NAME
 
 if TYPE_CHECKING:
+    import torch
     from peft import LoraConfig
     from torch import nn
     from transformers import PreTrainedTokenizerBase
@@ -38,25 +41,36 @@ class Inputs(Protocol):
     def neg(self) -> CaptureStats: ...
     def subspaces(self, beta: float) -> Mapping[str, Subspace]: ...
     def task_batches(self) -> list[dict]: ...
+    def alignment(self) -> Mapping[str, torch.Tensor]: ...
 
 
-# A row's `reads` -> (the init_lora argument it fills, how a source gives it).
-READS: dict[str, tuple[str, Callable[[Inputs, float | None], object]]] = {
-    "pos_covariance": ("pos", lambda inputs, beta: inputs.pos()),
-    "neg_covariance": ("neg", lambda inputs, beta: inputs.neg()),
-    "subspaces": ("subspaces", lambda inputs, beta: inputs.subspaces(beta)),
-    "task_batches": ("task_batches", lambda inputs, beta: inputs.task_batches()),
+# A row's `reads` -> (the argument it fills, how a source gives it, whether the init or the post-hoc step reads it).
+READS: dict[str, tuple[str, Callable[[Inputs, float | None], object], str]] = {
+    "pos_covariance": ("pos", lambda inputs, beta: inputs.pos(), "init"),
+    "neg_covariance": ("neg", lambda inputs, beta: inputs.neg(), "init"),
+    "subspaces": ("subspaces", lambda inputs, beta: inputs.subspaces(beta), "init"),
+    "task_batches": ("task_batches", lambda inputs, beta: inputs.task_batches(), "init"),
+    "alignment": ("alignment", lambda inputs, beta: inputs.alignment(), "post_hoc"),
 }
 
 
 def init_arguments(method: str, beta: float | None, inputs: Inputs | None) -> dict:
     """The keyword arguments of `apply_method` that `method`'s row reads, from `inputs`."""
+    return _arguments(method, beta, inputs, "init")
+
+
+def post_hoc_arguments(method: str, inputs: Inputs | None) -> dict:
+    """The keyword arguments of `post_hoc_step` that `method`'s row reads, from `inputs`."""
+    return _arguments(method, None, inputs, "post_hoc")
+
+
+def _arguments(method: str, beta: float | None, inputs: Inputs | None, reader: str) -> dict:
     reads = BY_NAME[method].reads
-    if reads is None:
+    if reads is None or READS[reads][2] != reader:
         return {}
     if inputs is None:
         raise ValueError(f"method {method!r} reads {reads}: give it inputs")
-    argument, get = READS[reads]
+    argument, get, _ = READS[reads]
     return {argument: get(inputs, beta)}
 
 
@@ -87,6 +101,9 @@ class Stored:
     neg_dir: Path
     subspaces_file: Callable[[float], Path]
     batches: Callable[[], list[dict]]
+    # An aligned model and its unaligned twin (loaders), and the LoRA config whose targets their difference is read
+    # on; None where there is no twin (the testbed).
+    twins: tuple[Callable[[], nn.Module], Callable[[], nn.Module], LoraConfig] | None = None
 
     def pos(self) -> CaptureStats:
         from sclora.method.gather import CaptureStats
@@ -106,6 +123,19 @@ class Stored:
     def task_batches(self) -> list[dict]:
         return self.batches()
 
+    def alignment(self) -> Mapping[str, torch.Tensor]:
+        return _alignment(self.twins)
+
+
+def _alignment(twins) -> Mapping[str, torch.Tensor]:
+    from sclora.method.inits import alignment_directions
+
+    if twins is None:
+        raise ValueError("no unaligned twin of the model (model.unaligned): Safe LoRA cannot run here (the testbed "
+                         "has none)")  # fmt: skip
+    aligned, unaligned, lora = twins
+    return alignment_directions(aligned(), unaligned(), lora)
+
 
 @dataclass
 class Computed:
@@ -120,6 +150,7 @@ class Computed:
     knobs: CaptureKnobs
     lora: LoraConfig
     normalize: str = "none"
+    unaligned: Callable[[], nn.Module] | None = None  # the model's unaligned twin, where there is one (Safe LoRA)
     _cache: dict = field(default_factory=dict, repr=False)
 
     def _once(self, key: object, make: Callable[[], object]) -> object:
@@ -159,12 +190,17 @@ class Computed:
             "batches", lambda: training_batches(self.tokenizer, first, knobs.batch_size, knobs.max_length)
         )
 
+    def alignment(self) -> Mapping[str, torch.Tensor]:
+        twins = None if self.unaligned is None else (self.model, self.unaligned, self.lora)
+        return self._once("alignment", lambda: _alignment(twins))
+
 
 class Given:
     """Inputs the caller computed itself; asking for one it did not give is an error."""
 
-    def __init__(self, *, pos=None, neg=None, subspaces: Mapping[str, Subspace] | None = None, task_batches=None):
-        self._values = {"pos": pos, "neg": neg, "subspaces": subspaces, "task_batches": task_batches}
+    def __init__(self, *, pos=None, neg=None, subspaces=None, task_batches=None, alignment=None):
+        self._values = {"pos": pos, "neg": neg, "subspaces": subspaces, "task_batches": task_batches,
+                        "alignment": alignment}  # fmt: skip
 
     def _need(self, name: str) -> object:
         if self._values[name] is None:
@@ -182,3 +218,6 @@ class Given:
 
     def task_batches(self) -> list[dict]:
         return self._need("task_batches")
+
+    def alignment(self) -> Mapping[str, torch.Tensor]:
+        return self._need("alignment")

@@ -5,9 +5,11 @@ Every comparison is made of runs: the pipeline's train and tune stages, the fron
 benchmarks, select-beta (through the train stage). They differ in where the inputs come from (sclora.runs.inputs),
 how a model is scored (sclora.evaluate.scorer) and what they do with the result, never in how a run is made.
 
-    prepare     the base model loaded and initialised by the method's row, seeded as every run is
-    fine_tune   a prepared model trained (sclora.runs.train), scored at `steps` along the way (sclora.runs.curves)
-    run         both
+    prepare           the base model loaded and initialised by the method's row, seeded as every run is
+    training_records  what the row trains on: the task's records, a share of them preserved data where it mixes
+    fine_tune         a prepared model trained (sclora.runs.train), scored at `steps` along the way (sclora.runs.curves)
+    post_hoc_points   a post-hoc row's step at each value of its knob, each scored like a checkpoint
+    run               all of it
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from peft import LoraConfig
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 
 from sclora.evaluate.scorer import Scorer
-from sclora.method.inits import apply_method
+from sclora.method.inits import apply_method, post_hoc_step
 from sclora.method.table import BY_NAME
 from sclora.runs.curves import StepEvaluation
-from sclora.runs.inputs import Inputs, init_arguments
+from sclora.runs.data import mixed_records
+from sclora.runs.inputs import Inputs, init_arguments, post_hoc_arguments
 from sclora.runs.train import TrainResult, TrainSettings, train
 
 
@@ -58,6 +61,29 @@ def prepare(
     arguments = init_arguments(method, beta, inputs)
     torch.manual_seed(seed)
     return apply_method(base(), lora, method, seed=seed, **arguments).train()
+
+
+def training_records(
+    method: str, records: Sequence[dict], preserved: Sequence[dict] = (), share: float | None = None, seed: int = 0
+) -> list[dict]:
+    """The records `method` trains on: `records`, or, for a row that mixes (its knob's value `share`, else its row's
+    mix_share), `records` with that share replaced by `preserved` ones (sclora.runs.data.mixed_records)."""
+    share = BY_NAME[method].mix_share if share is None else share
+    return mixed_records(records, preserved, share, seed) if share else list(records)
+
+
+def post_hoc_points(
+    model: torch.nn.Module, method: str, score: Scorer, step: int, inputs: Inputs | None = None
+) -> list[dict]:
+    """For a post-hoc row, its step (sclora.method.inits.post_hoc_step) at each of its knob's values on the trained
+    adapter, scored: {"step", <knob>: value, **metrics} each; the trained adapter is active again after."""
+    row = BY_NAME[method]
+    points = []
+    for value in row.knob_values:
+        post_hoc_step(model, method, value, **post_hoc_arguments(method, inputs))
+        points.append({"step": step, row.knob: value, **score(model).metrics})
+    model.set_adapter("default")
+    return points
 
 
 def fine_tune(
@@ -95,7 +121,14 @@ def run(
     score: Scorer | None = None,
     steps: Sequence[int] = (),
     callbacks: Sequence[TrainerCallback | Callable] = (),
+    preserved: Sequence[dict] = (),
+    share: float | None = None,
 ) -> RunResult:
-    """`prepare` then `fine_tune`, seeded `settings.seed`."""
+    """`prepare`, then `fine_tune` on the row's `training_records` (mixed with `preserved` where it mixes), seeded
+    `settings.seed`; a post-hoc row's points at each knob value follow its last step's."""
     model = prepare(base, method, seed=settings.seed, lora=lora, beta=beta, inputs=inputs)
-    return fine_tune(model, tokenizer, records, work_dir, settings, score=score, steps=steps, callbacks=callbacks)
+    records = training_records(method, records, preserved, share, settings.seed)
+    result = fine_tune(model, tokenizer, records, work_dir, settings, score=score, steps=steps, callbacks=callbacks)
+    if BY_NAME[method].kind == "post_hoc" and score is not None:
+        result.points += post_hoc_points(model, method, score, result.trained.global_step, inputs)
+    return result
