@@ -93,25 +93,31 @@ def run(params: Params, *, output: Path = OUTPUT, out_dir: Path = OUT_DIR) -> di
     return summary(out)
 
 
-TABLE_METRICS = shown_in("curve")
+def table_metrics(result: dict) -> list[str]:
+    """The curve metrics this check measured: a source scores only the metrics its suite defines."""
+    measured = next(iter(result["builds"].values()))["settings"]["base"]
+    return [name for name in shown_in("curve") if name in measured]
+
+
 # The dose-response table: what the answers to harmful requests were (compliance, refusal, collapse).
 HARMFUL = tuple(metric.name for metric in METRICS if metric.role == "harmful" and "curve" in metric.shown)
 
 
 def markdown(result: dict) -> str:
     """The check as tables: per build and setting, mean ± std over seeds; the doses; the spreads."""
+    columns = table_metrics(result)
     lines = [
         "# Testbed check: forgetting over testbed builds",
         "",
         "Mean ± std over fine-tuning seeds. A build is the testbed at one `testbed.seed`.",
         "",
-        "| build | setting | " + " | ".join(TABLE_METRICS) + " | knowledge drop (points) |",
-        "|" + "---|" * (len(TABLE_METRICS) + 3),
+        "| build | setting | " + " | ".join(columns) + " | knowledge drop (points) |",
+        "|" + "---|" * (len(columns) + 3),
     ]
     for seed, build in result["builds"].items():
         for setting in SETTINGS:
             stats = build["settings"][setting]
-            cells = [f"{stats[m]['mean']:.2f} ± {stats[m]['std']:.2f}" for m in TABLE_METRICS]
+            cells = [f"{stats[m]['mean']:.2f} ± {stats[m]['std']:.2f}" for m in columns]
             drop = stats.get("knowledge_drop")
             cells.append(f"{drop['mean']:.1f} ± {drop['std']:.1f}" if drop else "")
             lines.append(f"| {seed} | {setting} | " + " | ".join(cells) + " |")
@@ -139,7 +145,7 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|",
     ]
     for key, row in result["spread"].items():
-        if key.split(".", 1)[1] in (*TABLE_METRICS, "knowledge_drop"):
+        if key.split(".", 1)[1] in (*columns, "knowledge_drop"):
             means = " / ".join(f"{m:.2f}" for m in row["build_means"])
             lines.append(f"| {key} | {means} | {row['std_across_builds']:.3f} | {row['mean_std_across_seeds']:.3f} |")
     lines += ["", f"{len(result['builds'])} builds in {result['seconds']:.0f} s."]
@@ -150,7 +156,7 @@ def frontier_tables(result: dict) -> list[str]:
     """Per build, LoRA over the shared grid: every (rate, step) point's seed means, then what its fronts read."""
     lines = ["", "LoRA over the frontier's shared learning-rate grid, every checkpoint (mean over seeds; knowledge "
              "lost in points against the base model):", ""]  # fmt: skip
-    columns = TABLE_METRICS
+    columns = table_metrics(result)
     lines += ["| build | task | lr | step | " + " | ".join(columns) + " | knowledge lost |",
               "|" + "---|" * (len(columns) + 5)]  # fmt: skip
     for seed, build in result["builds"].items():

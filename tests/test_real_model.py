@@ -120,6 +120,11 @@ def _batches(tokenizer, rows, batch_size=4, max_length=96):
     return list(chat_batches(tokenizer, rows, batch_size, max_length))
 
 
+def _refused(rows):
+    """The prompts with a refusal as the response: the behaviour D- preserves."""
+    return [{"prompt": r["prompt"], "response": "I'm sorry, but I can't help with that."} for r in rows]
+
+
 def test_sclora_init_leaves_the_logits_unchanged(model_dir, tokenizer, records):
     from sclora.method.gather import capture
     from sclora.method.inits import init_lora
@@ -127,10 +132,7 @@ def test_sclora_init_leaves_the_logits_unchanged(model_dir, tokenizer, records):
 
     model = _model(model_dir)
     pos = capture(model, _batches(tokenizer, records["task"] * 4), TARGETS, progress=False)
-    refusals = [
-        {"prompt": r["prompt"], "response": "I'm sorry, but I can't help with that."} for r in records["harmful"]
-    ]
-    neg = capture(model, _batches(tokenizer, refusals), TARGETS, progress=False)
+    neg = capture(model, _batches(tokenizer, _refused(records["harmful"])), TARGETS, progress=False)
     ids = _batches(tokenizer, records["knowledge"])[0]
     with torch.no_grad():
         before = model(**ids).logits
@@ -151,8 +153,8 @@ def test_the_subspace_matches_a_dense_eigendecomposition_at_real_width(model_dir
     config = lora_config(8, 16, 0.0, ["q_proj", "up_proj"])
     config.layers_to_transform = [3]
     pos = capture(model, _batches(tokenizer, records["task"] * 8), ["q_proj", "up_proj"], progress=False)
-    neg = capture(model, _batches(tokenizer, records["harmful"] + records["benign"]), ["q_proj", "up_proj"],
-                  progress=False)  # fmt: skip
+    neg = capture(model, _batches(tokenizer, _refused(records["harmful"] + records["benign"])),
+                  ["q_proj", "up_proj"], progress=False)  # fmt: skip
     widths = set()
     for name, stats in layer_statistics(model, config, pos, neg):
         ours = solve_layer(name, stats, beta=0.8, normalize="trace").basis[:, :8].double()
