@@ -79,3 +79,18 @@ def test_the_judgement_names_its_rule_and_reads_as_lines():
     lines = verdict_lines(verdicts)
     assert lines[0].startswith("Decision rule (sclora/analysis/decision.py, docs/protocol.md): one-sided tests at 0.05")
     assert "- **SC-LoRA (beta >= 0.5) preserves more than LoRA and PiSSA at equal or better utility: holds**" in lines
+
+
+def test_sclora_against_what_practitioners_pick_instead_each_a_claim_at_every_knob_value():
+    table = runs()
+    rng = np.random.default_rng(1)
+    extra = [{**row, "run": f"{row['run']}-{method}", "method": method, "beta": knob,
+              "knowledge": row["knowledge"] + gain + rng.normal(0, 0.005)}
+             for row in table.rows if row["method"] == "lora"
+             for method, knob, gain in (("astra", math.nan, 0.0), ("mix", 0.1, 0.0), ("mix", 0.5, 0.3))]  # fmt: skip
+    claims = {claim["id"]: claim for claim in check_claims(Results(table.rows + extra))}
+    assert claims["preserves_more_than_astra"]["verdict"] == HOLDS  # sclora keeps 0.1 and 0.18 more
+    mix = claims["preserves_more_than_mix"]
+    assert mix["verdict"] == FAILS  # mix at share 0.5 keeps 0.3 more than lora: more than sclora
+    assert any(line.startswith("benign: sclora beta 0.9 vs mix share 0.5:") for line in mix["evidence"])
+    assert "preserves_more_than_wise" not in claims  # no wise runs: left out

@@ -6,6 +6,9 @@
 3. subspace_matters: SC-LoRA at every beta against random_subspace (SC-LoRA's construction on a random basis),
    utility equivalent: at the same utility, the subspace and not the magnitude of the init preserves.
 4. frozen_preserves_more: sclora_frozen against sclora at the same beta, utility non-inferior.
+5. preserves_more_than_<alternative>: SC-LoRA at every beta > 0 against each of what practitioners pick instead
+   (Astra, NoRA, LoRA with data mixing at each share, WiSE-FT, Safe LoRA), utility non-inferior: a claim the paper
+   does not make, judged by the same rule.
 
 A claim whose configurations are absent from the table is left out; a comparison whose two sides trained at
 different learning rates says so (beta, or the method, is then confounded with the rate).
@@ -29,6 +32,7 @@ SWEPT = "sclora"
 PAPER_BASELINES = ("lora", "pissa")
 CONTROL = "random_subspace"
 FROZEN = "sclora_frozen"
+ALTERNATIVES = ("astra", "nora", "mix", "wise", "safe_lora")
 
 
 def check_claims(results: Results, rule: Rule | None = None, *, matched_utility: bool = False) -> list[dict]:
@@ -79,7 +83,8 @@ def paper_claims(results: Results, *, matched_utility: bool = False) -> list[Cla
     """The claims the table has the configurations for, as families of comparisons; `matched_utility`: without
     utility conditions (the module docstring says when)."""
     claims = [_preserves_more(results), _monotone_in_beta(results), _subspace_matters(results),
-              _frozen_preserves_more(results)]  # fmt: skip
+              _frozen_preserves_more(results),
+              *(_preserves_more_than(results, name) for name in ALTERNATIVES)]  # fmt: skip
     claims = [claim for claim in claims if claim is not None]
     return [_without_utility(claim) for claim in claims] if matched_utility else claims
 
@@ -173,3 +178,18 @@ def _rate_notes(results: Results, claim: Claim) -> list[str]:
 def _rates(results: Results, task: str, method: str, beta: float | None) -> set[float]:
     return {r["lr"] for r in results.rows if r["task"] == task and r["method"] == method
             and same_beta(r["beta"], beta) and not math.isnan(r["lr"])}  # fmt: skip
+
+
+def _preserves_more_than(results: Results, alternative: str) -> Claim | None:
+    """SC-LoRA (beta > 0) against an alternative at each of its knob values in the table (mix's shares)."""
+    knobs = _betas(results, alternative) or [None]
+    comparisons = [
+        Comparison(task, (SWEPT, beta), (alternative, knob), "non_inferior")
+        for task in _tasks(results)
+        for beta in _betas(results)
+        if beta > 0
+        for knob in knobs
+        if _has(results, task, alternative, knob)
+    ]
+    text = f"SC-LoRA (beta > 0) preserves more than {alternative} at equal or better utility"
+    return _claim(f"preserves_more_than_{alternative}", text, comparisons)

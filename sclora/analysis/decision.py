@@ -46,6 +46,7 @@ from scipy import special
 from sclora.analysis.intervals import Estimate, build_differences, difference
 from sclora.analysis.results import Results, config_runs
 from sclora.evaluate.metrics import AXES, direction
+from sclora.method.table import BY_NAME
 
 HOLDS, FAILS, UNSURE = "holds", "does not hold", "inconclusive"
 ALPHA = 0.05  # per one-sided test; the claim's "holds" and "does not hold" each err at most this often
@@ -294,8 +295,9 @@ def _number(value: float) -> float | None:
 
 
 def config_name(config: Config) -> str:
-    method, beta = config
-    return method if beta is None else f"{method} beta {beta:g}"
+    method, beta = config  # `beta`: the configuration's knob value (SC-LoRA's beta, mix's share)
+    row = BY_NAME.get(method)
+    return method if beta is None else f"{method} {(row and row.knob) or 'beta'} {beta:g}"
 
 
 def holm(pvalues: Sequence[float], alpha: float) -> list[bool]:
