@@ -101,19 +101,8 @@ def run(params: Params, item: str) -> dict:
             shutil.move(str(trained.model_dir), staging / MODEL)
             shutil.copy(work / LOSS_HISTORY, staging / LOSS_HISTORY)
             curve = []
-            if row.kind == "post_hoc":  # one point per knob value; the default's is the run's export and eval
-                for value in row.knob_values:
-                    point = staging / f"{row.knob}-{value:g}"
-                    step = post_hoc_step(model, spec.method, value, **post_hoc_arguments(spec.method, inputs))
-                    export_lora(model, point / "export", adapter=step)
-                    point_metrics = score_to(scorer, _exported_model(params, spec, point / "export"), point / "eval",
-                                             BASE_METRICS)  # fmt: skip
-                    curve.append({row.knob: value, **{k: v for k, v in point_metrics.items() if k != "tasks"}})
-                    if value == row.knob_default:
-                        shutil.move(str(point / "export"), export)
-                        shutil.move(str(point / "eval"), staging / "eval")
-                        metrics = point_metrics
-                    shutil.rmtree(point)
+            if row.kind == "post_hoc":
+                curve, metrics = _post_hoc_points(params, spec, model, inputs, scorer, staging)
             elif row.export == "full_model":
                 # The trained model is the export (DVC's content-addressed cache stores the files once).
                 shutil.copytree(staging / MODEL, export)
@@ -136,6 +125,24 @@ def run(params: Params, item: str) -> dict:
             write_json(staging / RUN_FILE, summary)
     shutil.rmtree(work)
     return summary
+
+
+def _post_hoc_points(params: Params, spec: RunSpec, model, inputs, scorer, staging: Path) -> tuple[list, dict]:
+    """A post-hoc row's step at each knob value, exported and scored: (the curve, the default value's metrics). The
+    default's export and eval are the run's own (`staging`/export, `staging`/eval)."""
+    row, curve, metrics = BY_NAME[spec.method], [], {}
+    for value in row.knob_values:
+        point = staging / f"{row.knob}-{value:g}"
+        step = post_hoc_step(model, spec.method, value, **post_hoc_arguments(spec.method, inputs))
+        export_lora(model, point / "export", adapter=step)
+        point_metrics = score_to(scorer, _exported_model(params, spec, point / "export"), point / "eval", BASE_METRICS)
+        curve.append({row.knob: value, **{k: v for k, v in point_metrics.items() if k != "tasks"}})
+        if value == row.knob_default:
+            shutil.move(str(point / "export"), staging / "export")
+            shutil.move(str(point / "eval"), staging / "eval")
+            metrics = point_metrics
+        shutil.rmtree(point)
+    return curve, metrics
 
 
 def _exported_model(params: Params, spec: RunSpec, export: Path) -> torch.nn.Module:

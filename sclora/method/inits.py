@@ -168,6 +168,20 @@ def osf_model(model: nn.Module, lora_config: LoraConfig) -> PeftModel:
     return get_peft_model(model, config)
 
 
+def _read_stats(method: str, pos, neg, task_batches) -> CaptureStats | None:
+    """The capture a row reads (`pos` or `neg`, by its `reads`), checked present, or None; a row reading the task's
+    batches without them fails here."""
+    row, stats = BY_NAME[method], None
+    if row.reads in CAPTURE_ARGUMENT:
+        which = CAPTURE_ARGUMENT[row.reads]
+        stats = pos if which == "pos" else neg
+        if stats is None:
+            raise ValueError(f"{method} needs `{which}` CaptureStats captured with covariance=True")
+    if row.reads == "task_batches" and not task_batches:
+        raise ValueError(f"{method} needs task_batches: the task's training batches")
+    return stats
+
+
 def init_lora(
     model: nn.Module,
     lora_config: LoraConfig,
@@ -195,15 +209,7 @@ def init_lora(
     Residual methods: call `sclora.method.export.save_initial_adapter` right after this, before training.
     """
     config, modules = _checked_config(model, lora_config, method, freeze_basis)
-    row = BY_NAME[method]
-    stats = None
-    if row.reads in CAPTURE_ARGUMENT:
-        which = CAPTURE_ARGUMENT[row.reads]
-        stats = pos if which == "pos" else neg
-        if stats is None:
-            raise ValueError(f"{method} needs `{which}` CaptureStats captured with covariance=True")
-    if row.reads == "task_batches" and not task_batches:
-        raise ValueError(f"{method} needs task_batches: the task's training batches")
+    stats = _read_stats(method, pos, neg, task_batches)
 
     # One branch per scheme: what it computes before PEFT wraps the model, and what it writes into the layers after.
     match method:
