@@ -1,5 +1,5 @@
 """The new methods through the real train stage: each initialises from what its row reads, trains, exports as its
-row says and is evaluated; lora_intruder's run holds one point per mitigation_lambda; OSF's export registers."""
+row says and is evaluated; a post-hoc row (lora_intruder, wise) holds one point per knob value; OSF's export registers."""
 
 import json
 from pathlib import Path
@@ -12,9 +12,10 @@ from sclora.method.table import BY_NAME
 from sclora.ops import tracking
 from sclora.ops.registry import register_adapter
 
-pytestmark = pytest.mark.slow  # eight train items: ~30 s
+pytestmark = pytest.mark.slow  # twelve train items: ~45 s
 
-NEW = ["mica", "olora", "orthogonal", "eva", "lora_ga", "lora_null", "osf", "lora_intruder"]
+NEW = ["mica", "olora", "orthogonal", "eva", "lora_ga", "lora_null", "osf", "lora_intruder", "nora", "astra", "wise",
+       "mix"]  # fmt: skip
 
 
 def test_every_new_method_trains_exports_and_evaluates_in_the_stage(project):
@@ -45,12 +46,13 @@ def test_every_new_method_trains_exports_and_evaluates_in_the_stage(project):
     assert plan["capture"]  # LoRA-Null reads the D- capture: a new capture reruns it
     assert "task_batches" in json.loads(Path("artifacts/plan/benign-eva-0.json").read_text())
 
-    intruder = json.loads(Path("artifacts/runs/benign-lora_intruder-0/run.json").read_text())
-    row = BY_NAME["lora_intruder"]
-    assert [point["mitigation_lambda"] for point in intruder["curve"]] == list(row.knob_values)
-    default = next(p for p in intruder["curve"] if p["mitigation_lambda"] == row.knob_default)
-    metrics = json.loads(Path("artifacts/runs/benign-lora_intruder-0/eval/metrics.json").read_text())
-    assert default["utility"] == metrics["utility"]
+    for method in ("lora_intruder", "wise"):  # post-hoc rows: a point per knob value, the default's is the run's
+        curve = json.loads(Path(f"artifacts/runs/benign-{method}-0/run.json").read_text())["curve"]
+        row = BY_NAME[method]
+        assert [point[row.knob] for point in curve] == list(row.knob_values)
+        default = next(p for p in curve if p[row.knob] == row.knob_default)
+        metrics = json.loads(Path(f"artifacts/runs/benign-{method}-0/eval/metrics.json").read_text())
+        assert default["utility"] == metrics["utility"]
 
     # OSF's export is no LoRA, but it is what gets registered for it.
     osf = json.loads(Path("artifacts/runs/benign-osf-0/run.json").read_text())
