@@ -1,5 +1,6 @@
 """The new methods through the real train stage: each initialises from what its row reads, trains, exports as its
-row says and is evaluated; a post-hoc row (lora_intruder, wise) holds one point per knob value; OSF's export registers."""
+row says and is evaluated; a post-hoc row (lora_intruder, wise) holds one point per knob value; OSF's export
+registers."""
 
 import json
 from pathlib import Path
