@@ -265,3 +265,19 @@ def test_convergence_is_judged_on_the_first_checkpoint_by_its_own_endpoint(tmp_p
     verdicts = json.loads((tmp_path / "report" / "verdicts.json").read_text())
     claim = next(c for c in verdicts["claims"] if c["id"] == "converges_faster")
     assert claim["verdict"] == HOLDS and claim["rule"]["builds"] == "block"
+
+
+def test_the_rate_plots_read_trained_points_on_the_grids_own_ticks():
+    import matplotlib.pyplot as plt
+
+    from sclora.analysis.frontier_report import _rate_axis, _trained
+
+    # wise's run: its trained points, then its step at each alpha (alpha 1 is the trained model itself)
+    assert _trained({"method": "wise", "step": 200}) and not _trained({"method": "wise", "step": 200, "alpha": 0.5})
+    assert _trained({"method": "lora", "step": 200})
+    fig, ax = plt.subplots()
+    _rate_axis(ax, [2.5e-4, 5e-4, 1e-3, 8e-3])
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["2.5e-4", "5e-4", "1e-3", "8e-3"]
+    assert all(t.get_text() == "" for t in ax.get_xticklabels(minor=True))  # no overlapping minor labels
+    plt.close(fig)

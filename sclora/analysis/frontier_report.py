@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from sclora.analysis.claims import convergence_claim, judgement, verdict_lines  # noqa: E402
 from sclora.analysis.decision import Config, Rule, config_name, judge  # noqa: E402
@@ -47,6 +48,7 @@ from sclora.analysis.matched import (  # noqa: E402
 )
 from sclora.analysis.report import _save  # noqa: E402
 from sclora.analysis.results import Results, config_runs, write_table  # noqa: E402
+from sclora.method.table import BY_NAME  # noqa: E402
 from sclora.ops.atomic import atomic_dir  # noqa: E402
 
 BASELINE: Config = ("lora", None)
@@ -313,14 +315,21 @@ def _front_plot(grouped, task: str, panels: Sequence[Panel], confidence: float, 
     return _save(fig, path)
 
 
+def _trained(point: Point) -> bool:
+    """A point of the training itself, not a post-hoc row's step at one of its knob values (wise at alpha 0.5): a
+    mean along rates or steps over both would mix two models."""
+    row = BY_NAME.get(point["method"])
+    return row is None or row.kind != "post_hoc" or point.get(row.knob) is None
+
+
 def _mean_by(grouped, task: str, config: Config, pick: Callable[[Point], bool], x: str, read: Forgetting):
-    """Mean over the configuration's units of `read` at each value of `x` among the points `pick` keeps."""
+    """Mean over the configuration's units of `read` at each value of `x` among the trained points `pick` keeps."""
     values: dict[float, list[float]] = {}
     for key, pts in grouped.items():
         if key[1] == task and (key[2], key[3]) == config:
             for p in pts:
                 y = read(p)
-                if pick(p) and not math.isnan(y):
+                if pick(p) and _trained(p) and not math.isnan(y):
                     values.setdefault(float(p[x]), []).append(y)
     xs = sorted(values)
     return xs, [float(np.mean(values[v])) for v in xs]
@@ -341,7 +350,7 @@ def _lr_plot(grouped, task: str, lost: Forgetting, path: Path) -> str:
             steps = {final[k] for k in grouped if k[1] == task and (k[2], k[3]) == config}
             xs, ys = _mean_by(grouped, task, config, lambda p, s=steps: int(p["step"]) in s, "lr", read)
             ax.plot(xs, ys, "o-", ms=3, color=colors[config], label=config_name(config))
-        ax.set_xscale("log")
+        _rate_axis(ax, sorted({float(p["lr"]) for key, pts in grouped.items() if key[1] == task for p in pts}))
         _label(
             ax,
             "learning rate",
@@ -349,6 +358,19 @@ def _lr_plot(grouped, task: str, lost: Forgetting, path: Path) -> str:
             f"{task}: {label} against the learning rate",
         )
     return _save(fig, path)
+
+
+def _rate_axis(ax, rates: Sequence[float]) -> None:
+    """A log axis ticked at the grid's rates alone, written short (2.5e-4): matplotlib's own minor labels on a
+    log axis overlap."""
+    ax.set_xscale("log")
+    ax.set_xticks(rates, [_short(rate) for rate in rates])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _short(rate: float) -> str:
+    exponent = math.floor(math.log10(rate))
+    return f"{rate / 10**exponent:g}e{exponent}"
 
 
 def _step_plot(grouped, task: str, path: Path) -> str:
