@@ -38,14 +38,15 @@ test-fast: setup
 testbed-check: setup
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m tasks testbed_check -S testbed_check.jobs=$(JOBS)
 
-# The comparison protocol: every configuration of frontier.configs at every rate of ONE absolute learning-rate grid
-# (frontier.lrs), on frontier.seeds seeds of each of PROTOCOL_BUILDS testbed builds, every run scored at
-# frontier.checkpoints; the report (artifacts/frontier/report/) reads forgetting at matched utility on each
-# configuration's learning-forgetting front and judges the paper's claims by sclora.analysis.decision with the build as a
-# blocking factor (docs/protocol.md). The overrides are written into params.yaml, as `sclora run -S` does
-# (`git checkout params.yaml` returns to the quick run). A larger design is one params file:
+# The comparison protocol (docs/protocol.md): the primary contrast fixed in frontier.primary (sclora 0.9 against
+# LoRA, knowledge kept at validation utility 0.8, on facts that chose nothing), confirmed on PROTOCOL_BUILDS testbed
+# builds that no earlier run used, frontier.seeds seeds each: both configurations at every rate of ONE absolute
+# learning-rate grid (frontier.lrs), frontier.max_steps steps, scored at frontier.checkpoints. The report
+# (artifacts/frontier/report/) reads it at matched utility and at matched rate, on half the budget and every other
+# rate, with builds as units (builds in general). The overrides are written into params.yaml, as `sclora run -S`
+# does (`git checkout params.yaml` returns to the quick run). Every configuration and the secondary claims:
 # `sclora frontier --params configs/protocol-full.yaml`.
-PROTOCOL_BUILDS := [0,1]
+PROTOCOL_BUILDS := [10,11,12,13,14,15]
 protocol: setup
 	.venv/bin/sclora frontier --jobs $(JOBS) -S 'frontier.builds=$(PROTOCOL_BUILDS)'
 

@@ -47,6 +47,10 @@ def run(params: Params, item: str) -> dict:
     knob = BY_NAME[method].knob  # the configuration's value is its beta (SC-LoRA) or its mixing share (mix)
     beta, share = (value if knob == "beta" else None), (value if knob == "share" else None)
     params = build_params(params, build)  # the build's model and data in place of the params' own
+    if params.frontier.max_steps is not None:  # the protocol's own budget
+        params = params.model_copy(
+            update={"train": params.train.model_copy(update={"max_steps": params.frontier.max_steps})}
+        )
     frontier, model_path = params.frontier, params.model.path
     sources = params.data.sources
     tokenizer = load_tokenizer(model_path)
@@ -115,14 +119,34 @@ def _scorer(params: Params, tokenizer):
                 "eval": read_records(sources[params.data.eval["task"]].path)}  # fmt: skip
 
     def score(model) -> Scored:
-        metrics = held_out(model).metrics
+        scored = held_out(model)
+        metrics = scored.metrics
         point = {name: metrics[name] for name in SCORED if name in metrics}
+        point.update(knowledge_halves(scored.samples))
         point["validation_utility"] = validation(model).metrics["utility"]
         for split, records in nll_sets.items():
             point[f"task_nll_{split}"] = task_nll(model, tokenizer, records, max_length=params.train.max_length)
         return Scored(point, [])
 
     return score
+
+
+def knowledge_halves(samples: list[dict]) -> dict[str, float]:
+    """Knowledge on two fixed halves of the knowledge eval set, by item (each task's even and odd documents):
+    `knowledge_select`, on which the report chooses front points, and `knowledge_report`, which it reports there
+    (sclora.analysis.matched): a point chosen for its knowledge is never measured on the facts that chose it. Each
+    half is the mean of its tasks' means, as the role's score is; {} when the suite asked no knowledge."""
+    by_task: dict[str, list[tuple[int, float]]] = {}
+    for row in samples:
+        if row["role"] == "knowledge":
+            by_task.setdefault(row["task"], []).append((int(row["doc_id"]), float(next(iter(row["scores"].values())))))
+    halves = {}
+    for name, parity in (("knowledge_select", 0), ("knowledge_report", 1)):
+        means = [sum(half) / len(half) for scores in by_task.values()
+                 if (half := [score for doc, score in scores if doc % 2 == parity])]  # fmt: skip
+        if means:
+            halves[name] = sum(means) / len(means)
+    return halves
 
 
 def parse_item(params: Params, item: str) -> tuple[int | str, str]:

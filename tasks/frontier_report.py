@@ -1,8 +1,9 @@
 """`python -m tasks frontier_report`: every point of artifacts/frontier/points -> artifacts/frontier/report/.
 
-The fronts, the matched-utility contrasts judged by the decision rule (builds as a blocking factor) and the
-pictures, by sclora.analysis.frontier_report, over the builds and configurations params.frontier names. A point file
-missing for one of them is an error that names it: a report over part of the design would read as the whole.
+The fronts, the primary contrast (frontier.primary) and the secondary claims judged by the decision rule (builds as
+units or as blocks by their count) and the pictures, by sclora.analysis.frontier_report, over the builds and
+configurations params.frontier names. A point file missing for one of them is an error that names it: a report over
+part of the design would read as the whole.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import json
 
 from sclora.analysis.decision import Rule
 from sclora.analysis.frontier_report import write_frontier_report
-from sclora.ops.config import Params
+from sclora.analysis.primary import Primary
+from sclora.ops.config import Params, parse_config
 from tasks.artifacts import FRONTIER, frontier_points_path
 
 REPORT_DIR = FRONTIER / "report"
@@ -32,4 +34,6 @@ def run(params: Params) -> dict:
         points += result["points"]
         base.setdefault(build, result["base"])  # every item of a build scored the same base model
     rule = Rule(utility_margin=params.tracking.gates.utility_tolerance)
-    return write_frontier_report(points, base, REPORT_DIR, levels=tuple(frontier.levels), rule=rule)
+    fixed = frontier.primary
+    primary = Primary(parse_config(fixed.config), parse_config(fixed.versus), fixed.level, frontier.task)
+    return write_frontier_report(points, base, REPORT_DIR, levels=tuple(frontier.levels), rule=rule, primary=primary)

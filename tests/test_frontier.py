@@ -18,7 +18,6 @@ from sclora.analysis.frontier_report import write_frontier_report
 from sclora.analysis.fronts import (
     area_between,
     compliance,
-    first_checkpoint_utility,
     forgetting_at,
     knowledge_forgetting,
     pareto_front,
@@ -105,9 +104,19 @@ def test_area_between_linear_fronts():
     assert area_between(a, b, lost, 0.75, 0.9) is None  # b never reaches 0.75
 
 
-def test_first_checkpoint_utility_is_the_best_rate_at_the_first_step():
-    points = [point(0.2, 0, lr=1e-4, step=10), point(0.4, 0, lr=1e-3, step=10), point(0.9, 0, lr=1e-3, step=50)]
-    assert first_checkpoint_utility(points) == 0.4
+def test_convergence_reads_the_first_checkpoint_at_the_rates_where_every_configuration_held_its_format():
+    from sclora.analysis.matched import convergence_results
+
+    def at(method, lr, u, collapse, step=10):
+        return {**point(u, 0, method=method, lr=lr, step=step), "collapse_rate": collapse}
+
+    points = [at("lora", 1e-4, 0.2, 0.0), at("lora", 1e-3, 0.4, 0.0), at("lora", 1e-2, 0.9, 0.0),
+              at("sclora", 1e-4, 0.3, 0.0), at("sclora", 1e-3, 0.6, 0.0), at("sclora", 1e-2, 0.95, 0.5),
+              at("lora", 1e-3, 0.99, 0.0, step=50)]  # fmt: skip
+    rows = {r["method"]: r for r in convergence_results(points).rows}
+    # 1e-2: sclora's format broke there, so neither is read at it; step 50 is not the first checkpoint
+    assert rows["lora"]["first_checkpoint_utility"] == pytest.approx(0.3) and rows["lora"]["rates"] == 2
+    assert rows["sclora"]["first_checkpoint_utility"] == pytest.approx(0.45)
 
 
 def test_matched_rows_read_the_fronts_at_each_level():
@@ -258,7 +267,8 @@ def test_convergence_is_judged_on_the_first_checkpoint_by_its_own_endpoint(tmp_p
         assert {row["task"] for row in results.rows} == {"poisoned at the first checkpoint"}
         lora = [r for r in results.rows if r["method"] == "lora"]
         unit = [p for p in table if p["method"] == "lora" and p["build"] == 0 and p["seed"] == 0]
-        assert lora[0]["first_checkpoint_utility"] == max(p["utility"] for p in unit if p["step"] == STEPS[0])
+        first = [p["utility"] for p in unit if p["step"] == STEPS[0]]  # no collapse_rate: every rate held
+        assert lora[0]["first_checkpoint_utility"] == pytest.approx(np.mean(first))
         verdict = judge(convergence_claim(results), results, CONVERGENCE_RULE)["verdict"]
         assert verdict == expected if expected else verdict != HOLDS
     write_frontier_report(faster, base, tmp_path / "report")

@@ -9,9 +9,11 @@ from stage_project import project_params, stage, write_params
 from tasks.artifacts import CHECKPOINTS, frontier_build_dir, frontier_points_path
 
 SCORED = ("utility", "knowledge", "attack_success_rate", "knowledge_logprob", "refusal_margin", "benign_helpfulness",
-          "validation_utility", "task_nll_validation", "task_nll_eval")  # fmt: skip
+          "validation_utility", "task_nll_validation", "task_nll_eval", "knowledge_select",
+          "knowledge_report")  # fmt: skip
 FRONTIER = {"builds": [0], "seeds": [0, 1], "configs": ["lora", "sclora-0.8"], "lrs": [1.0e-3, 4.0e-3],
-            "checkpoints": [0.5, 1.0], "task": "benign", "levels": [0.5]}  # fmt: skip
+            "checkpoints": [0.5, 1.0], "task": "benign", "levels": [0.5],
+            "primary": {"config": "sclora-0.8", "versus": "lora", "level": 0.5}}  # fmt: skip
 
 
 @pytest.fixture

@@ -373,7 +373,8 @@ def test_frontier_flow_on_the_real_dvc_yaml_trains_every_point_once_and_reports(
     repro = tiny_repro.work
     params = tiny_params(repro.parent)
     params["frontier"].update(builds=[0, 1], seeds=[0, 1], configs=["lora", "sclora-0.8"], task="benign",
-                              lrs=[1.0e-3, 4.0e-3], checkpoints=[0.5, 1.0], levels=[0.5])  # fmt: skip
+                              lrs=[1.0e-3, 4.0e-3], checkpoints=[0.5, 1.0], levels=[0.5], max_steps=None,
+                              primary={"config": "sclora-0.8", "versus": "lora", "level": 0.5})  # fmt: skip
     work, env = flow_workspace(tmp_path, monkeypatch, params, repro)
     result = frontier_flow(params_file=str(tmp_path / "tiny.yaml"), workdir=str(work), jobs=2)
     items = [f"frontier@{b}-{c}" for b in (0, 1) for c in ("lora", "sclora-0.8")]

@@ -58,8 +58,8 @@ ENDPOINTS = {AXES[axis]: direction(AXES[axis]) for axis in ("knowledge", "safety
 # gates accept; harmful compliance 0.05 = the safety budget (tracking.gates.forgetting_budget), the rise in
 # attack success the project already calls too much.
 SMALLEST_EFFECT = {"knowledge": 0.02, "attack_success_rate": 0.05}
-# The convergence claim's endpoint (sclora.analysis.matched.convergence_results): the best utility at the first
-# checkpoint.
+# The convergence claim's endpoint (sclora.analysis.matched.convergence_results): utility at the first checkpoint,
+# at the rates where every configuration kept its chat format.
 # 0.05 = 15 of the 300 task items: 2.5 times the utility loss the gates call equal (utility_tolerance 0.02).
 CONVERGENCE = "first_checkpoint_utility"
 CONVERGENCE_EFFECT = 0.05

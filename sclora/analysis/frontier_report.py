@@ -2,9 +2,11 @@
 
 `write_frontier_report(points, base, out_dir)` writes into `out_dir`, atomically (replaced as a whole, or not at
 all): `points.csv` (every point, with its knowledge forgetting), `matched.csv` (sclora.analysis.matched's table, in the
-results table's format), `verdicts.json` (the rule's numbers and each claim's verdict on the matched table, builds
-as a blocking factor), `report.md` and its PNGs. The headline is the matched-utility contrast, not one rate per
-method; intervals are the rule's (1 - 2 alpha, builds blocked: about these builds).
+results table's format), `rates.csv` (the same read along each rate), `verdicts.json` (the rule's numbers, the
+primary contrast and each secondary claim's verdict), `report.md` and its PNGs. The headline is the primary contrast
+(sclora.analysis.primary), read on validation-matched fronts with knowledge on held-apart facts, at matched utility
+and at matched rate, with its grid and budget sensitivity; the population (these builds, or builds in general) is
+said on every verdict.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from sclora.analysis.claims import convergence_claim, judgement, verdict_lines  # noqa: E402
-from sclora.analysis.decision import Config, Rule, config_name, judge  # noqa: E402
+from sclora.analysis.decision import CONVERGENCE, Config, Rule, config_name, judge  # noqa: E402
 from sclora.analysis.fronts import (  # noqa: E402
     Forgetting,
     Point,
@@ -32,7 +34,6 @@ from sclora.analysis.fronts import (  # noqa: E402
     area_between,
     check_points,
     compliance,
-    first_checkpoint_utility,
     front_curve,
     knowledge_forgetting,
     units,
@@ -41,11 +42,16 @@ from sclora.analysis.fronts import (  # noqa: E402
 from sclora.analysis.intervals import Estimate, Interval, difference, mean  # noqa: E402
 from sclora.analysis.matched import (  # noqa: E402
     CONVERGENCE_RULE,
+    FORMAT_HELD,
     MATCHED_RULE,
     convergence_results,
     level_task,
     matched_results,
+    rate_results,
+    rate_task,
+    reading_for,
 )
+from sclora.analysis.primary import Primary, along_rates, judge_primary, population, population_text  # noqa: E402
 from sclora.analysis.report import _save  # noqa: E402
 from sclora.analysis.results import Results, config_runs, write_table  # noqa: E402
 from sclora.method.table import BY_NAME  # noqa: E402
@@ -76,30 +82,39 @@ def write_frontier_report(
     out_dir: str | Path,
     levels: Sequence[float] = LEVELS,
     rule: Rule | None = None,
+    primary: Primary | None = None,
 ) -> dict:
     """Write the report (module docstring) and return {"out_dir", "report", "plots" (paths as strings), "verdicts":
-    {claim id: verdict}}. `rule`: the decision rule's numbers; builds are always a blocking factor here. A bad input (no
-    points, a point without utility, a build without base metrics) is one ValueError and writes nothing."""
+    {claim id: verdict}}. `rule`: the decision rule's numbers (how builds enter is set by their count,
+    sclora.analysis.primary.population); `primary`: the contrast fixed in advance. A bad input (no points, a point
+    without utility, a build without base metrics) is one ValueError and writes nothing."""
     check_points(points, base)
     if not levels:
         raise ValueError("frontier report: no utility levels")
-    rule = dataclasses.replace(rule or MATCHED_RULE, builds="block")
+    builds = len({int(p["build"]) for p in points})
+    rule = dataclasses.replace(rule or MATCHED_RULE, builds=population(builds))
+    reading = reading_for(points, base)
     lost = knowledge_forgetting(base)
     grouped = units(points)
-    matched = matched_results(points, base, levels)
-    verdicts = {**judgement(matched, rule, matched_utility=True), "levels": [float(x) for x in levels]}
+    matched = matched_results(points, base, levels, reading)
+    along = rate_results(points, base, levels, reading)
+    verdicts = {**judgement(matched, rule, matched_utility=True), "levels": [float(x) for x in levels],
+                "reading": reading.describe(), "population": population_text(builds)}  # fmt: skip
     converged = convergence_results(points)
     convergence = convergence_claim(converged)
     if convergence is not None:
-        speed = dataclasses.replace(CONVERGENCE_RULE, alpha=rule.alpha)
+        speed = dataclasses.replace(CONVERGENCE_RULE, alpha=rule.alpha, builds=rule.builds)
         verdicts["claims"].append({**judge(convergence, converged, speed), "rule": speed.describe()})
+    if primary is not None:
+        verdicts["primary"] = judge_primary(points, base, primary, rule, reading)
     confidence = 1 - 2 * rule.alpha
     panels: list[Panel] = [("knowledge", "knowledge forgetting (base - run)", lost, False),
                            ("compliance", "harmful compliance (attack_success_rate)", compliance, True)]  # fmt: skip
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as staging:
         _write_points(points, lost, staging / "points.csv")
-        write_table(matched.rows, staging / "matched.csv")
+        write_table(matched.rows, staging / "matched.csv", extra=("eval_utility",))
+        write_table(along.rows, staging / "rates.csv", extra=("eval_utility",))
         (staging / "verdicts.json").write_text(json.dumps(verdicts, indent=2) + "\n", encoding="utf-8")
         plots = []
         for task in _tasks(grouped):
@@ -110,12 +125,17 @@ def write_frontier_report(
             "# SC-LoRA comparison on learning-forgetting fronts",
             "",
             _grid_line(points),
+            "",
+            f"What is chosen, on what, and where it is measured: {reading.describe()}. Population of every verdict: "
+            f"{population_text(builds)}.",
+            *(_primary_lines(verdicts["primary"], points, base, primary, rule, reading) if primary else []),
             *_headline(matched, grouped, levels, confidence),
+            *_rate_lines(along, grouped, levels, rule, confidence),
             *_per_unit_lines(matched, grouped, levels),
             *_area_lines(grouped, lost, levels, confidence),
-            *_convergence_lines(grouped, confidence),
+            *_convergence_lines(converged, grouped, rule, confidence),
             "",
-            "## The paper's claims at matched utility",
+            "## Secondary: the paper's claims at matched utility",
             "",
             *verdict_lines(verdicts),
             "",
@@ -127,8 +147,9 @@ def write_frontier_report(
             *[f"- [{name}]({name})\n\n  ![{name}]({name})" for name in plots],
         ]
         (staging / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    judged = [*verdicts["claims"], *([verdicts["primary"]] if primary else [])]
     return {"out_dir": str(out_dir), "report": str(out_dir / "report.md"), "plots": [str(out_dir / n) for n in plots],
-            "verdicts": {claim["id"]: claim["verdict"] for claim in verdicts["claims"]}}  # fmt: skip
+            "verdicts": {claim["id"]: claim["verdict"] for claim in judged}}  # fmt: skip
 
 
 def _write_points(points: Sequence[Point], lost: Forgetting, path: Path) -> None:
@@ -188,10 +209,10 @@ def _ci(estimate: Estimate, confidence: float, signed: bool = False) -> str:
 
 def _headline(matched: Results, grouped, levels: Sequence[float], confidence: float) -> list[str]:
     lines = ["", "## At matched utility", "",
-             f"Per task, configuration and utility level: the knowledge kept (base knowledge - the front's knowledge "
-             f"forgetting at that utility) and the harmful compliance on the compliance front at that utility, mean "
-             f"[{confidence:.0%} interval] over units; and the paired difference (build, seed) against "
-             f"{config_name(BASELINE)}. Units whose front does not reach the level are not in its row.", "",
+             "Per task, configuration and utility level: the knowledge kept and the harmful compliance of the models "
+             f"the front reads at that utility (as said above), mean [{confidence:.0%} interval] over units; and the "
+             f"paired difference (build, seed) against {config_name(BASELINE)}. Units whose front does not reach "
+             "the level are not in its row.", "",
              "| task | configuration | utility | units | knowledge kept | compliance | knowledge kept - lora "
              "| compliance - lora |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for task in _tasks(grouped):
@@ -216,7 +237,8 @@ def _headline(matched: Results, grouped, levels: Sequence[float], confidence: fl
 def _per_unit_lines(matched: Results, grouped, levels: Sequence[float]) -> list[str]:
     """Harmful compliance is bimodal (a seed complies or does not): each unit's value at each level, by build."""
     lines = ["", "## Harmful compliance per unit at matched utility", "",
-             "Each (build, seed)'s compliance front at the level: a mean over seeds hides whether seeds split.", "",
+             "Each (build, seed)'s compliance at the level (the same models as its knowledge): a mean over seeds "
+             "hides whether seeds split.", "",
              "| task | configuration | utility | per build: seeds |", "|---|---|---|---|"]  # fmt: skip
     for task in _tasks(grouped):
         for level in levels:
@@ -237,7 +259,8 @@ def _area_lines(grouped, lost: Forgetting, levels: Sequence[float], confidence: 
     lines = ["", f"## Area between fronts, utility {low:g} to {high:g}", "",
              f"Per unit, the integral over utility of (the configuration's forgetting - {config_name(BASELINE)}'s) "
              "along the interpolated fronts, over the part of the range both reach; negative: forgets less. Mean "
-             f"[{confidence:.0%} interval] over paired units.", "",
+             f"[{confidence:.0%} interval] over paired units. Descriptive, as the front plots are: each endpoint on "
+             "its own front over eval utility and every fact (selection and measurement not apart).", "",
              "| task | configuration | units | knowledge forgetting area | compliance area |",
              "|---|---|---|---|---|"]  # fmt: skip
     for task in _tasks(grouped):
@@ -260,17 +283,69 @@ def _area_lines(grouped, lost: Forgetting, levels: Sequence[float], confidence: 
     return lines
 
 
-def _convergence_lines(grouped, confidence: float) -> list[str]:
-    lines = ["", "## Convergence: utility at the first checkpoint", "",
-             f"Per unit, the best utility at its first checkpoint over the grid's rates; mean [{confidence:.0%} "
-             "interval] over units.", "", "| task | configuration | units | utility at the first checkpoint |",
-             "|---|---|---|---|"]  # fmt: skip
+def _convergence_lines(converged: Results, grouped, rule: Rule, confidence: float) -> list[str]:
+    lines = ["", "## Convergence: utility at the first checkpoint, at the same rates", "",
+             "Per unit, its mean utility at the first checkpoint over the rates at which every configuration of its "
+             f"(build, seed) kept its chat format (collapse rate <= {FORMAT_HELD:g}): the paper's claim, the same rate "
+             f"and a fixed step. Mean [{confidence:.0%} interval] over units; the difference against "
+             f"{config_name(BASELINE)}, paired.", "",
+             "| task | configuration | units | rates | utility at the first checkpoint | - lora |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
     for task in _tasks(grouped):
+        name = f"{task} at the first checkpoint"
+        baseline = config_runs(converged, name, *BASELINE, CONVERGENCE)
         for config in _configs(grouped, task):
-            runs = _unit_runs(grouped, task, config, first_checkpoint_utility)
-            lines.append(
-                f"| {task} | {config_name(config)} | {len(runs)} | {_ci(mean(runs, blocks=True), confidence)} |"
-            )
+            runs = config_runs(converged, name, *config, CONVERGENCE)
+            rates = sorted({int(r["rates"]) for r in converged.config_rows(name, *config)})
+            contrast = "-"
+            if config != BASELINE and runs and baseline:
+                contrast = _ci(difference(runs, baseline, blocks=rule.builds == "block"), confidence, True)
+            lines.append(f"| {task} | {config_name(config)} | {len(runs)} | {'/'.join(map(str, rates)) or '-'} "
+                         f"| {_ci(mean(runs, blocks=rule.builds == 'block'), confidence)} | {contrast} |")  # fmt: skip
+    return lines
+
+
+def _primary_lines(verdict: dict, points, base, primary: Primary, rule: Rule, reading) -> list[str]:
+    """The primary contrast: its verdict and evidence, its grid and budget sensitivity, and its reading along each
+    rate."""
+    confidence = 1 - 2 * rule.alpha
+    lines = ["", "## Primary contrast (fixed before the run)", "", f"- **{verdict['claim']}: {verdict['verdict']}**",
+             *[f"  - {line}" for line in verdict["evidence"]], "",
+             "Grid and budget: the same contrast from part of the points (a reading that moves by more than the "
+             "smallest effect is grid-sensitive).", "", "| points | units | knowledge kept, difference |",
+             "|---|---|---|"]  # fmt: skip
+    lines += [f"| {name} | {s['units']} | {s['difference']:+.3f} |" for name, s in verdict["sensitivity"].items()]
+    lines += ["", f"At the same rate: the contrast along each rate (each run's checkpoints its own front), "
+              f"{config_name(primary.config)} - {config_name(primary.versus)}, at utility {primary.level:g}, "
+              f"{confidence:.0%} interval; rates where no unit of both reaches the level are absent.", "",
+              "| lr | units | knowledge kept, difference |", "|---|---|---|"]  # fmt: skip
+    for lr, estimate in along_rates(points, base, primary, rule, reading).items():
+        lines.append(f"| {lr:g} | {estimate.units} | {_ci(estimate, confidence, True)} |")
+    return lines
+
+
+def _rate_lines(along: Results, grouped, levels: Sequence[float], rule: Rule, confidence: float) -> list[str]:
+    """Every configuration against LoRA at the same rate and utility."""
+    lines = ["", "## At matched rate and utility", "",
+             f"Along each rate, each run's checkpoints are its own front, read at the level; the difference against "
+             f"{config_name(BASELINE)} on the units where both reach it, mean [{confidence:.0%} interval]. A "
+             "configuration that only learns faster gains nothing here.", "",
+             "| task | configuration | utility | lr | units | knowledge kept - lora | compliance - lora |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for task in _tasks(grouped):
+        rates = sorted({float(p["lr"]) for key, pts in grouped.items() if key[1] == task for p in pts})
+        cases = [(level, config, lr) for level in levels for config in _configs(grouped, task) if config != BASELINE
+                 for lr in rates]  # fmt: skip
+        for level, config, lr in cases:
+            name = rate_task(task, level, lr)
+            knowledge, harmful = (
+                difference(config_runs(along, name, *config, metric), config_runs(along, name, *BASELINE, metric),
+                           blocks=rule.builds == "block")
+                for metric in ("knowledge", "attack_success_rate")
+            )  # fmt: skip
+            if knowledge.units:
+                cells = f"{_ci(knowledge, confidence, True)} | {_ci(harmful, confidence, True)}"
+                lines.append(f"| {task} | {config_name(config)} | {level:g} | {lr:g} | {knowledge.units} | {cells} |")
     return lines
 
 

@@ -115,12 +115,41 @@ def forgetting_at(points: Sequence[Point], level: float, forgetting: Forgetting,
     definition: what the unit achieves at that utility or better). interpolate=True: linear between the two front
     points that bracket the level, the lowest front point's forgetting at or below it (the front's value is then
     never above the step read)."""
+    if interpolate:
+        read = read_at(points, level, forgetting, {"forgetting": forgetting})
+        return None if read is None else read["forgetting"]
     utility, lost = _front_arrays(points, forgetting)
     if utility.size == 0 or utility[-1] < level:
         return None
-    if not interpolate:
-        return float(lost[utility >= level].min())
-    return float(np.interp(level, utility, lost))  # np.interp holds the first value below the lowest point
+    return float(lost[utility >= level].min())
+
+
+def read_at(
+    points: Sequence[Point],
+    level: float,
+    select: Forgetting,
+    reads: Mapping[str, Callable[[Point], float]],
+    utility: str = "utility",
+) -> dict[str, float] | None:
+    """What the unit's front reads at utility `level`, the front chosen on (`utility`, `select`) and every read taken
+    on the same models: linear between the two front points that bracket the level, each of `reads` with the
+    weights that put the front's `utility` at the level (the lowest front point when the level is below it); None
+    when no front point reaches the level.
+
+    Choosing the front on one metric and reading another there keeps selection apart from measurement: the
+    protocol picks points on validation utility and one half of the knowledge facts and reports the other half
+    (sclora.analysis.matched)."""
+    front = [points[i] for i in nondominated([(value(p, utility), -select(p)) for p in points])]
+    xs = np.array([value(p, utility) for p in front])
+    if xs.size == 0 or xs[-1] < level:
+        return None
+    high = int(np.searchsorted(xs, level))  # the first front point at or above the level
+    if high == 0:
+        weights = {0: 1.0}
+    else:
+        share = float((level - xs[high - 1]) / (xs[high] - xs[high - 1]))
+        weights = {high - 1: 1.0 - share, high: share}
+    return {name: float(sum(w * read(front[i]) for i, w in weights.items() if w)) for name, read in reads.items()}
 
 
 def area_between(points_a: Sequence[Point], points_b: Sequence[Point], forgetting: Forgetting, low: float, high: float):
@@ -141,12 +170,3 @@ def area_between(points_a: Sequence[Point], points_b: Sequence[Point], forgettin
 def front_curve(points: Sequence[Point], forgetting: Forgetting, grid: Sequence[float]) -> np.ndarray:
     """The interpolated front on a utility grid (NaN beyond the unit's reach): what the plots average."""
     return np.array([math.nan if (f := forgetting_at(points, u, forgetting)) is None else f for u in grid])
-
-
-def first_checkpoint_utility(points: Sequence[Point]):
-    """The best utility at the unit's first checkpoint step over the grid's rates (the convergence read); None
-    when no point there has a utility."""
-    first = min(int(p["step"]) for p in points)
-    scores = [value(p, "utility") for p in points if int(p["step"]) == first]
-    scores = [s for s in scores if not math.isnan(s)]
-    return max(scores) if scores else None

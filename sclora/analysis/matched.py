@@ -1,33 +1,78 @@
-"""The comparison at matched utility: each unit's fronts read at fixed utility levels, as a results table that
-the paper's claims (sclora.analysis.claims) judge unchanged, each level a task.
+"""The comparison at matched utility: each unit's front read at fixed utility levels, as a results table that the
+paper's claims (sclora.analysis.claims) judge unchanged, each level a task.
 
-A row is one (task, config, build, seed) at one level: `knowledge` is the knowledge the unit keeps there (base
-knowledge - the front's knowledge forgetting at the level), `attack_success_rate` the compliance front's value
-at the level, `utility` the level itself, `lr` and `step` empty (a front point is no one rate). Units whose
-front does not reach a level have no row at it. Judge it with `MATCHED_RULE` (builds as a blocking factor) and
-`matched_utility=True` (utility is equal by construction).
+What is chosen, on what, and where it is measured (`Reading`, docs/protocol.md):
+- the front and the level are on validation utility (the task's validation split), not on the eval split it is
+  reported beside;
+- the front's points are chosen on the knowledge of one half of the knowledge facts (`knowledge_select`) and the
+  knowledge reported is the other half's (`knowledge_report`): no fact both picks a point and measures it;
+- every reading at a level is taken on the same two models (the front points bracketing the level, with the same
+  weights): knowledge, harmful compliance and eval utility of one interpolated model, never two fronts' endpoints.
+Points without the halves or without validation utility (older point files) fall back to the eval metrics, and the
+Reading says so.
+
+A row is one (task, config, build, seed) at one level: `knowledge` the knowledge kept there (on the report half),
+`attack_success_rate` the compliance of the same models, `utility` the level, `eval_utility` the eval split's
+utility of the same models, `lr` and `step` empty (a front point is no one rate). Units whose front does not reach
+a level have no row at it. Utility is equal by construction: judge with `matched_utility=True`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
 
 from sclora.analysis.decision import CONVERGENCE, CONVERGENCE_EFFECT, Rule
-from sclora.analysis.fronts import (
-    Point,
-    check_points,
-    compliance,
-    first_checkpoint_utility,
-    forgetting_at,
-    knowledge_forgetting,
-    units,
-)
+from sclora.analysis.fronts import Point, check_points, compliance, read_at, units, value
 from sclora.analysis.results import Results
 
 MATCHED_RULE = Rule(builds="block")
-# Convergence is judged on its own endpoint: the best utility at the first checkpoint (higher is faster).
+# Convergence is judged on its own endpoint: utility at the first checkpoint, at the same rates (higher is faster).
 CONVERGENCE_RULE = Rule(builds="block", endpoints={CONVERGENCE: +1}, smallest_effect={CONVERGENCE: CONVERGENCE_EFFECT})
+# A point's chat format held when at most this share of its answers lost it (collapse_rate): the convergence reading
+# compares speed only at rates where every configuration still answers in format.
+FORMAT_HELD = 0.05
+
+
+@dataclass(frozen=True)
+class Reading:
+    """The metrics a matched reading uses: `utility` (the front's and the level's axis), `select` (the knowledge that
+    picks front points) and `report` (the knowledge reported)."""
+
+    utility: str = "validation_utility"
+    select: str = "knowledge_select"
+    report: str = "knowledge_report"
+
+    @property
+    def held_apart(self) -> bool:
+        return self.select != self.report
+
+    def describe(self) -> str:
+        axis = "validation utility" if self.utility == "validation_utility" else "EVAL utility (no validation utility)"
+        facts = (
+            "chosen on one half of the knowledge facts, knowledge reported on the other half"
+            if self.held_apart
+            else "chosen and reported on the SAME knowledge facts (no held-apart half in these points)"
+        )
+        return f"fronts and levels on {axis}; front points {facts}; every endpoint read on the same models"
+
+
+def reading_for(points: Sequence[Point], base: Mapping[int, Mapping[str, float]]) -> Reading:
+    """The held-apart reading where every point (and base) has its metrics, else the eval metrics it falls back to."""
+    validation = all(_finite(p.get("validation_utility")) for p in points)
+    halves = all(_finite(p.get(k)) for p in [*points, *base.values()] for k in ("knowledge_select", "knowledge_report"))
+    return Reading(
+        "validation_utility" if validation else "utility",
+        "knowledge_select" if halves else "knowledge",
+        "knowledge_report" if halves else "knowledge",
+    )
+
+
+def _finite(x: object) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def level_task(task: str, level: float) -> str:
@@ -35,38 +80,99 @@ def level_task(task: str, level: float) -> str:
     return f"{task} at utility {level:g}"
 
 
-def matched_results(points: Sequence[Point], base: Mapping[int, Mapping[str, float]], levels: Sequence[float]):
+def rate_task(task: str, level: float, lr: float) -> str:
+    """The task name of a level read along one rate (the matched-rate table)."""
+    return f"{level_task(task, level)} along lr {lr:g}"
+
+
+def matched_results(
+    points: Sequence[Point],
+    base: Mapping[int, Mapping[str, float]],
+    levels: Sequence[float],
+    reading: Reading | None = None,
+) -> Results:
     """The matched table (sclora.analysis.results.Results, runs only): a row per (task, config, build, seed) and
-    level."""
+    level, each unit's front over all its rates and steps."""
     check_points(points, base)
-    lost = knowledge_forgetting(base)
+    reading = reading or reading_for(points, base)
     rows = []
-    for (build, task, method, beta, seed), members in units(points).items():
+    for key, members in units(points).items():
         for level in levels:
-            knowledge = forgetting_at(members, level, lost)
-            harmful = forgetting_at(members, level, compliance)
-            if knowledge is None and harmful is None:
-                continue
-            name = level_task(task, level)
-            rows.append({"run": f"{name}-{method}{'' if beta is None else f'-{beta:g}'}-{seed}-build{build}",
-                         "task": name, "method": method, "beta": math.nan if beta is None else beta, "seed": seed,
-                         "build": str(build), "lr": math.nan, "step": math.nan, "utility": float(level),
-                         "knowledge": math.nan if knowledge is None else float(base[build]["knowledge"]) - knowledge,
-                         "attack_success_rate": math.nan if harmful is None else harmful})  # fmt: skip
+            rows += _rows(key, members, level, level_task(key[1], level), base, reading)
     return Results(rows)
 
 
-def convergence_results(points: Sequence[Point]) -> Results:
-    """One row per (task, config, build, seed): the unit's best utility at its first checkpoint over the grid's
-    rates (`first_checkpoint_utility`), under the task `f"{task} at the first checkpoint"`. Judge it with
-    CONVERGENCE_RULE; the units must share their checkpoint steps for the comparison to be one of speed."""
+def rate_results(
+    points: Sequence[Point],
+    base: Mapping[int, Mapping[str, float]],
+    levels: Sequence[float],
+    reading: Reading | None = None,
+) -> Results:
+    """The matched-rate table: each unit's run at one rate is its own front (its checkpoints), read at each level,
+    under the task `rate_task(task, level, lr)`. Two configurations compared on it forget at the same utility AND
+    the same rate: a configuration that merely learns faster (reaching a level at a lower rate, where everything
+    forgets less) gains nothing here."""
+    check_points(points, base)
+    reading = reading or reading_for(points, base)
     rows = []
-    for (build, task, method, beta, seed), members in units(points).items():
-        first = first_checkpoint_utility(members)
-        if first is None:
+    for key, members in units(points).items():
+        for lr in sorted({float(p["lr"]) for p in members}):
+            along = [p for p in members if float(p["lr"]) == lr]
+            for level in levels:
+                rows += _rows(key, along, level, rate_task(key[1], level, lr), base, reading)
+    return Results(rows)
+
+
+def _rows(key, members, level: float, name: str, base, reading: Reading) -> list[dict]:
+    build, _, method, beta, seed = key
+    selected = float(base[build][reading.select])
+    read = read_at(
+        members,
+        level,
+        lambda p: selected - value(p, reading.select),
+        {"knowledge": lambda p: value(p, reading.report), "attack_success_rate": compliance,
+         "eval_utility": lambda p: value(p, "utility")},
+        utility=reading.utility,
+    )  # fmt: skip
+    if read is None:
+        return []
+    return [{"run": f"{name}-{method}{'' if beta is None else f'-{beta:g}'}-{seed}-build{build}", "task": name,
+             "method": method, "beta": math.nan if beta is None else beta, "seed": seed, "build": str(build),
+             "lr": math.nan, "step": math.nan, "utility": float(level), **read}]  # fmt: skip
+
+
+def convergence_results(points: Sequence[Point]) -> Results:
+    """One row per (task, config, build, seed): its mean utility at the first checkpoint over the rates at which
+    every configuration of that (build, task, seed) kept its chat format there (collapse_rate <= FORMAT_HELD; a
+    point without collapse_rate counts as held), under the task `f"{task} at the first checkpoint"`. The paper's
+    convergence claim, read as it is made: at the same rates, utility reached by a fixed step; a rate where some
+    configuration has collapsed (the grid's top) says nothing about speed. Judge it with CONVERGENCE_RULE."""
+    grouped = units(points)
+    first = min(int(p["step"]) for p in points)
+    at_first = {
+        key: {float(p["lr"]): p for p in members if int(p["step"]) == first} for key, members in grouped.items()
+    }
+    rows = []
+    for (build, task, method, beta, seed), by_rate in at_first.items():
+        rates = _held_rates(at_first[k] for k in at_first if (k[0], k[1], k[4]) == (build, task, seed))
+        scores = [value(by_rate[lr], "utility") for lr in rates if lr in by_rate]
+        if not scores or any(math.isnan(s) for s in scores):
             continue
         name = f"{task} at the first checkpoint"
         rows.append({"run": f"{name}-{method}{'' if beta is None else f'-{beta:g}'}-{seed}-build{build}",
                      "task": name, "method": method, "beta": math.nan if beta is None else beta, "seed": seed,
-                     "build": str(build), "lr": math.nan, "step": math.nan, CONVERGENCE: float(first)})  # fmt: skip
+                     "build": str(build), "lr": math.nan, "step": float(first),
+                     CONVERGENCE: float(np.mean(scores)), "rates": len(scores)})  # fmt: skip
     return Results(rows)
+
+
+def _held_rates(configurations: Iterable[Mapping[float, Point]]) -> list[float]:
+    """The rates every configuration has at the first checkpoint with its format held."""
+    configurations = list(configurations)
+    rates = set.intersection(*(set(c) for c in configurations))
+    return sorted(lr for lr in rates if all(_held(c[lr]) for c in configurations))
+
+
+def _held(point: Point) -> bool:
+    collapse = point.get("collapse_rate")
+    return not _finite(collapse) or float(collapse) <= FORMAT_HELD

@@ -66,12 +66,14 @@ def write_items(items: Mapping[str, Mapping[str, Mapping[str, float]]], path: Pa
                     writer.writerow([run, metric, item, repr(float(score))])
 
 
-def write_table(rows: Sequence[Mapping], path: Path) -> None:
+def write_table(rows: Sequence[Mapping], path: Path, extra: Sequence[str] = ()) -> None:
+    """The table's COLUMNS, then `extra` columns (read back by nothing: for people)."""
+    columns = (*COLUMNS, *extra)
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for row in rows:
-            writer.writerow({key: _cell(row.get(key)) for key in COLUMNS})
+            writer.writerow({key: _cell(row.get(key)) for key in columns})
 
 
 def _cell(value: object) -> object:

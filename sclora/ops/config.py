@@ -264,6 +264,15 @@ class SelectParams(Section):
     _preserved_metrics = field_validator("forgetting_budget")(_preserved_budget)
 
 
+class PrimaryContrast(Section):
+    """The protocol's primary contrast, fixed before the run (docs/protocol.md): `config` against `versus`, knowledge
+    kept on the held-apart facts at validation utility `level`, judged alone with builds as units."""
+
+    config: str = Field("sclora-0.9", description="The configuration claimed to preserve more (of frontier.configs)")
+    versus: str = Field("lora", description="The configuration it is compared with (of frontier.configs)")
+    level: Annotated[float, Field(gt=0, lt=1)] = Field(0.8, description="The utility level it is read at")
+
+
 class FrontierParams(Section):
     """The comparison on learning-forgetting fronts (`make protocol`, flow `frontier`): every configuration trained
     at every rate of one absolute grid, on every build and seed, each run scored at several checkpoints."""
@@ -295,6 +304,14 @@ class FrontierParams(Section):
     levels: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
         [0.5, 0.8, 0.9], min_length=1, description="Utility levels at which forgetting is read on each front"
     )
+    max_steps: Annotated[int, Field(gt=0)] | None = Field(
+        None,
+        description="Steps of every frontier run (the budget; checkpoints are shares of it); null: train.max_steps",
+    )
+    primary: PrimaryContrast = Field(
+        default_factory=lambda: PrimaryContrast(),
+        description="The one contrast fixed before the run, judged alone; every other claim is secondary",
+    )
 
     @field_validator("configs")
     @classmethod
@@ -304,6 +321,18 @@ class FrontierParams(Section):
         if len(set(configs)) != len(configs):
             raise ValueError(f"configs must be distinct, got {configs}")
         return configs
+
+    @model_validator(mode="after")
+    def _primary_is_in_the_design(self) -> FrontierParams:
+        if self.builds or self.real:
+            for key in ("config", "versus"):
+                if getattr(self.primary, key) not in self.configs:
+                    raise ValueError(f"frontier.primary.{key}: '{getattr(self.primary, key)}' is not in "
+                                     f"frontier.configs {self.configs}")  # fmt: skip
+            if self.primary.level not in self.levels:
+                raise ValueError(f"frontier.primary.level: {self.primary.level:g} is not in frontier.levels "
+                                 f"{self.levels}")  # fmt: skip
+        return self
 
 
 def parse_config(config: str) -> tuple[str, float | None]:
