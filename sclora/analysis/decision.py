@@ -219,9 +219,9 @@ def _verdict(c: Comparison, m: dict, rule: Rule, *, judged_for_holds: bool) -> d
         loss = m["losses"].get(metric, {"shown": False, "p_holm": math.nan})
         effect = rule.smallest_effect[metric]
         if shown:
-            reading = f"gain >= {effect:g} shown (Holm p {p:.3g})"
+            reading = f"gain shown (above 0: Holm p {p:.3g}; estimate >= {effect:g})"
         elif loss["shown"]:
-            reading = f"LOSS >= {effect:g} shown (Holm p {loss['p_holm']:.3g})"
+            reading = f"LOSS shown (below 0: Holm p {loss['p_holm']:.3g}; estimate <= -{effect:g})"
         elif e["no_gain"]:
             reading = f"no gain of {effect:g}: ruled out"
         else:
@@ -250,8 +250,14 @@ def _verdict(c: Comparison, m: dict, rule: Rule, *, judged_for_holds: bool) -> d
             want = "within +-" if c.utility == "equivalent" else "not below by"
             state = "WORSE beyond the margin" if utility_worse else "met" if utility_ok else "not shown"
             utility_text = f"utility {_interval(u, rule)} {want} {margin:g}: {state}"
+            resolvable = resolvable_margin(u, rule)
             detail[UTILITY] = {**_numbers(u, rule), "condition": c.utility, "met": utility_ok,
-                               "worse_beyond_margin": bool(utility_worse)}  # fmt: skip
+                               "worse_beyond_margin": bool(utility_worse),
+                               "resolvable_margin": _number(resolvable)}  # fmt: skip
+            if resolvable > margin:  # said before the verdict: no data this noisy can show the condition met
+                lines.insert(0, f"{name}: utility resolves a margin of {resolvable:.3f} at best ({u.items} items, "
+                                f"{u.units} seeds) > {margin:g}: 'holds' is out of reach here (power under "
+                                f"{POWER:.0%} at equal utility); more items or seeds, or a wider margin")  # fmt: skip
     if loss or utility_worse:
         verdict = FAILS
     elif gain and utility_ok:
@@ -277,6 +283,17 @@ def detectable_difference(
     reach = float(special.stdtrit(estimate.df, power))
     reject = float(special.stdtrit(estimate.df, 1 - rule.alpha / tests)) + reach
     return max(reject * estimate.se, effect + reach * estimate.se)
+
+
+def resolvable_margin(utility: Estimate, rule: Rule, power: float = POWER) -> float:
+    """The smallest utility margin the non-inferiority test meets with probability `power` when utility is truly
+    equal: (t_{1 - alpha} + t_power) x the standard error of the utility difference. 0 where the difference is
+    exact (no spread), NaN where its spread is unmeasured."""
+    if utility.exact_trials:
+        return float(utility.mean - utility.interval(1 - 2 * rule.alpha).low)
+    if math.isnan(utility.se):
+        return math.nan
+    return float(special.stdtrit(utility.df, 1 - rule.alpha) + special.stdtrit(utility.df, power)) * utility.se
 
 
 def _interval(estimate: Estimate, rule: Rule) -> str:
