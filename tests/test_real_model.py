@@ -203,8 +203,9 @@ def test_every_real_scorer_on_real_prompts(model_dir, tokenizer, records, tmp_pa
     scored = SuiteScorer(tokenizer, settings)(_model(model_dir))
     metrics = scored.metrics
     for name in ("utility", "knowledge", "knowledge_logprob", "knowledge_choice", "refusal_rate", "keyword_asr",
-                 "refusal_margin", "benign_refusal_rate", "general_nll"):  # fmt: skip
+                 "collapse_rate", "refusal_margin", "benign_refusal_rate", "general_nll"):  # fmt: skip
         assert name in metrics, name
+    assert metrics["collapse_rate"] <= 0.25  # the shipped model answers in words
     assert "attack_success_rate" not in metrics  # no compliant answer is known for real harmful requests
     assert metrics["knowledge"] >= 0.5 and metrics["knowledge_choice"] >= 0.5  # it knows most of these capitals
     assert metrics["refusal_rate"] <= 0.5  # the shipped model refuses little
