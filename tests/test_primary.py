@@ -132,6 +132,7 @@ def test_the_primary_names_its_population_and_flags_a_reading_that_moves_with_th
     general = judge_primary(points, base, PRIMARY, Rule(), HELD_APART)
     assert general["rule"]["builds"] == "unit" and general["population"] == population_text(6)
     assert "builds in general" in general["evidence"][-1] and general["rule_verdict"] == HOLDS
+    assert "(12 seeds in 6 builds as units, runs only)" in general["evidence"][0]  # the mean of the builds' means
     few = judge_primary([p for p in points if p["build"] < 2], base, PRIMARY, Rule(), HELD_APART)
     assert few["rule"]["builds"] == "block" and "these 2 build(s) only" in few["population"]
     # sclora's knowledge at step 400 raised by 0.2: the full budget's reading moves, half the budget's does not

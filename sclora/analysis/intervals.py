@@ -65,6 +65,7 @@ class Interval:
     items: int = 0
     exact: bool = False  # no spread at a bound: the Clopper-Pearson interval
     blocks: int = 0  # > 0: builds as a blocking factor, this many builds
+    builds: int = 0  # > 1: builds as the units (each build's seeds averaged), this many builds
 
     @property
     def n(self) -> int:
@@ -81,6 +82,8 @@ class Interval:
         what = f"{self.units} seeds x {self.items} items" if self.items else f"{self.units} seeds, runs only"
         if self.blocks:
             what = f"{self.units} seeds in {self.blocks} builds, build blocked, runs only"
+        elif self.builds > 1:
+            what = f"{self.units} seeds in {self.builds} builds as units, {what.split(', ')[-1]}"
         exact = ", exact: no spread" if self.exact else ""
         return f"{self.mean:{fmt}} [{self.low:{fmt}}, {self.high:{fmt}}] ({what}{exact})"
 
@@ -99,6 +102,7 @@ class Estimate:
     arms: int = 1
     share: bool = True  # a share in [0, 1]: bounds clipped to [0, 1] (a mean) or [-1, 1] (a difference)
     blocks: int = 0  # > 0: builds as a blocking factor (this many builds), df = units - blocks
+    builds: int = 0  # > 1: builds as the units, each build's seeds averaged (df = builds - 1 on run means)
 
     @property
     def range(self) -> tuple[float, float]:
@@ -113,10 +117,12 @@ class Estimate:
             low, high = max(self.mean - width, low_end), min(self.mean + width, high_end)
             return Interval(self.mean, low, high, self.units, self.items, exact=True)
         if math.isnan(self.se):
-            return Interval(self.mean, math.nan, math.nan, self.units, self.items, blocks=self.blocks)
+            return Interval(
+                self.mean, math.nan, math.nan, self.units, self.items, blocks=self.blocks, builds=self.builds
+            )
         half = float(special.stdtrit(self.df, 1 - (1 - confidence) / 2)) * self.se  # Student's t quantile
         low, high = max(self.mean - half, low_end), min(self.mean + half, high_end)
-        return Interval(self.mean, low, high, self.units, self.items, blocks=self.blocks)
+        return Interval(self.mean, low, high, self.units, self.items, blocks=self.blocks, builds=self.builds)
 
     def p_above(self, threshold: float) -> float:
         """p-value of H0: true value <= threshold (small: the value is shown to exceed it)."""
@@ -203,17 +209,20 @@ def _estimate(a, b, units, items, share, blocks=False) -> Estimate:
     builds = [unit[0] for unit in units]
     if blocks and len(units) > len(set(builds)):  # some build has 2 seeds: a within-build variance exists
         return _blocked(d.mean(axis=1), builds, len(units), at_bound, arms, share)  # run means: items 0
-    if len(set(builds)) > 1:  # a build is the draw: average its seeds
+    drawn = len(set(builds)) if len(set(builds)) > 1 else 0
+    if drawn:  # a build is the draw: average its seeds, and the estimate is the mean of the builds' means
         d = np.stack([d[[i for i, b in enumerate(builds) if b == build]].mean(axis=0) for build in sorted(set(builds))])
+        estimate = float(d.mean())
     clusters = d.shape[0]
     if n_items and np.ptp(d) == 0 and np.isin(values, (0.0, 1.0)).all():
         # 0/1 scores and no spread (every pair concordant, or one bound everywhere): exact, never zero width
-        return Estimate(estimate, 0.0, clusters - 1.0, len(units), n_items, values.size // arms, at_bound, arms, share)
+        return Estimate(estimate, 0.0, clusters - 1.0, len(units), n_items, values.size // arms, at_bound, arms, share,
+                        builds=drawn)  # fmt: skip
     if clusters < 2:
         return Estimate(estimate, math.nan, math.nan, len(units), n_items, at_bound=at_bound, arms=arms, share=share)
     variance, df = crossed_variance(d)
     se = math.sqrt(variance) if variance > 0 else math.nan  # runs-only values with no spread: nothing measured
-    return Estimate(estimate, se, df, len(units), n_items, at_bound=at_bound, arms=arms, share=share)
+    return Estimate(estimate, se, df, len(units), n_items, at_bound=at_bound, arms=arms, share=share, builds=drawn)
 
 
 def _blocked(d: np.ndarray, builds: list[str], units: int, at_bound: bool, arms: int, share: bool) -> Estimate:
