@@ -107,7 +107,7 @@ def write_frontier_report(
         verdicts["claims"].append({**judge(convergence, converged, speed), "rule": speed.describe()})
     if primary is not None:
         verdicts["primary"] = judge_primary(points, base, primary, rule, reading)
-    confidence = 1 - 2 * rule.alpha
+    confidence, blocks = 1 - 2 * rule.alpha, rule.builds == "block"
     panels: list[Panel] = [("knowledge", "knowledge forgetting (base - run)", lost, False),
                            ("compliance", "harmful compliance (attack_success_rate)", compliance, True)]  # fmt: skip
     out_dir = Path(out_dir)
@@ -118,7 +118,7 @@ def write_frontier_report(
         (staging / "verdicts.json").write_text(json.dumps(verdicts, indent=2) + "\n", encoding="utf-8")
         plots = []
         for task in _tasks(grouped):
-            plots.append(_front_plot(grouped, task, panels, confidence, staging / f"fronts_{task}.png"))
+            plots.append(_front_plot(grouped, task, panels, confidence, staging / f"fronts_{task}.png", blocks))
             plots.append(_lr_plot(grouped, task, lost, staging / f"lr_{task}.png"))
             plots.append(_step_plot(grouped, task, staging / f"steps_{task}.png"))
         lines = [
@@ -129,10 +129,10 @@ def write_frontier_report(
             f"What is chosen, on what, and where it is measured: {reading.describe()}. Population of every verdict: "
             f"{population_text(builds)}.",
             *(_primary_lines(verdicts["primary"], points, base, primary, rule, reading) if primary else []),
-            *_headline(matched, grouped, levels, confidence),
+            *_headline(matched, grouped, levels, confidence, blocks),
             *_rate_lines(along, grouped, levels, rule, confidence),
             *_per_unit_lines(matched, grouped, levels),
-            *_area_lines(grouped, lost, levels, confidence),
+            *_area_lines(grouped, lost, levels, confidence, blocks),
             *_convergence_lines(converged, grouped, rule, confidence),
             "",
             "## Secondary: the paper's claims at matched utility",
@@ -142,7 +142,7 @@ def write_frontier_report(
             "## Plots",
             "",
             f"Fronts: per configuration the mean over units of the interpolated front, on the utility range every "
-            f"unit reaches, with the {confidence:.0%} interval over units (builds blocked) as a band.",
+            f"unit reaches, with the {confidence:.0%} interval over units (builds as the rule takes them) as a band.",
             "",
             *[f"- [{name}]({name})\n\n  ![{name}]({name})" for name in plots],
         ]
@@ -207,7 +207,7 @@ def _ci(estimate: Estimate, confidence: float, signed: bool = False) -> str:
     return _cell(estimate.interval(confidence), signed)
 
 
-def _headline(matched: Results, grouped, levels: Sequence[float], confidence: float) -> list[str]:
+def _headline(matched: Results, grouped, levels: Sequence[float], confidence: float, blocks: bool) -> list[str]:
     lines = ["", "## At matched utility", "",
              "Per task, configuration and utility level: the knowledge kept and the harmful compliance of the models "
              f"the front reads at that utility (as said above), mean [{confidence:.0%} interval] over units; and the "
@@ -222,12 +222,12 @@ def _headline(matched: Results, grouped, levels: Sequence[float], confidence: fl
                 cells = []
                 for metric in ("knowledge", "attack_success_rate"):
                     runs = config_runs(matched, name, *config, metric)
-                    cells.append((runs, _ci(mean(runs, blocks=True), confidence)))
+                    cells.append((runs, _ci(mean(runs, blocks=blocks), confidence)))
                 contrasts = []
                 for metric, (runs, _) in zip(("knowledge", "attack_success_rate"), cells, strict=True):
                     baseline = config_runs(matched, name, *BASELINE, metric)
                     shown = config != BASELINE and runs and baseline
-                    contrasts.append(_ci(difference(runs, baseline, blocks=True), confidence, True) if shown else "-")
+                    contrasts.append(_ci(difference(runs, baseline, blocks=blocks), confidence, True) if shown else "-")
                 count = len(cells[0][0])
                 lines.append(f"| {task} | {config_name(config)} | {level:g} | {count} | {cells[0][1]} | {cells[1][1]} "
                              f"| {contrasts[0]} | {contrasts[1]} |")  # fmt: skip
@@ -254,7 +254,7 @@ def _per_unit_lines(matched: Results, grouped, levels: Sequence[float]) -> list[
     return lines
 
 
-def _area_lines(grouped, lost: Forgetting, levels: Sequence[float], confidence: float) -> list[str]:
+def _area_lines(grouped, lost: Forgetting, levels: Sequence[float], confidence: float, blocks: bool) -> list[str]:
     low, high = min(levels), max(levels)
     lines = ["", f"## Area between fronts, utility {low:g} to {high:g}", "",
              f"Per unit, the integral over utility of (the configuration's forgetting - {config_name(BASELINE)}'s) "
@@ -278,7 +278,7 @@ def _area_lines(grouped, lost: Forgetting, levels: Sequence[float], confidence: 
                     area = area_between(members, partner, forgetting, low, high)
                     if area is not None and not math.isnan(area):
                         runs[(str(build), seed)] = {"": area}
-                cells.append((len(runs), _ci(mean(runs, share=False, blocks=True), confidence, True)))
+                cells.append((len(runs), _ci(mean(runs, share=False, blocks=blocks), confidence, True)))
             lines.append(f"| {task} | {config_name(config)} | {cells[0][0]} | {cells[0][1]} | {cells[1][1]} |")
     return lines
 
@@ -362,7 +362,7 @@ def _colors(configs: Sequence[Config]) -> dict[Config, tuple]:
     return {config: cmap(i % 10) for i, config in enumerate(configs)}
 
 
-def _front_plot(grouped, task: str, panels: Sequence[Panel], confidence: float, path: Path) -> str:
+def _front_plot(grouped, task: str, panels: Sequence[Panel], confidence: float, path: Path, blocks: bool) -> str:
     members = [p for key, pts in grouped.items() if key[1] == task for p in pts]
     utilities = [u for u in (value(p, "utility") for p in members) if not math.isnan(u)]
     grid = np.linspace(min(utilities, default=0.0), max(utilities, default=1.0), GRID_POINTS)
@@ -376,7 +376,7 @@ def _front_plot(grouped, task: str, panels: Sequence[Panel], confidence: float, 
             reached = np.all([~np.isnan(c) for c in curves.values()], axis=0)  # every unit: one mean over all
             xs, means, lows, highs = [], [], [], []
             for i in np.flatnonzero(reached):
-                interval = mean({u: {"": c[i]} for u, c in curves.items()}, share=share, blocks=True).interval(
+                interval = mean({u: {"": c[i]} for u, c in curves.items()}, share=share, blocks=blocks).interval(
                     confidence
                 )
                 xs.append(grid[i])
