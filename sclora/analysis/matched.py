@@ -90,37 +90,31 @@ def matched_results(
     base: Mapping[int, Mapping[str, float]],
     levels: Sequence[float],
     reading: Reading | None = None,
+    by_rate: bool = False,
 ) -> Results:
     """The matched table (sclora.analysis.results.Results, runs only): a row per (task, config, build, seed) and
-    level, each unit's front over all its rates and steps."""
+    level, each unit's front over all its rates and steps; `by_rate`: the matched-rate table (`rate_results`)."""
     check_points(points, base)
     reading = reading or reading_for(points, base)
     rows = []
     for key, members in units(points).items():
-        for level in levels:
-            rows += _rows(key, members, level, level_task(key[1], level), base, reading)
+        rates = sorted({float(p["lr"]) for p in members}) if by_rate else [None]
+        for lr in rates:
+            front = members if lr is None else [p for p in members if float(p["lr"]) == lr]
+            for level in levels:
+                name = level_task(key[1], level) if lr is None else rate_task(key[1], level, lr)
+                rows += _rows(key, front, level, name, base, reading)
     return Results(rows)
 
 
 def rate_results(
-    points: Sequence[Point],
-    base: Mapping[int, Mapping[str, float]],
-    levels: Sequence[float],
-    reading: Reading | None = None,
+    points: Sequence[Point], base: Mapping[int, Mapping[str, float]], levels: Sequence[float], reading=None
 ) -> Results:
     """The matched-rate table: each unit's run at one rate is its own front (its checkpoints), read at each level,
     under the task `rate_task(task, level, lr)`. Two configurations compared on it forget at the same utility AND
     the same rate: a configuration that merely learns faster (reaching a level at a lower rate, where everything
     forgets less) gains nothing here."""
-    check_points(points, base)
-    reading = reading or reading_for(points, base)
-    rows = []
-    for key, members in units(points).items():
-        for lr in sorted({float(p["lr"]) for p in members}):
-            along = [p for p in members if float(p["lr"]) == lr]
-            for level in levels:
-                rows += _rows(key, along, level, rate_task(key[1], level, lr), base, reading)
-    return Results(rows)
+    return matched_results(points, base, levels, reading, by_rate=True)
 
 
 def _rows(key, members, level: float, name: str, base, reading: Reading) -> list[dict]:
