@@ -32,7 +32,8 @@ def run(params: Params) -> dict:
     for build, config in wanted:
         result = json.loads(frontier_points_path(build, config).read_text(encoding="utf-8"))
         points += result["points"]
-        base.setdefault(build, result["base"])  # every item of a build scored the same base model
+        # Keyed as the points are: the real source's one build is numbered (tasks.frontier.REAL_BUILD), not named.
+        base.setdefault(result["build"], result["base"])  # every item of a build scored the same base model
     rule = Rule(utility_margin=params.tracking.gates.utility_tolerance)
     fixed = frontier.primary
     primary = Primary(parse_config(fixed.config), parse_config(fixed.versus), fixed.level, frontier.task)

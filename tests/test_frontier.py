@@ -291,3 +291,23 @@ def test_the_rate_plots_read_trained_points_on_the_grids_own_ticks():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["2.5e-4", "5e-4", "1e-3", "8e-3"]
     assert all(t.get_text() == "" for t in ax.get_xticklabels(minor=True))  # no overlapping minor labels
     plt.close(fig)
+
+
+def test_the_report_stage_reads_the_real_sources_point_files(tmp_path, monkeypatch):
+    # make real-protocol's items are named `real-<config>` and write build 0 into their points (tasks.frontier)
+    from sclora.ops.config import load_params
+    from tasks import frontier_report
+    from tasks.artifacts import frontier_points_path
+
+    params = load_params(Path(__file__).parent.parent / "configs" / "real-smollm2.yaml", ["frontier.real=[real]"])
+    configs = {"lora": ("lora", None, 0.0), "sclora-0.9": ("sclora", 0.9, 0.05)}
+    params = params.model_copy(update={"frontier": params.frontier.model_copy(update={"configs": list(configs)})})
+    points, base = synthetic(np.random.default_rng(3), {(m, b): g for m, b, g in configs.values()}, builds=1)
+    monkeypatch.chdir(tmp_path)
+    for config, (method, beta, _) in configs.items():
+        path = frontier_points_path("real", config)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mine = [p for p in points if (p["method"], p["beta"]) == (method, beta)]
+        path.write_text(json.dumps({"build": 0, "config": config, "base": base[0], "points": mine}))
+    summary = frontier_report.run(params)
+    assert "primary" in json.loads(Path(summary["out_dir"], "verdicts.json").read_text())
