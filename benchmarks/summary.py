@@ -1,6 +1,7 @@
-"""The results table of docs/benchmarks.md, from the result files: every goal, its value, met or not, and the command.
+"""The results tables of docs/benchmarks.md, from the result files: every goal, its value, met or not, and the
+command; one table for benchmarks/results and one for each folder of SECTIONS inside it (the real model's).
 
-python -m benchmarks.summary                    # rewrite the table in docs/benchmarks.md from benchmarks/results
+python -m benchmarks.summary                    # rewrite the tables in docs/benchmarks.md from benchmarks/results
 python -m benchmarks.summary --print [FOLDER ...]   # print the table of each folder (e.g. benchmarks/results/gpu)
 """
 
@@ -14,9 +15,17 @@ from benchmarks.record import RESULTS
 from sclora.ops.atomic import write_text
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-# The table lives between these two lines of the doc; the prose around it is written by hand.
-START = "<!-- benchmarks.summary: start -->"
-END = "<!-- benchmarks.summary: end -->"
+SECTIONS = ("real",)  # result folders inside benchmarks/results with a table of their own (`--real` runs)
+
+
+def markers(section: str = "") -> tuple[str, str]:
+    """The two lines of the doc a table lives between (the prose around it is written by hand): the results'
+    own table (`section` "") or a section's."""
+    name = f"benchmarks.summary {section}".rstrip()
+    return f"<!-- {name}: start -->", f"<!-- {name}: end -->"
+
+
+START, END = markers()
 
 
 def table(folder: Path) -> str:
@@ -38,18 +47,28 @@ def table(folder: Path) -> str:
     return "\n".join(rows)
 
 
-def with_table(text: str, rows: str) -> str:
-    """`text` with whatever stands between its START and END lines replaced by `rows`."""
-    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
-        raise ValueError(f"the doc needs one {START!r} line and, after it, one {END!r} line")
-    head, rest = text.split(START)
-    tail = rest.split(END)[1]
-    return f"{head}{START}\n{rows}\n{END}{tail}"
+def with_table(text: str, rows: str, section: str = "") -> str:
+    """`text` with whatever stands between the section's start and end lines replaced by `rows`."""
+    start, end = markers(section)
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise ValueError(f"the doc needs one {start!r} line and, after it, one {end!r} line")
+    head, rest = text.split(start)
+    tail = rest.split(end)[1]
+    return f"{head}{start}\n{rows}\n{end}{tail}"
+
+
+def tables(folder: Path = RESULTS) -> dict[str, str]:
+    """{section: its table} for `folder` ("") and each folder of SECTIONS inside it that holds results."""
+    sections = [s for s in SECTIONS if any((folder / s).glob("*.json"))]
+    return {"": table(folder)} | {s: table(folder / s) for s in sections}
 
 
 def write_doc(folder: Path = RESULTS, doc: Path = DOC) -> Path:
-    """Rewrite `doc`'s results table from `folder`; returns the doc's path."""
-    write_text(doc, with_table(doc.read_text(encoding="utf-8"), table(folder)))
+    """Rewrite `doc`'s results tables from `folder`; returns the doc's path."""
+    text = doc.read_text(encoding="utf-8")
+    for section, rows in tables(folder).items():
+        text = with_table(text, rows, section)
+    write_text(doc, text)
     return doc
 
 

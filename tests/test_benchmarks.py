@@ -90,6 +90,27 @@ def test_summary_rewrites_only_the_table_between_the_markers(tmp_path):
         summary.write_doc(RESULTS, doc)
 
 
-def test_the_docs_table_is_the_summary_of_the_result_files():
+def test_summary_writes_a_sections_table_between_its_own_markers(tmp_path):
+    results = tmp_path / "results"
+    (results / "real").mkdir(parents=True)
+    for path in RESULTS.glob("*.json"):
+        (results / path.name).write_text(path.read_text())
+    (results / "real" / "train_parity.json").write_text((RESULTS / "train_parity.json").read_text())
+    start, end = summary.markers("real")
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(f"{summary.START}\nold\n{summary.END}\n\n## real\n{start}\nold\n{end}\n")
+    summary.write_doc(results, doc)
+    real = summary.table(results / "real")
+    assert real.count("\n") == 2  # the header, its rule and one goal
+    main = summary.table(results)
+    assert doc.read_text() == f"{summary.START}\n{main}\n{summary.END}\n\n## real\n{start}\n{real}\n{end}\n"
+    doc.write_text(f"{summary.START}\nold\n{summary.END}\n")  # results for a section the doc has no place for
+    with pytest.raises(ValueError, match="benchmarks.summary real: start"):
+        summary.write_doc(results, doc)
+
+
+def test_the_docs_tables_are_the_summary_of_the_result_files():
     text = summary.DOC.read_text(encoding="utf-8")
-    assert summary.with_table(text, summary.table(RESULTS)) == text, "run `python -m benchmarks.summary`"
+    for section, rows in summary.tables(RESULTS).items():
+        text = summary.with_table(text, rows, section)
+    assert text == summary.DOC.read_text(encoding="utf-8"), "run `python -m benchmarks.summary`"
