@@ -421,10 +421,12 @@ def _lr_plot(grouped, task: str, lost: Forgetting, path: Path) -> str:
               ("refusal margin", lambda p: value(p, "refusal_margin")))  # fmt: skip
     fig, axes = plt.subplots(2, 3, figsize=(16, 8.4), squeeze=False)
     for ax, (label, read) in zip(axes.flat, panels, strict=True):
+        drawn = False
         for config in configs:
             steps = {final[k] for k in grouped if k[1] == task and (k[2], k[3]) == config}
             xs, ys = _mean_by(grouped, task, config, lambda p, s=steps: int(p["step"]) in s, "lr", read)
             ax.plot(xs, ys, "o-", ms=3, color=colors[config], label=config_name(config))
+            drawn = drawn or any(math.isfinite(y) for y in ys)
         _rate_axis(ax, sorted({float(p["lr"]) for key, pts in grouped.items() if key[1] == task for p in pts}))
         _label(
             ax,
@@ -432,6 +434,11 @@ def _lr_plot(grouped, task: str, lost: Forgetting, path: Path) -> str:
             f"{label} at the last step (mean over units)",
             f"{task}: {label} against the learning rate",
         )
+        if not drawn:  # e.g. harmful compliance on real text, which has no compliance label (docs/real-model.md)
+            ax.get_legend().remove()
+            ax.set_yticks([])
+            ax.text(0.5, 0.5, f"{label}: not measured on these points", ha="center", va="center",
+                    transform=ax.transAxes)  # fmt: skip
     return _save(fig, path)
 
 
