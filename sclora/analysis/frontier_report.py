@@ -387,6 +387,8 @@ def _front_plot(grouped, task: str, panels: Sequence[Panel], confidence: float, 
                 ax.plot(xs, means, color=colors[config], label=f"{config_name(config)} ({len(curves)} units)")
                 ax.fill_between(xs, lows, highs, color=colors[config], alpha=0.2, lw=0)
         _label(ax, "utility (task metric)", f"{label}, lower is better", f"{task}: front, utility vs {panel}")
+        if not ax.lines:
+            _nothing_to_draw(ax, label)
     return _save(fig, path)
 
 
@@ -434,12 +436,18 @@ def _lr_plot(grouped, task: str, lost: Forgetting, path: Path) -> str:
             f"{label} at the last step (mean over units)",
             f"{task}: {label} against the learning rate",
         )
-        if not drawn:  # e.g. harmful compliance on real text, which has no compliance label (docs/real-model.md)
-            ax.get_legend().remove()
-            ax.set_yticks([])
-            ax.text(0.5, 0.5, f"{label}: not measured on these points", ha="center", va="center",
-                    transform=ax.transAxes)  # fmt: skip
+        if not drawn:
+            _nothing_to_draw(ax, label)
     return _save(fig, path)
+
+
+def _nothing_to_draw(ax, what: str) -> None:
+    """A panel with no finite value (harmful compliance on real text, which has no compliance label) says so,
+    instead of an empty frame and legend."""
+    if ax.get_legend() is not None:
+        ax.get_legend().remove()
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, f"{what}: not measured on these points", ha="center", va="center", transform=ax.transAxes)
 
 
 def _rate_axis(ax, rates: Sequence[float]) -> None:
