@@ -81,13 +81,17 @@ def test_a_testbed_built_from_other_params_is_refused(tmp_path):
 
 
 def test_summary_rewrites_only_the_table_between_the_markers(tmp_path):
+    results = tmp_path / "results"  # the results' own files, no section folder
+    results.mkdir()
+    for path in RESULTS.glob("*.json"):
+        (results / path.name).write_text(path.read_text())
     doc = tmp_path / "benchmarks.md"
     doc.write_text(f"# prose\n\n{summary.START}\nold table\n{summary.END}\n\nmore prose\n")
-    assert summary.write_doc(RESULTS, doc) == doc
-    assert doc.read_text() == f"# prose\n\n{summary.START}\n{summary.table(RESULTS)}\n{summary.END}\n\nmore prose\n"
+    assert summary.write_doc(results, doc) == doc
+    assert doc.read_text() == f"# prose\n\n{summary.START}\n{summary.table(results)}\n{summary.END}\n\nmore prose\n"
     doc.write_text("# prose without markers\n")
     with pytest.raises(ValueError, match="needs one"):
-        summary.write_doc(RESULTS, doc)
+        summary.write_doc(results, doc)
 
 
 def test_summary_writes_a_sections_table_between_its_own_markers(tmp_path):
