@@ -387,8 +387,7 @@ def _front_plot(grouped, task: str, panels: Sequence[Panel], confidence: float, 
                 ax.plot(xs, means, color=colors[config], label=f"{config_name(config)} ({len(curves)} units)")
                 ax.fill_between(xs, lows, highs, color=colors[config], alpha=0.2, lw=0)
         _label(ax, "utility (task metric)", f"{label}, lower is better", f"{task}: front, utility vs {panel}")
-        if not ax.lines:
-            _nothing_to_draw(ax, label)
+        _say_if_empty(ax, label)
     return _save(fig, path)
 
 
@@ -423,12 +422,10 @@ def _lr_plot(grouped, task: str, lost: Forgetting, path: Path) -> str:
               ("refusal margin", lambda p: value(p, "refusal_margin")))  # fmt: skip
     fig, axes = plt.subplots(2, 3, figsize=(16, 8.4), squeeze=False)
     for ax, (label, read) in zip(axes.flat, panels, strict=True):
-        drawn = False
         for config in configs:
             steps = {final[k] for k in grouped if k[1] == task and (k[2], k[3]) == config}
             xs, ys = _mean_by(grouped, task, config, lambda p, s=steps: int(p["step"]) in s, "lr", read)
             ax.plot(xs, ys, "o-", ms=3, color=colors[config], label=config_name(config))
-            drawn = drawn or any(math.isfinite(y) for y in ys)
         _rate_axis(ax, sorted({float(p["lr"]) for key, pts in grouped.items() if key[1] == task for p in pts}))
         _label(
             ax,
@@ -436,14 +433,15 @@ def _lr_plot(grouped, task: str, lost: Forgetting, path: Path) -> str:
             f"{label} at the last step (mean over units)",
             f"{task}: {label} against the learning rate",
         )
-        if not drawn:
-            _nothing_to_draw(ax, label)
+        _say_if_empty(ax, label)
     return _save(fig, path)
 
 
-def _nothing_to_draw(ax, what: str) -> None:
-    """A panel with no finite value (harmful compliance on real text, which has no compliance label) says so,
-    instead of an empty frame and legend."""
+def _say_if_empty(ax, what: str) -> None:
+    """A panel none of whose lines has a point (harmful compliance on real text, which has no compliance label)
+    says so, instead of an empty frame and legend."""
+    if any(len(line.get_xdata()) for line in ax.lines):
+        return
     if ax.get_legend() is not None:
         ax.get_legend().remove()
     ax.set_axis_off()
